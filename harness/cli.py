@@ -1,0 +1,313 @@
+"""``harness``: run | list | report | plot | compare | env.
+
+Exit codes: 0 success; 1 a run had non-ok points (without --allow-failures) or compare found
+a regression; 2 a user error (bad suite, missing file, refused comparison, unusable output
+directory) printed as one paragraph on stderr, without a traceback; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness import registry
+from harness.params import describe
+from harness.suite import SUITES_DIR, SuiteError, load_suite
+from harness.workloads.base import CommonParams
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _UserError(Exception):
+    """A problem the user can fix; printed without a traceback (exit 2)."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from harness.runner import RunError
+
+    errors: list[type[BaseException]] = [SuiteError, RunError, FileNotFoundError, _UserError]
+    try:
+        from reports.compare import CompareError
+
+        errors.append(CompareError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+# ---------------------------------------------------------------- run
+
+
+def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
+    from harness.runner import run_suite
+
+    registry.load_builtins()
+    suite = load_suite(args.suite, preset=args.preset, overrides=args.set or [])
+    if args.dry_run:
+        print(_points_table(suite))
+        return EXIT_OK
+    if args.resume and args.out and Path(args.out) != Path(args.resume):
+        raise _UserError(f"--out {args.out} and --resume {args.resume} name different directories; give one")
+    if args.resume:
+        out, resume = Path(args.resume), True
+    else:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out, resume = Path(args.out or Path("runs") / f"{suite.name}-{stamp}"), False
+    try:
+        summary = run_suite(
+            suite, out, resume=resume, order=args.order, allow_failures=args.allow_failures,
+            progress=not args.quiet, argv=["harness", *argv],
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished points are saved. Continue with: harness run {args.suite} "
+              f"--resume {out} (and the same --preset/--set options)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(summary.line())
+    if not args.no_report:
+        _report_after_run(out)
+    if summary.exit_code and summary.not_ok:
+        print(f"{summary.not_ok} point(s) did not finish ok (see the status/error columns); "
+              "pass --allow-failures to exit 0 anyway", file=sys.stderr)
+    return summary.exit_code
+
+
+def _report_after_run(run_dir: Path) -> None:
+    """Tables and plots; a failure here never loses the run (it is already on disk)."""
+    try:
+        from reports.summary import report
+
+        report(run_dir)  # prints the tables itself
+    except Exception as e:  # noqa: BLE001 - reporting is optional after a run
+        print(f"warning: the report failed ({type(e).__name__}: {e}); the run is saved in {run_dir}; "
+              f"retry with: harness report {run_dir}", file=sys.stderr)
+        return
+    try:
+        from reports.plots import plot_run
+
+        paths = plot_run(run_dir)
+        if paths:
+            print(f"plots: {', '.join(str(p) for p in paths)}")
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: plotting failed ({type(e).__name__}: {e}); the run is saved in {run_dir}; "
+              f"retry with: harness plot {run_dir}", file=sys.stderr)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+def _points_table(suite: Any) -> str:
+    from tabulate import tabulate
+
+    points = suite.points()
+    swept = suite.swept_params()
+    rows = [[p.hash, p.method, *[_fmt(p.params.get(k, "")) for k in swept]] for p in points]
+    fixed = {k: v for k, v in (points[0].params.items() if points else []) if k not in swept}
+    head = (
+        f"suite {suite.name} ({suite.source}), preset {suite.preset or '(none)'}: "
+        f"{len(points)} points, suite hash {suite.hash}, reference {suite.reference or '(none)'}"
+    )
+    same = "same for every point: " + (", ".join(f"{k}={_fmt(v)}" for k, v in fixed.items()) or "(nothing)")
+    return "\n".join([head, same, tabulate(rows, headers=["hash", "method", *swept])])
+
+
+# ---------------------------------------------------------------- list
+
+
+def _params_table(cls: type, indent: str) -> str:
+    from tabulate import tabulate
+
+    infos = describe(cls)
+    if not infos:
+        return indent + "(no parameters)"
+    rows = [[i.name, i.type_name, _fmt(i.default), i.allowed(), i.help] for i in infos]
+    table = tabulate(rows, headers=["parameter", "type", "default", "allowed", "help"])
+    return "\n".join(indent + line for line in table.splitlines())
+
+
+def _suites_listing() -> str:
+    folder = Path(SUITES_DIR)
+    files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]) if folder.is_dir() else []
+    if not files:
+        return f"suites: none found in ./{SUITES_DIR}"
+    import yaml
+
+    lines = [f"suites in ./{SUITES_DIR}:"]
+    for f in files:
+        try:
+            data = yaml.safe_load(f.read_text()) or {}
+            if not isinstance(data, dict):
+                raise ValueError("not a mapping")
+        except (yaml.YAMLError, ValueError) as e:
+            lines.append(f"  {f.name}: unreadable ({type(e).__name__}); `harness run {f} --dry-run` explains")
+            continue
+        presets = data.get("presets") or {}
+        names = ", ".join(map(str, presets)) if isinstance(presets, dict) and presets else "(none)"
+        default = data.get("default_preset")
+        lines.append(f"  {data.get('name', f.stem)}  ({f})  workload {data.get('workload', '?')}")
+        if data.get("description"):
+            lines.append(f"      {str(data['description']).strip()}")
+        lines.append(f"      presets: {names}" + (f" (default {default})" if default else ""))
+    return "\n".join(lines)
+
+
+def _cmd_list(args: argparse.Namespace, argv: list[str]) -> int:
+    registry.load_builtins()
+    names = registry.workload_names()
+    if args.workload:
+        if args.workload not in names:
+            try:
+                registry.get_workload(args.workload)
+            except KeyError as e:
+                raise _UserError(e.args[0]) from None
+        names = [args.workload]
+    out = ["common parameters (every workload):", _params_table(CommonParams, "  "), ""]
+    for w in names:
+        cls = registry.get_workload(w)
+        out.append(f"workload {w}" + (f": {cls.doc}" if cls.doc else ""))
+        out.append(_params_table(cls.Params, "  "))
+        for m in registry.method_names(w):
+            spec = registry.get_method(w, m)
+            out.append(f"  method {m}" + (f": {spec.doc}" if spec.doc else ""))
+            out.append(_params_table(spec.params, "    "))
+        out.append("")
+    if not args.workload:
+        out.append(_suites_listing())
+    print("\n".join(out).rstrip())
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- report / plot / compare / env
+
+
+def _require_run_dir(path: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"run directory {path!r} not found (a run directory is what `harness run` "
+                                "writes; its path is printed at the end of the run)")
+    return p
+
+
+def _cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
+    from reports.summary import report
+
+    report(_require_run_dir(args.run), args.out)  # prints the tables itself
+    return EXIT_OK
+
+
+def _cmd_plot(args: argparse.Namespace, argv: list[str]) -> int:
+    from reports.plots import plot_run
+
+    for p in plot_run(_require_run_dir(args.run), args.out):
+        print(p)
+    return EXIT_OK
+
+
+def _cmd_compare(args: argparse.Namespace, argv: list[str]) -> int:
+    from reports.compare import compare_runs
+
+    base, new = _require_run_dir(args.base), _require_run_dir(args.new)
+    try:
+        result = compare_runs(base, new, threshold=args.threshold, alpha=args.alpha,
+                              allow_env_mismatch=args.allow_env_mismatch)
+    except ValueError as e:  # CompareError, or a threshold/alpha out of range
+        raise _UserError(str(e)) from None
+    print(result.markdown)
+    if args.markdown:
+        Path(args.markdown).write_text(result.markdown)
+    return EXIT_FAIL if result.regressed else EXIT_OK
+
+
+def _cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
+    from harness.env import fingerprint
+
+    print(json.dumps(fingerprint(argv=["harness", *argv]), indent=2, sort_keys=True, default=str))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness.runner import ORDERS
+
+    ap = argparse.ArgumentParser(prog="harness", description="Benchmark ViT acceleration methods: "
+                                 "run suites, report, plot and compare runs.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a suite into a run directory")
+    r.add_argument("suite", help="suite YAML file, or the name of a suite in ./suites")
+    r.add_argument("--preset", help="apply this preset of the suite (default: its default_preset)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a suite value, e.g. timing.max_samples=3, seq_len=[128,256] (repeatable)")
+    r.add_argument("--out", help="run directory (default: runs/<suite>-<timestamp>)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run (skips recorded points)")
+    r.add_argument("--dry-run", action="store_true", help="print the resolved points and exit")
+    r.add_argument("--order", choices=ORDERS, default="grid",
+                   help="grid: suite order grouped by model; interleave: methods alternate; shuffle: seeded "
+                        "random order")
+    r.add_argument("--allow-failures", action="store_true", help="exit 0 even when points failed")
+    r.add_argument("--no-report", action="store_true", help="skip the tables and plots after the run")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_run)
+
+    ls = sub.add_parser("list", help="workloads, methods, their parameters, and the suites in ./suites")
+    ls.add_argument("--workload", help="only this workload")
+    ls.set_defaults(func=_cmd_list)
+
+    rp = sub.add_parser("report", help="print (and write) the tables of a run")
+    rp.add_argument("run", help="run directory")
+    rp.add_argument("--out", help="where to write the tables (default: inside the run directory)")
+    rp.set_defaults(func=_cmd_report)
+
+    pl = sub.add_parser("plot", help="write the figures of a run")
+    pl.add_argument("run", help="run directory")
+    pl.add_argument("--out", help="where to write the figures (default: inside the run directory)")
+    pl.set_defaults(func=_cmd_plot)
+
+    cp = sub.add_parser("compare", help="regression gate: exit 1 when NEW is worse than BASE, 2 when "
+                                        "the runs cannot be compared")
+    cp.add_argument("base", help="baseline run directory")
+    cp.add_argument("new", help="candidate run directory")
+    cp.add_argument("--threshold", type=float,
+                    help="minimum relative change that counts (default: the suite's)")
+    cp.add_argument("--alpha", type=float,
+                    help="significance level (default: the suite's regression.alpha, else 0.01)")
+    cp.add_argument("--allow-env-mismatch", action="store_true",
+                    help="compare even when the environment fingerprints differ")
+    cp.add_argument("--markdown", metavar="FILE", help="also write the markdown summary here")
+    cp.set_defaults(func=_cmd_compare)
+
+    en = sub.add_parser("env", help="print this machine's environment fingerprint (JSON)")
+    en.set_defaults(func=_cmd_env)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``harness`` console script; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(args_list)
+    try:
+        return args.func(args, args_list)
+    except BrokenPipeError:  # e.g. `harness run ... --dry-run | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except _user_errors() as e:
+        plain = isinstance(e, FileNotFoundError) and e.args and isinstance(e.args[0], str)
+        msg = e.args[0] if plain else str(e)
+        print(f"harness {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Column names of the results store: one place, used by the runner, reports and compare.
+
+``points.parquet`` is tidy: one row per point.
+
+Identity: run_id, suite, point_hash, workload, method, preset, status, error, started_at,
+    elapsed_s (wall time of the whole point, build + timing + evaluation).
+Config: every resolved parameter by its own name (workload, method and common params:
+    device, dtype, seed). Parameters a method does not have are missing (NaN/None).
+Timing (``TIMING``): summary of the per-sample device time in milliseconds.
+Telemetry (``TELEMETRY``): NVML on GPU; RSS / CPU time on CPU. Empty when unavailable.
+Metrics: ``q_*`` quality vs ground truth, ``fid_*`` fidelity vs the reference method,
+    ``work_*`` counters, ``bd_*_ms`` breakdown phases. Their meaning and direction are in
+    the run directory's ``metrics.json``.
+
+``samples.parquet``: run_id, point_hash, sample (index), device_ms, host_ms.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+# identity / bookkeeping
+RUN_ID = "run_id"
+SUITE = "suite"
+HASH = "point_hash"
+WORKLOAD = "workload"
+METHOD = "method"
+PRESET = "preset"
+STATUS = "status"
+ERROR = "error"
+STARTED_AT = "started_at"
+ELAPSED_S = "elapsed_s"
+
+IDENTITY = (RUN_ID, SUITE, HASH, WORKLOAD, METHOD, PRESET, STATUS, ERROR, STARTED_AT, ELAPSED_S)
+
+# status values
+OK = "ok"
+FAILED = "failed"
+OOM = "oom"
+NAN = "nan"
+STATUSES = (OK, FAILED, OOM, NAN)
+
+# timing (device time per sample; host time per sample when a device timer was used)
+LAT_MEDIAN = "latency_median_ms"
+LAT_MEAN = "latency_mean_ms"
+LAT_IQR = "latency_iqr_ms"
+LAT_P10 = "latency_p10_ms"
+LAT_P90 = "latency_p90_ms"
+LAT_MIN = "latency_min_ms"
+LAT_MAX = "latency_max_ms"
+LAT_CV = "latency_cv"
+N_SAMPLES = "n_samples"
+N_WARMUP = "n_warmup"
+HOST_MEDIAN = "host_median_ms"
+TIMER = "timer"  # "cuda_event" | "perf_counter" | "cuda_graph"
+THREADS = "threads"
+
+TIMING = (
+    LAT_MEDIAN, LAT_MEAN, LAT_IQR, LAT_P10, LAT_P90, LAT_MIN, LAT_MAX, LAT_CV,
+    N_SAMPLES, N_WARMUP, HOST_MEDIAN, TIMER, THREADS,
+)
+
+# telemetry
+ENERGY_J = "energy_j"
+ENERGY_SOURCE = "energy_source"  # "counter" | "integrated_power" | None
+POWER_MEAN_W = "power_mean_w"
+POWER_MAX_W = "power_max_w"
+TEMP_MAX_C = "temp_max_c"
+SM_CLOCK_MIN_MHZ = "sm_clock_min_mhz"
+SM_CLOCK_MEAN_MHZ = "sm_clock_mean_mhz"
+THROTTLE_REASONS = "throttle_reasons"  # OR of NVML clock-event reason bits seen (int)
+THROTTLED = "throttled"  # any power/thermal slowdown bit seen (bool)
+GPU_UTIL_MEAN_PCT = "gpu_util_mean_pct"
+GPU_MEM_PEAK_MB = "gpu_mem_peak_mb"  # NVML device memory used, peak
+TORCH_PEAK_ALLOC_MB = "torch_peak_alloc_mb"  # torch.cuda.max_memory_allocated
+RSS_PEAK_MB = "rss_peak_mb"
+CPU_TIME_S = "cpu_time_s"
+
+TELEMETRY = (
+    ENERGY_J, ENERGY_SOURCE, POWER_MEAN_W, POWER_MAX_W, TEMP_MAX_C, SM_CLOCK_MIN_MHZ,
+    SM_CLOCK_MEAN_MHZ, THROTTLE_REASONS, THROTTLED, GPU_UTIL_MEAN_PCT, GPU_MEM_PEAK_MB,
+    TORCH_PEAK_ALLOC_MB, RSS_PEAK_MB, CPU_TIME_S,
+)
+
+# derived in reports (never stored by the runner)
+SPEEDUP = "speedup"
+
+# metric column prefixes
+QUALITY_PREFIX = "q_"
+FIDELITY_PREFIX = "fid_"
+WORK_PREFIX = "work_"
+BREAKDOWN_PREFIX = "bd_"
+
+# samples.parquet
+SAMPLE = "sample"
+DEVICE_MS = "device_ms"
+HOST_MS = "host_ms"
+SAMPLE_COLUMNS = (RUN_ID, HASH, SAMPLE, DEVICE_MS, HOST_MS)
+
+# run directory files
+POINTS_FILE = "points.parquet"
+SAMPLES_FILE = "samples.parquet"
+SUITE_FILE = "suite.resolved.yaml"
+ENV_FILE = "env.json"
+METRICS_FILE = "metrics.json"
+MANIFEST_FILE = "run.json"  # schema version, run id, suite name + hash, command line, created_at

@@ -1,0 +1,175 @@
+"""Environment fingerprint: everything that decides whether two timings can be compared.
+
+``fingerprint()`` is written to every run directory (``env.json``) and printed by
+``harness env``; ``comparable(a, b)`` lists the differences that make timings incomparable.
+Every probe is best effort: a missing package, git or GPU gives None, never an error.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+FINGERPRINT_VERSION = 1
+GIT_TIMEOUT_S = 5.0
+ENV_VARS = (
+    "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+    "TIMM_FUSED_ATTN", "NOX_CURRENT_SESSION",
+)
+CPU_GOVERNOR_PATH = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+
+
+def _version(dist: str) -> str | None:
+    """Installed version of a distribution, read from its metadata (no slow import)."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        module = sys.modules.get(dist)
+        return str(getattr(module, "__version__", None) or "") or None
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    try:
+        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                              timeout=GIT_TIMEOUT_S, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def git_info(path: str | Path) -> dict[str, Any]:
+    """``{"git_commit", "git_dirty", "git_root"}`` of the checkout containing ``path``.
+
+    All None when ``path`` is not inside a git work tree (or git is missing). ``git_commit`` is
+    None in a repository without commits. Dirty means tracked files differ from HEAD
+    (untracked files do not count, as with ``git describe --dirty``).
+    """
+    path = Path(path)
+    info: dict[str, Any] = {"git_commit": None, "git_dirty": None, "git_root": None}
+    root = _git(path, "rev-parse", "--show-toplevel")
+    if not root:
+        return info
+    info["git_root"] = root
+    info["git_commit"] = _git(path, "rev-parse", "--verify", "--quiet", "HEAD") or None
+    status = _git(path, "status", "--porcelain", "--untracked-files=no")
+    info["git_dirty"] = None if status is None else bool(status)
+    return info
+
+
+def cpu_model() -> str | None:
+    """The CPU's marketing name from /proc/cpuinfo, else ``platform.processor()``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _cpu_governor() -> str | None:
+    try:
+        return CPU_GOVERNOR_PATH.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _torch_facts() -> dict[str, Any]:
+    facts: dict[str, Any] = {"torch": None, "cuda": None, "cudnn": None, "torch_threads": None,
+                             "device_kind": "cpu", "gpu_count": 0}
+    try:
+        import torch
+    except Exception:
+        return facts
+    facts["torch"] = torch.__version__
+    facts["cuda"] = torch.version.cuda
+    try:
+        facts["cudnn"] = torch.backends.cudnn.version()
+    except Exception:
+        pass
+    facts["torch_threads"] = torch.get_num_threads()
+    if torch.cuda.is_available():
+        facts["device_kind"] = "cuda"
+        facts["gpu_count"] = torch.cuda.device_count()
+    return facts
+
+
+def fingerprint(argv: list[str] | None = None, seed: int | None = None) -> dict[str, Any]:
+    """A JSON-ready description of this machine, software stack and invocation.
+
+    GPU fields describe the current CUDA device (see ``telemetry.GPU_STATIC_KEYS``) and are
+    None on a CPU-only machine. git fields describe the checkout the harness is imported from.
+    """
+    import harness
+    from harness.telemetry import GPU_STATIC_KEYS, gpu_static_info
+
+    fp: dict[str, Any] = {
+        "fingerprint_version": FINGERPRINT_VERSION,
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": socket.gethostname(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "harness": getattr(harness, "__version__", None),
+    }
+    fp.update(_torch_facts())
+    for name in ("timm", "numpy", "pandas"):
+        fp[name] = _version(name)
+    fp.update(dict.fromkeys(GPU_STATIC_KEYS))
+    if fp["device_kind"] == "cuda":
+        fp.update(gpu_static_info("cuda"))
+    fp["cpu_model"] = cpu_model()
+    fp["cpu_count"] = os.cpu_count()
+    fp["cpu_governor"] = _cpu_governor()
+    fp["env_vars"] = {k: os.environ.get(k) for k in ENV_VARS}
+    fp.update(git_info(Path(harness.__file__).resolve().parent.parent))
+    fp["argv"] = list(sys.argv if argv is None else argv)
+    fp["seed"] = seed
+    return fp
+
+
+def _version_parts(version: Any, n: int) -> tuple[int, ...] | None:
+    """The first ``n`` numeric parts of a version string ('2.14.1+cu130' -> (2, 14))."""
+    if not version:
+        return None
+    nums = re.findall(r"\d+", str(version).split("+")[0])
+    return tuple(int(x) for x in nums[:n]) if nums else None
+
+
+def comparable(a: dict[str, Any], b: dict[str, Any], *, torch_parts: int = 1) -> list[str]:
+    """Differences between two fingerprints that make their timings incomparable; [] if none.
+
+    Checked: device kind (cpu vs cuda); GPU model when both are CUDA runs; CPU model when
+    both are CPU runs; torch version up to ``torch_parts`` numeric parts (1 = major, the
+    default; 2 = major.minor). Hostnames, timestamps, patch versions and the like are ignored.
+    Missing fields (older fingerprints) are not reported.
+    """
+    diffs: list[str] = []
+
+    def differ(key: str) -> bool:
+        va, vb = a.get(key), b.get(key)
+        return va is not None and vb is not None and va != vb
+
+    kind_a, kind_b = a.get("device_kind"), b.get("device_kind")
+    if differ("device_kind"):
+        diffs.append(f"device kind differs: {kind_a} vs {kind_b}")
+    elif kind_a == "cuda" and differ("gpu_name"):
+        diffs.append(f"GPU model differs: {a['gpu_name']} vs {b['gpu_name']}")
+    elif kind_a == "cpu" and differ("cpu_model"):
+        diffs.append(f"CPU model differs: {a['cpu_model']} vs {b['cpu_model']}")
+    ta, tb = _version_parts(a.get("torch"), torch_parts), _version_parts(b.get("torch"), torch_parts)
+    if ta is not None and tb is not None and ta != tb:
+        level = "major" if torch_parts == 1 else "major.minor" if torch_parts == 2 else f"{torch_parts}-part"
+        diffs.append(f"torch {level} version differs: {a['torch']} vs {b['torch']}")
+    return diffs

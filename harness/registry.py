@@ -1,0 +1,97 @@
+"""Name -> factory registry for workloads and methods (timm's ``create_model`` feel).
+
+Built-in workloads and methods register themselves when their modules are imported;
+:func:`load_builtins` imports them all. ``harness list`` prints what is registered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from harness.params import did_you_mean
+from harness.workloads.base import Workload
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method: a dataclass of parameters plus a function that builds it.
+
+    build(params) returns what the workload applies: an ``attention_fn`` for VGGT and
+    the attention micro-workload, a model transform for Swin.
+    workloads: names of the workloads the method applies to.
+    """
+
+    name: str
+    params: type
+    build: Callable[[Any], Any]
+    workloads: tuple[str, ...]
+    doc: str = ""
+
+
+_WORKLOADS: dict[str, type[Workload]] = {}
+_METHODS: dict[tuple[str, str], MethodSpec] = {}
+
+BUILTIN_MODULES = (
+    "harness.workloads.attention",
+    "harness.workloads.vggt",
+    "harness.workloads.swin",
+)
+
+
+def register_workload(cls: type[Workload]) -> type[Workload]:
+    """Class decorator: register a workload under ``cls.name``."""
+    _WORKLOADS[cls.name] = cls
+    return cls
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Register a method for each workload it names; its parameter names must not clash
+    with the workload's own parameters."""
+    for w in spec.workloads:
+        _METHODS[(w, spec.name)] = spec
+    return spec
+
+
+def load_builtins() -> None:
+    """Import every built-in workload module (each registers itself and its methods)."""
+    for mod in BUILTIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:  # a workload not written yet
+            if e.name != mod:
+                raise
+
+
+def workload_names() -> list[str]:
+    return sorted(_WORKLOADS)
+
+
+def get_workload(name: str) -> type[Workload]:
+    if name not in _WORKLOADS:
+        raise KeyError(
+            f"unknown workload {name!r}{did_you_mean(name, list(_WORKLOADS))}; "
+            f"known: {', '.join(sorted(_WORKLOADS))}"
+        )
+    return _WORKLOADS[name]
+
+
+def method_names(workload: str) -> list[str]:
+    return sorted(m for (w, m) in _METHODS if w == workload)
+
+
+def get_method(workload: str, name: str) -> MethodSpec:
+    if (workload, name) not in _METHODS:
+        known = method_names(workload)
+        raise KeyError(
+            f"unknown method {name!r} for workload {workload!r}{did_you_mean(name, known)}; "
+            f"known: {', '.join(known)}"
+        )
+    return _METHODS[(workload, name)]
+
+
+def param_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]

@@ -1,0 +1,208 @@
+"""Results store: a run directory with tidy per-point rows, raw samples and metadata.
+
+Layout of ``RUN_DIR``::
+
+    run.json               manifest: schema version, run id, suite name, suite hash, argv, created_at
+    suite.resolved.yaml    the suite after preset and --set overrides
+    env.json               environment fingerprint
+    metrics.json           meaning/direction of every q_/fid_/work_ column
+    points.jsonl           durable append-only log, one JSON row per finished point
+    points.parquet         the same rows as a table (rewritten after every point)
+    samples.jsonl / samples.parquet   raw per-sample timings
+
+Rows are appended the moment a point finishes, so a killed run keeps every finished
+point; ``points.parquet`` is regenerated from the JSONL log atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from harness import columns as C
+
+POINTS_LOG = "points.jsonl"
+SAMPLES_LOG = "samples.jsonl"
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if hasattr(v, "item") and callable(v.item):  # numpy / torch scalars
+        try:
+            return v.item()
+        except (ValueError, RuntimeError):
+            return str(v)
+    return v
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    _atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn last line from a killed run
+            continue
+    return rows
+
+
+class RunWriter:
+    """Appends rows to a run directory. Create with :meth:`create` or :meth:`open_existing`."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    @classmethod
+    def create(
+        cls,
+        run_dir: Path,
+        manifest: dict[str, Any],
+        suite_resolved: dict[str, Any],
+        env: dict[str, Any],
+        metrics: dict[str, Any],
+    ) -> RunWriter:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / C.MANIFEST_FILE, {"schema_version": C.SCHEMA_VERSION, **manifest})
+        _atomic_write_bytes(
+            run_dir / C.SUITE_FILE, yaml.safe_dump(suite_resolved, sort_keys=False).encode()
+        )
+        write_json(run_dir / C.ENV_FILE, env)
+        write_json(run_dir / C.METRICS_FILE, metrics)
+        return cls(run_dir)
+
+    @classmethod
+    def open_existing(cls, run_dir: Path) -> RunWriter:
+        return cls(Path(run_dir))
+
+    def finished_hashes(self) -> set[str]:
+        """Hashes of points already recorded (any status): a resumed run skips these."""
+        return {r[C.HASH] for r in _read_jsonl(self.run_dir / POINTS_LOG) if C.HASH in r}
+
+    def append(self, row: dict[str, Any], samples: Iterable[dict[str, Any]] = ()) -> None:
+        """Durably record one finished point and its raw samples, then refresh the parquet files."""
+        with open(self.run_dir / SAMPLES_LOG, "a") as f:
+            for s in samples:
+                f.write(json.dumps({k: _jsonable(v) for k, v in s.items()}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        with open(self.run_dir / POINTS_LOG, "a") as f:
+            f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.flush_tables()
+
+    def update_metrics(self, metrics: dict[str, Any]) -> None:
+        path = self.run_dir / C.METRICS_FILE
+        current = json.loads(path.read_text()) if path.exists() else {}
+        current.update(metrics)
+        write_json(path, current)
+
+    def flush_tables(self) -> None:
+        """Regenerate points.parquet and samples.parquet from the JSONL logs."""
+        points = _points_frame(_read_jsonl(self.run_dir / POINTS_LOG))
+        _write_parquet(points, self.run_dir / C.POINTS_FILE)
+        samples = pd.DataFrame(_read_jsonl(self.run_dir / SAMPLES_LOG), columns=list(C.SAMPLE_COLUMNS))
+        _write_parquet(samples, self.run_dir / C.SAMPLES_FILE)
+
+
+def _points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    for col in C.IDENTITY:
+        if col not in df.columns:
+            df[col] = None
+    # mixed-type config columns (e.g. a param that is an int for one method and absent for
+    # another) are fine in pandas; parquet needs one type per column, so stringify mixed objects
+    for col in df.columns:
+        if df[col].dtype == object:
+            present = [v for v in df[col] if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            types = {type(v) for v in present}
+            if len(types) > 1 and not types <= {int, float}:
+                df[col] = df[col].map(lambda v: None if v is None else str(v))
+    return df
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+@dataclass
+class RunData:
+    """A loaded run directory."""
+
+    path: Path
+    points: pd.DataFrame
+    samples: pd.DataFrame
+    manifest: dict[str, Any]
+    suite: dict[str, Any]
+    env: dict[str, Any]
+    metrics: dict[str, Any]
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        """Points whose status is ok."""
+        return self.points[self.points[C.STATUS] == C.OK]
+
+
+def load(path: str | os.PathLike) -> RunData:
+    """Load a run directory into DataFrames (``points``, ``samples``) and its metadata.
+
+    Raises FileNotFoundError naming the missing file when ``path`` is not a run directory.
+    """
+    run_dir = Path(path)
+    if not (run_dir / C.MANIFEST_FILE).exists():
+        raise FileNotFoundError(
+            f"{run_dir} is not a run directory: {C.MANIFEST_FILE} is missing "
+            "(a run directory is what `harness run` writes under --out)"
+        )
+    if (run_dir / C.POINTS_FILE).exists():
+        points = pd.read_parquet(run_dir / C.POINTS_FILE)
+    else:
+        points = _points_frame(_read_jsonl(run_dir / POINTS_LOG))
+    if (run_dir / C.SAMPLES_FILE).exists():
+        samples = pd.read_parquet(run_dir / C.SAMPLES_FILE)
+    else:
+        samples = pd.DataFrame(_read_jsonl(run_dir / SAMPLES_LOG), columns=list(C.SAMPLE_COLUMNS))
+
+    def _json(name: str) -> dict[str, Any]:
+        p = run_dir / name
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    suite_path = run_dir / C.SUITE_FILE
+    suite = yaml.safe_load(suite_path.read_text()) if suite_path.exists() else {}
+    return RunData(
+        path=run_dir,
+        points=points,
+        samples=samples,
+        manifest=_json(C.MANIFEST_FILE),
+        suite=suite or {},
+        env=_json(C.ENV_FILE),
+        metrics=_json(C.METRICS_FILE),
+    )

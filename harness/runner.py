@@ -1,0 +1,546 @@
+"""Executes the points of a suite into a run directory; resumable; failures never stop the sweep.
+
+For each point (grouped so that points sharing ``workload.model_key`` reuse one model, and at
+most one model is alive at a time)::
+
+    seeds <- point.seed (torch, random, numpy)
+    model = workload.build_model(point)            # only when the model key changes
+    bench = workload.bench(model, point, ctx)      # one RunContext for the whole run
+    with TelemetrySampler(device): m = Timer(suite.timing).measure(bench.fn, device)
+    row = identity + params + timing + telemetry + bench.counters
+          + bench.evaluate(m.output)               # when metrics.evaluate
+          + bd_<phase>_ms from bench.breakdown()   # when metrics.breakdown
+
+A point that raises is recorded as ``failed`` (error: ``Type: message (file:line in func)``),
+an out-of-memory error as ``oom`` (caches freed), a NaN/Inf in the output or any measured
+metric as ``nan``. Every row is appended to the run directory the moment its point finishes,
+so a killed run can be resumed: ``resume=True`` skips points already recorded.
+
+Orders: ``grid`` (suite order, grouped by model key), ``interleave`` (within each model
+group, methods take turns), ``shuffle`` (a permutation seeded by the suite hash, so a resumed
+run keeps its order).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import hashlib
+import math
+import os
+import random
+import sys
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import __version__, registry
+from harness import columns as C
+from harness.results import RunWriter, write_json
+from harness.suite import Suite
+from harness.timing import Measurement, TimingConfig
+from harness.workloads.base import Bench, Point, RunContext, Workload
+
+ORDERS = ("grid", "shuffle", "interleave")
+_MEASURED_PREFIXES = (C.QUALITY_PREFIX, C.FIDELITY_PREFIX, C.WORK_PREFIX, C.BREAKDOWN_PREFIX)
+_MEASURED_TIMING = (C.LAT_MEDIAN, C.LAT_MEAN, C.LAT_IQR, C.LAT_P10, C.LAT_P90, C.LAT_MIN, C.LAT_MAX,
+                    C.HOST_MEDIAN)
+
+
+class RunError(ValueError):
+    """A run that cannot start (unwritable output, resume into another suite's run, ...)."""
+
+
+@dataclass
+class RunSummary:
+    """What a run did. ``counts`` maps status -> number of points run now (skipped excluded)."""
+
+    run_dir: Path
+    run_id: str
+    total: int
+    skipped: int
+    counts: dict[str, int] = field(default_factory=dict)
+    allow_failures: bool = False
+
+    @property
+    def ran(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def ok(self) -> int:
+        return self.counts.get(C.OK, 0)
+
+    @property
+    def not_ok(self) -> int:
+        """Points recorded as failed, oom or nan in this invocation."""
+        return self.ran - self.ok
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every point was ok (or failures are allowed), else 1."""
+        return 0 if self.allow_failures or self.not_ok == 0 else 1
+
+    def line(self) -> str:
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items())) or "nothing to run"
+        skip = f" ({self.skipped} already recorded, skipped)" if self.skipped else ""
+        return f"{self.ran}/{self.total} points run: {parts}{skip}. Results: {self.run_dir}"
+
+
+# ---------------------------------------------------------------- seams to the sibling modules
+# (module-level so tests can substitute them; each imports lazily)
+
+
+def _make_timer(cfg: TimingConfig) -> Any:
+    from harness.timing import Timer
+
+    return Timer(cfg)
+
+
+def _summarize(m: Measurement) -> dict[str, Any]:
+    from harness.timing import summarize
+
+    return summarize(m)
+
+
+def _make_sampler(device: str) -> Any:
+    from harness.telemetry import TelemetrySampler
+
+    return TelemetrySampler(device)
+
+
+def _fingerprint(argv: list[str] | None, seed: int | None) -> dict[str, Any]:
+    from harness.env import fingerprint
+
+    return fingerprint(argv=argv, seed=seed)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, random and numpy (what makes a point's inputs and weights reproducible)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+INJECT_DELAY_ENV = "HARNESS_INJECT_DELAY_MS"
+
+
+def _with_injected_delay(fn: Any) -> Any:
+    """Wrap ``fn`` with a host sleep of ``$HARNESS_INJECT_DELAY_MS`` per call, if set.
+
+    Only for validating the regression gate end to end (an injected slowdown that leaves
+    every config hash unchanged); never set it for real measurements.
+    """
+    delay_ms = float(os.environ.get(INJECT_DELAY_ENV, "0") or 0)
+    if delay_ms <= 0:
+        return fn
+
+    def delayed() -> Any:
+        time.sleep(delay_ms / 1e3)
+        return fn()
+
+    return delayed
+
+
+def _free_caches(device: str) -> None:
+    """Return memory after dropping a model or an OOM. On CPU, reference counting already freed
+    the tensors (a full gc.collect costs ~0.5 s with torch and pandas loaded, so it is skipped)."""
+    if not device.startswith("cuda"):
+        return
+    gc.collect()
+    try:
+        import torch
+
+        torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - freeing caches is best effort
+        pass
+
+
+def _is_oom(e: BaseException) -> bool:
+    try:
+        import torch
+
+        oom_type = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+        if isinstance(e, oom_type):
+            return True
+    except ImportError:
+        pass
+    return isinstance(e, (RuntimeError, MemoryError)) and (
+        "out of memory" in str(e).lower() or isinstance(e, MemoryError)
+    )
+
+
+def error_text(e: BaseException) -> str:
+    """``Type: message (file:line in function)`` with the innermost traceback frame."""
+    msg = str(e).strip().splitlines()
+    text = f"{type(e).__name__}: {msg[0] if msg else ''}".rstrip(": ").rstrip()
+    if len(msg) > 1:
+        text += " ..."
+    tb = traceback.extract_tb(e.__traceback__)
+    if tb:
+        last = tb[-1]
+        text += f" (at {last.filename}:{last.lineno} in {last.name})"
+    return text
+
+
+def _nonfinite_tensors(out: Any, path: str = "output") -> str | None:
+    """Name of the first output tensor holding NaN/Inf, or None."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(out, torch.Tensor):
+        if out.is_floating_point() or out.is_complex():
+            if not bool(torch.isfinite(out).all()):
+                return path
+        return None
+    if isinstance(out, dict):
+        for k, v in out.items():
+            bad = _nonfinite_tensors(v, f"{path}[{k!r}]")
+            if bad:
+                return bad
+    elif isinstance(out, (list, tuple)):
+        for i, v in enumerate(out):
+            bad = _nonfinite_tensors(v, f"{path}[{i}]")
+            if bad:
+                return bad
+    return None
+
+
+def _nonfinite_metrics(row: dict[str, Any]) -> list[str]:
+    bad = []
+    for k, v in row.items():
+        if k in _MEASURED_TIMING or k.startswith(_MEASURED_PREFIXES):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
+                bad.append(k)
+    return bad
+
+
+def order_points(points: Sequence[Point], model_key: Any, order: str, seed_text: str) -> list[Point]:
+    """Points in run order. ``model_key(point)`` groups points that share a model."""
+    if order not in ORDERS:
+        raise RunError(f"unknown order {order!r}; allowed: {', '.join(ORDERS)}")
+    if order == "shuffle":
+        out = list(points)
+        random.Random(int(hashlib.sha256(seed_text.encode()).hexdigest()[:16], 16)).shuffle(out)
+        return out
+    groups: OrderedDict[Hashable, list[Point]] = OrderedDict()
+    for p in points:
+        groups.setdefault(_hashable(model_key(p)), []).append(p)
+    out = []
+    for group in groups.values():
+        if order == "grid":
+            out.extend(group)
+            continue
+        by_method: OrderedDict[str, list[Point]] = OrderedDict()
+        for p in group:
+            by_method.setdefault(p.method, []).append(p)
+        queues = list(by_method.values())
+        i = 0
+        while any(queues):
+            q = queues[i % len(queues)]
+            if q:
+                out.append(q.pop(0))
+            i += 1
+    return out
+
+
+def _hashable(key: Any) -> Hashable:
+    try:
+        hash(key)
+        return key
+    except TypeError:
+        return repr(key)
+
+
+def _check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-probe-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(
+            f"cannot write the run directory {out_dir}: {e.strerror or e} ({type(e).__name__}). "
+            "Choose a writable location with --out DIR."
+        ) from None
+
+
+def _common_seed(points: Sequence[Point]) -> int | None:
+    seeds = {p.seed for p in points}
+    return seeds.pop() if len(seeds) == 1 else None
+
+
+# ---------------------------------------------------------------- the runner
+
+
+def run_suite(
+    suite: Suite,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    order: str = "grid",
+    allow_failures: bool = False,
+    progress: bool = True,
+    argv: list[str] | None = None,
+) -> RunSummary:
+    """Run every point of ``suite`` into ``out_dir`` (a new run directory, or one to resume).
+
+    Raises RunError before running anything when the directory is unwritable, already holds
+    a run (without ``resume``), holds another suite's run (with ``resume``), or a point needs
+    a device this machine lacks.
+    """
+    out = Path(out_dir)
+    argv = list(sys.argv if argv is None else argv)
+    points = suite.points()
+    wl: Workload = registry.get_workload(suite.workload)()
+    ordered = order_points(points, wl.model_key, order, suite.hash)
+    _check_devices(points)
+
+    manifest_path = out / C.MANIFEST_FILE
+    if resume:
+        writer, run_id = _open_for_resume(out, suite, argv)
+        done = writer.finished_hashes()
+    else:
+        if manifest_path.exists():
+            raise RunError(
+                f"{out} already holds a run ({C.MANIFEST_FILE} exists). Pass --resume {out} to finish it, "
+                "or choose a new --out directory."
+            )
+        _check_writable(out)
+        run_id = f"{suite.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
+        manifest = {
+            "run_id": run_id,
+            "suite": suite.name,
+            "suite_hash": suite.hash,
+            "suite_source": suite.source,
+            "preset": suite.preset,
+            "argv": argv,
+            "created_at": _now(),
+            "harness_version": __version__,
+            "order": order,
+            "allow_failures": allow_failures,
+            "n_points": len(points),
+        }
+        env = _fingerprint(argv, _common_seed(points))
+        metrics = {k: asdict(v) for k, v in wl.metrics().items()}
+        writer = RunWriter.create(out, manifest, suite.resolved, env, metrics)
+        done = set()
+
+    todo = [p for p in ordered if p.hash not in done]
+    summary = RunSummary(
+        run_dir=out, run_id=run_id, total=len(points), skipped=len(points) - len(todo),
+        allow_failures=allow_failures,
+    )
+    _Loop(suite, wl, writer, run_id, summary).run(todo, progress)
+    return summary
+
+
+def _check_devices(points: Iterable[Point]) -> None:
+    devices = {p.device for p in points}
+    if any(d.startswith("cuda") for d in devices):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RunError(
+                f"the suite asks for device {sorted(d for d in devices if d.startswith('cuda'))[0]!r} "
+                "but torch sees no CUDA GPU here; use a CPU preset (e.g. --preset cpu) or --set device=cpu"
+            )
+
+
+def _open_for_resume(out: Path, suite: Suite, argv: list[str]) -> tuple[RunWriter, str]:
+    import json
+
+    manifest_path = out / C.MANIFEST_FILE
+    if not manifest_path.exists():
+        raise RunError(
+            f"cannot resume {out}: it is not a run directory ({C.MANIFEST_FILE} is missing); "
+            "start a new run with --out instead"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("suite_hash") != suite.hash:
+        raise RunError(
+            f"cannot resume {out}: it holds a run of suite {manifest.get('suite')!r} with suite hash "
+            f"{manifest.get('suite_hash')!r}, but the suite given resolves to {suite.name!r} with hash "
+            f"{suite.hash!r} (points, timing or metrics settings differ). Resume with the same suite file, "
+            "--preset and --set options, or start a new run with --out."
+        )
+    _check_writable(out)
+    manifest.setdefault("resumed", []).append({"at": _now(), "argv": argv})
+    write_json(manifest_path, manifest)
+    return RunWriter.open_existing(out), str(manifest.get("run_id"))
+
+
+class _Loop:
+    """Runs points one by one; owns the current model and the run context."""
+
+    def __init__(self, suite: Suite, wl: Workload, writer: RunWriter, run_id: str, summary: RunSummary):
+        self.suite = suite
+        self.wl = wl
+        self.writer = writer
+        self.run_id = run_id
+        self.summary = summary
+        self.ctx = RunContext(breakdown=suite.metrics.breakdown)
+        self._set_reference()
+        self.model: Any = None
+        self.model_key: Hashable | None = None
+        self.build_error: str | None = None
+        self.has_model = False
+        self.model_device = "cpu"
+        self.known_metrics = set(wl.metrics())
+
+    def _set_reference(self) -> None:
+        ref = self.suite.reference
+        if ref is None:
+            return
+        self.ctx.reference = ref
+        first = next((p for p in self.suite.points() if p.method == ref), None)
+        if first is not None:
+            self.ctx.reference_params = first.method_params
+
+    def run(self, todo: list[Point], progress: bool) -> None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), file=sys.stderr, disable=not progress, unit="pt", dynamic_ncols=True)
+        try:
+            for point in todo:
+                bar.set_postfix_str(f"{point.method} {point.hash}", refresh=False)
+                row, samples = self.run_point(point)
+                self.writer.append(row, samples)
+                status = row[C.STATUS]
+                self.summary.counts[status] = self.summary.counts.get(status, 0) + 1
+                if status != C.OK and progress:
+                    bar.write(f"[{status}] {point.method} {point.hash}: {row.get(C.ERROR)}", file=sys.stderr)
+                bar.update(1)
+        finally:
+            bar.close()
+            self.drop_model()
+
+    def drop_model(self) -> None:
+        if self.has_model:
+            self.model = None
+            self.has_model = False
+            self.model_key = None
+            _free_caches(self.model_device)
+
+    def ensure_model(self, point: Point) -> Any:
+        key = _hashable(self.wl.model_key(point))
+        if self.model_key == key:
+            if self.build_error is not None:
+                raise _BuildFailed(self.build_error)
+            return self.model
+        self.drop_model()
+        self.build_error = None
+        self.model_key = key
+        self.model_device = point.device
+        seed_everything(point.seed)
+        try:
+            self.model = self.wl.build_model(point)
+        except Exception as e:
+            if _is_oom(e):
+                raise
+            self.build_error = "model build failed: " + error_text(e)
+            raise _BuildFailed(self.build_error) from e
+        self.has_model = True
+        return self.model
+
+    def run_point(self, point: Point) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        row: dict[str, Any] = {
+            C.RUN_ID: self.run_id,
+            C.SUITE: self.suite.name,
+            C.HASH: point.hash,
+            C.WORKLOAD: point.workload,
+            C.METHOD: point.method,
+            C.PRESET: point.preset,
+            C.STATUS: C.OK,
+            C.ERROR: None,
+            C.STARTED_AT: _now(),
+        }
+        row.update(point.params)
+        samples: list[dict[str, Any]] = []
+        t0 = time.perf_counter()
+        try:
+            samples = self.measure(point, row)
+        except _BuildFailed as e:
+            row[C.STATUS], row[C.ERROR] = C.FAILED, str(e)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a row
+            if _is_oom(e):
+                row[C.STATUS] = C.OOM
+                if self.model_key is not None and self.build_error is None and not self.has_model:
+                    self.model_key = None  # an OOM during build: retry the build for the next point
+            else:
+                row[C.STATUS] = C.FAILED
+            row[C.ERROR] = error_text(e)
+            e.__traceback__ = None
+            del e
+            if row[C.STATUS] == C.OOM:
+                gc.collect()
+            _free_caches(point.device)
+        row[C.ELAPSED_S] = time.perf_counter() - t0
+        return row, samples
+
+    def measure(self, point: Point, row: dict[str, Any]) -> list[dict[str, Any]]:
+        import torch
+
+        if point.common.threads > 0:
+            torch.set_num_threads(point.common.threads)
+        model = self.ensure_model(point)
+        seed_everything(point.seed)
+        bench: Bench = self.wl.bench(model, point, self.ctx)
+        bench.fn = _with_injected_delay(bench.fn)
+        timer = _make_timer(self.suite.timing)
+        with torch.no_grad():
+            sampler = _make_sampler(point.device)
+            with sampler:
+                m = timer.measure(bench.fn, device=point.device)
+            row.update(_summarize(m))
+            row.update(sampler.summary())
+            row.update(bench.counters)
+            output = m.output
+            bad_output = _nonfinite_tensors(output)
+            if self.suite.metrics.evaluate and bench.evaluate is not None:
+                row.update(bench.evaluate(output))
+            if self.suite.metrics.breakdown and bench.breakdown is not None:
+                phases = bench.breakdown()
+                self._note_breakdown(phases)
+                row.update({f"{C.BREAKDOWN_PREFIX}{k}_ms": float(v) for k, v in phases.items()})
+        del output, bench
+        bad_metrics = _nonfinite_metrics(row)
+        if bad_output or bad_metrics:
+            row[C.STATUS] = C.NAN
+            what = ([f"{bad_output} holds NaN/Inf"] if bad_output else []) + (
+                [f"non-finite {', '.join(bad_metrics)}"] if bad_metrics else []
+            )
+            row[C.ERROR] = "; ".join(what)
+        return [
+            {C.RUN_ID: self.run_id, C.HASH: point.hash, C.SAMPLE: i, C.DEVICE_MS: d, C.HOST_MS: h}
+            for i, (d, h) in enumerate(zip(m.device_ms, m.host_ms))
+        ]
+
+    def _note_breakdown(self, phases: dict[str, float]) -> None:
+        new = {}
+        for k in phases:
+            col = f"{C.BREAKDOWN_PREFIX}{k}_ms"
+            if col not in self.known_metrics:
+                self.known_metrics.add(col)
+                new[col] = {"kind": "breakdown", "help": f"time of phase {k!r} in one breakdown run",
+                            "higher_is_better": False, "unit": "ms", "tolerance": None}
+        if new:
+            self.writer.update_metrics(new)
+
+
+class _BuildFailed(Exception):
+    """The point's model could not be built (recorded as failed; not retried for its group)."""

@@ -1,0 +1,155 @@
+"""The interface between the runner and a workload.
+
+The runner owns timing, telemetry, storage and failure handling. A workload only
+builds things and hands the runner a callable: it never times itself.
+
+Flow for one point::
+
+    model = workload.build_model(point)          # cached by workload.model_key(point)
+    bench = workload.bench(model, point, ctx)    # inputs + method applied
+    out = timer.measure(bench.fn)                # the runner times bench.fn
+    row.update(bench.counters)                   # work counters (work_*)
+    row.update(bench.evaluate(out))              # quality (q_*) and fidelity (fid_*) columns
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from harness.params import param
+
+
+@dataclass(frozen=True)
+class CommonParams:
+    """Parameters every point has, whatever the workload."""
+
+    device: str = param("cpu", "where to run: cpu, cuda, cuda:N, or auto (cuda when available)")
+    dtype: str = param(
+        "float32",
+        "compute dtype; bfloat16/float16 run under autocast on cuda",
+        choices=("float32", "bfloat16", "float16"),
+    )
+    seed: int = param(0, "seed for weights, inputs and random merge patterns", range=(0, None))
+    threads: int = param(0, "torch CPU threads for this point (0: leave torch's default)", range=(0, 1024))
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a result column means; written to the run directory's ``metrics.json``.
+
+    kind: "quality" (task metric vs ground truth, ``q_*``), "fidelity" (vs the reference
+    method's output on the same input, ``fid_*``) or "work" (counters, ``work_*``).
+    higher_is_better: direction for reports and the regression gate (None: no direction).
+    tolerance: absolute change the regression gate accepts for this column (None: not gated).
+    """
+
+    kind: str
+    help: str
+    higher_is_better: bool | None = None
+    unit: str = ""
+    tolerance: float | None = None
+
+
+@dataclass(frozen=True)
+class Point:
+    """One fully resolved configuration of a sweep.
+
+    params: every resolved parameter by name (workload + method + common), exactly the
+    config columns written to ``points.parquet``; workload_params / method_params /
+    common: the same values as instances of the registered dataclasses.
+    """
+
+    suite: str
+    workload: str
+    method: str
+    params: dict[str, Any]
+    workload_params: Any
+    method_params: Any
+    common: CommonParams
+    preset: str | None
+    hash: str
+
+    @property
+    def device(self) -> str:
+        return self.common.device
+
+    @property
+    def dtype(self) -> str:
+        return self.common.dtype
+
+    @property
+    def seed(self) -> int:
+        return self.common.seed
+
+
+@dataclass
+class RunContext:
+    """State shared by all points of one run: a cache for inputs and reference outputs.
+
+    Workloads store inputs and reference-method outputs here, keyed by whatever makes
+    them reusable (e.g. the input config), so the reference is computed once per input.
+    ``reference`` / ``reference_params`` say which method (with which parameters) that is.
+    """
+
+    cache: dict[Hashable, Any] = field(default_factory=dict)
+    breakdown: bool = False
+    # the suite's reference method (fidelity columns compare against its output) and its
+    # parameters as configured in the suite; None when the suite names no reference
+    reference: str | None = None
+    reference_params: Any = None
+
+    def get_or_create(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
+
+
+@dataclass
+class Bench:
+    """What a workload hands the runner for one point.
+
+    fn: the measured callable (no arguments); returns the output that ``evaluate`` reads.
+    evaluate: maps one output of ``fn`` to quality/fidelity columns; run once, after timing.
+    counters: work counters (``work_*`` columns) known without timing.
+    breakdown: optional; runs ``fn`` once with per-phase timing and returns
+        ``{phase_name: ms}`` (only called when the suite asks for a breakdown).
+    """
+
+    fn: Callable[[], Any]
+    evaluate: Callable[[Any], dict[str, float]] | None = None
+    counters: dict[str, float] = field(default_factory=dict)
+    breakdown: Callable[[], dict[str, float]] | None = None
+
+
+class Workload(ABC):
+    """A named benchmark target. Subclasses set ``name`` and ``Params`` and register themselves."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type]
+    doc: ClassVar[str] = ""
+
+    def model_key(self, point: Point) -> Hashable:
+        """Points with equal keys share one built model (default: all workload params)."""
+        return (self.name, point.workload_params, point.common.device, point.common.dtype, point.common.seed)
+
+    @abstractmethod
+    def build_model(self, point: Point) -> Any:
+        """Build (or load) the model for ``point``."""
+
+    @abstractmethod
+    def bench(self, model: Any, point: Point, ctx: RunContext) -> Bench:
+        """Prepare inputs, apply the method, and return the callable to time."""
+
+    def metrics(self) -> dict[str, MetricInfo]:
+        """Every quality/fidelity/work column this workload may write."""
+        return {}
+
+    def check_paths(self, params: Any) -> list[str]:
+        """Problems with local paths in ``params`` (checkpoint, dataset), as error strings.
+
+        Called by the suite loader for every point before anything runs.
+        """
+        return []

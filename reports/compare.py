@@ -1,0 +1,415 @@
+"""Regression gate: compare two run directories point by point.
+
+``compare_runs(base_dir, new_dir)`` pairs the ok points of the two runs by ``point_hash``
+(a hash of the configuration, so equal configurations pair across commits) and gives each
+a verdict:
+
+- latency: effect = ratio of the medians of the raw per-call samples (``samples.parquet``,
+  ``device_ms``), new / base, with a seeded percentile-bootstrap 95% CI; significance = a
+  two-sided Mann–Whitney U test on the two sample sets. A point is a REGRESSION only when
+  p < alpha AND ratio - 1 > threshold (an IMPROVEMENT symmetrically); a large change that
+  is not significant is "noise", a significant change under the threshold is "no change";
+- quality/fidelity (``q_*``/``fid_*`` present in both): a regression when the value got
+  worse by more than its tolerance (``metrics.json`` ``tolerance``, else the suite's
+  ``regression.per_metric[column]``, read as an absolute tolerance), in the direction of
+  ``higher_is_better``; without a tolerance or a direction the column is "not gated";
+- status: a point that was ok in base and failed / oom / nan in new is a regression.
+
+Why both significance and effect size. A gate on a percentage alone (pytest-benchmark's
+``--benchmark-compare-fail``, github-action-benchmark's alert threshold against the single
+previous data point, CodSpeed's per-benchmark percentage) looks at one statistic of each run
+and ignores its spread: on a shared or throttling GPU one unlucky run trips the gate, or
+hides a real slowdown, and teams end up ignoring or disabling it. A gate on significance
+alone has the opposite failure: with adaptive sampling and many samples, a real but
+irrelevant shift of 1-2% (a clock step, an allocator change) becomes "significant" and fails
+CI for nothing. asv's ``compare``/``continuous`` combine the two (a ratio factor plus a
+Mann–Whitney test, and a change under either is shown as not significant); BenchmarkDotNet
+pairs its test with a minimum effect. We do the same, with a rank test because timing
+distributions are skewed and outlier-prone, and report a bootstrap CI so a reader sees how
+large the change plausibly is. With few samples (3 vs 3) the test cannot reach p < 0.01 at
+all: the verdict is "noise", which asks for more samples rather than guessing.
+
+Comparisons only make sense on the same hardware and software stack; runs whose environment
+fingerprints differ in what matters (GPU, torch, ...) are refused unless explicitly allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness import columns as C
+from harness.env import comparable
+from harness.results import RunData, load
+from reports import stats as S
+from reports import tables as T
+
+DEFAULT_THRESHOLD = 0.05
+DEFAULT_ALPHA = 0.01
+CI_LEVEL = 0.95
+FEW_SAMPLES = 10  # below this per side, bootstrap CIs of a median are unreliable
+LATENCY_KEYS = (C.LAT_MEDIAN, "latency", C.DEVICE_MS)  # per_metric keys that mean latency
+COMPARE_MD = "compare.md"
+COMPARE_CSV = "compare.csv"
+
+KIND_LATENCY = "latency"
+KIND_STATUS = "status"
+
+ROW_COLUMNS = (
+    C.HASH, "config", "kind", "metric", "base", "new", "ratio", "delta", "ci_low", "ci_high",
+    "p_value", "n_base", "n_new", "threshold", "verdict", "note",
+)
+
+
+class CompareError(ValueError):
+    """Two runs cannot be compared (no common points, or environments that differ)."""
+
+
+@dataclass
+class CompareResult:
+    """Outcome of :func:`compare_runs`.
+
+    rows: one row per (point, metric) with columns ``ROW_COLUMNS``; markdown: the summary for a
+    PR comment or CI log; regressed: True when any row's verdict is a regression; n_common:
+    points ok in base and present in new; env_differences: what differs between the
+    fingerprints (non-empty only when allowed).
+    """
+
+    rows: pd.DataFrame
+    markdown: str
+    regressed: bool
+    n_common: int
+    env_differences: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """1 when regressed, else 0 (for CI)."""
+        return 1 if self.regressed else 0
+
+    def write(self, out_dir: str | os.PathLike) -> list[Path]:
+        """Write ``compare.md`` and ``compare.csv`` into ``out_dir``; return their paths."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / COMPARE_MD).write_text(self.markdown)
+        self.rows.to_csv(out / COMPARE_CSV, index=False)
+        return [out / COMPARE_MD, out / COMPARE_CSV]
+
+
+# ---------------------------------------------------------------------------- environment
+
+
+def env_differences(base_env: dict[str, Any], new_env: dict[str, Any]) -> list[str]:
+    """What differs between two fingerprints in ways that matter for timing (empty: comparable);
+    see :func:`harness.env.comparable`."""
+    return list(comparable(base_env or {}, new_env or {}))
+
+
+# ---------------------------------------------------------------------------- thresholds
+
+
+def _regression_cfg(run: RunData) -> dict[str, Any]:
+    cfg = run.suite.get("regression") or {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def latency_threshold(suite_regression: dict[str, Any], cli_threshold: float | None) -> float:
+    """Relative latency threshold: CLI > ``per_metric[latency_median_ms]`` > ``threshold`` > 0.05."""
+    if cli_threshold is not None:
+        return float(cli_threshold)
+    per_metric = suite_regression.get("per_metric") or {}
+    for key in LATENCY_KEYS:
+        if per_metric.get(key) is not None:
+            return float(per_metric[key])
+    if suite_regression.get("threshold") is not None:
+        return float(suite_regression["threshold"])
+    return DEFAULT_THRESHOLD
+
+
+def quality_tolerance(
+    col: str, metrics: dict[str, Any], suite_regression: dict[str, Any]
+) -> float | None:
+    """Absolute tolerance for a q_/fid_ column: metrics.json, else suite per_metric, else None."""
+    info = metrics.get(col) or {}
+    if isinstance(info, dict) and info.get("tolerance") is not None:
+        return float(info["tolerance"])
+    per_metric = suite_regression.get("per_metric") or {}
+    if per_metric.get(col) is not None:
+        return float(per_metric[col])
+    return None
+
+
+# ---------------------------------------------------------------------------- comparison
+
+
+def _last_by_hash(points: pd.DataFrame) -> pd.DataFrame:
+    return points.drop_duplicates(subset=[C.HASH], keep="last").set_index(C.HASH, drop=False)
+
+
+def _samples_by_hash(samples: pd.DataFrame) -> dict[str, np.ndarray]:
+    if samples.empty or C.DEVICE_MS not in samples.columns:
+        return {}
+    s = samples.dropna(subset=[C.DEVICE_MS])
+    return {str(h): g[C.DEVICE_MS].to_numpy(float) for h, g in s.groupby(C.HASH)}
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v) if not T.is_missing(v) else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _row(**kw: Any) -> dict[str, Any]:
+    return {c: kw.get(c, math.nan if c not in ("config", "note", "verdict") else "") for c in ROW_COLUMNS}
+
+
+def compare_runs(
+    base_dir: str | os.PathLike,
+    new_dir: str | os.PathLike,
+    *,
+    threshold: float | None = None,
+    alpha: float | None = None,
+    allow_env_mismatch: bool = False,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> CompareResult:
+    """Compare two run directories point by point; see the module docstring for the rules.
+
+    threshold: relative latency change that counts (0.05 = 5%); None takes the new run's suite
+    ``regression.per_metric[latency_median_ms]``, then ``regression.threshold``, then 0.05.
+    alpha: significance level; None takes the new suite's ``regression.alpha``, else 0.01.
+    Raises CompareError when the environments differ (unless ``allow_env_mismatch``) or when
+    no point is ok in base and present in new.
+    """
+    base, new = load(base_dir), load(new_dir)
+    diffs = env_differences(base.env, new.env)
+    if diffs and not allow_env_mismatch:
+        raise CompareError(
+            f"Refusing to compare {base.path} with {new.path}: their environment fingerprints differ "
+            f"in what matters for timing ({'; '.join(diffs)}). Latencies measured on different "
+            "hardware or software stacks are not comparable, so a verdict would be meaningless; run "
+            "the base and the new revision in the same job on the same machine, or pass "
+            "allow_env_mismatch=True (CLI: --allow-env-mismatch) to compare anyway with the "
+            "differences listed in the report."
+        )
+    reg = _regression_cfg(new)
+    thr = latency_threshold(reg, threshold)
+    a = float(alpha) if alpha is not None else float(reg.get("alpha") or DEFAULT_ALPHA)
+    if not 0 < a < 1:
+        raise ValueError(f"compare_runs: alpha must be in (0, 1), got {a}")
+    if thr < 0:
+        raise ValueError(f"compare_runs: threshold must be >= 0 (0.05 = 5%), got {thr}")
+
+    bp, np_ = _last_by_hash(base.points), _last_by_hash(new.points)
+    both = [h for h in bp.index if h in np_.index]
+    if not both:
+        raise CompareError(
+            f"Refusing to compare {base.path} with {new.path}: they have no point in common "
+            f"({len(bp)} points in base, {len(np_)} in new, none with the same point_hash). A point "
+            "hash covers the workload, method and every resolved parameter, so the two runs must "
+            "sweep at least one identical configuration (same suite, preset and --set overrides)."
+        )
+    common = [h for h in both if bp.at[h, C.STATUS] == C.OK]
+    if not common:
+        raise CompareError(
+            f"Refusing to compare {base.path} with {new.path}: none of the {len(both)} shared points "
+            "finished ok in the base run, so there is no baseline to gate against; fix or rerun the "
+            "base first."
+        )
+
+    axes = T.varying_columns(pd.concat([bp, np_], ignore_index=True))
+    label_axes = [x for x in axes if x != C.METHOD]
+
+    def label(h: str) -> str:
+        row = np_.loc[h] if h in np_.index else bp.loc[h]
+        return T.method_label(row, label_axes)
+
+    bs, ns = _samples_by_hash(base.samples), _samples_by_hash(new.samples)
+    rows: list[dict[str, Any]] = []
+    for h in common:
+        b_row, n_row = bp.loc[h], np_.loc[h]
+        if n_row[C.STATUS] != C.OK:
+            rows.append(_row(**{C.HASH: h}, config=label(h), kind=KIND_STATUS, metric=C.STATUS,
+                             verdict=S.REGRESSION,
+                             note=f"ok -> {n_row[C.STATUS]}: {T.short_error(n_row.get(C.ERROR))}"))
+            continue
+        rows.append(_latency_row(h, label(h), b_row, n_row, bs.get(h), ns.get(h), thr, a, n_boot, seed))
+        rows += _quality_rows(h, label(h), b_row, n_row, base, new, reg)
+    for h in both:
+        if bp.at[h, C.STATUS] != C.OK and np_.at[h, C.STATUS] == C.OK:
+            rows.append(_row(**{C.HASH: h}, config=label(h), kind=KIND_STATUS, metric=C.STATUS,
+                             verdict=S.FIXED, note=f"{bp.at[h, C.STATUS]} -> ok"))
+
+    df = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
+    regressed = bool((df["verdict"] == S.REGRESSION).any())
+    only_base = [h for h in bp.index if h not in np_.index]
+    only_new = [h for h in np_.index if h not in bp.index]
+    md = _markdown(base, new, df, regressed, len(common), thr, a, diffs, only_base, only_new)
+    return CompareResult(rows=df, markdown=md, regressed=regressed, n_common=len(common),
+                         env_differences=diffs)
+
+
+def _latency_row(
+    h: str, config: str, b_row: pd.Series, n_row: pd.Series, b: np.ndarray | None,
+    n: np.ndarray | None, thr: float, alpha: float, n_boot: int, seed: int,
+) -> dict[str, Any]:
+    b = b if b is not None else np.empty(0)
+    n = n if n is not None else np.empty(0)
+    if b.size == 0 or n.size == 0:  # no raw samples: show the stored medians, do not gate
+        bm, nm = _float(b_row.get(C.LAT_MEDIAN)), _float(n_row.get(C.LAT_MEDIAN))
+        ratio = nm / bm if bm and not math.isnan(bm) else math.nan
+        return _row(**{C.HASH: h}, config=config, kind=KIND_LATENCY, metric=C.LAT_MEDIAN, base=bm,
+                    new=nm, ratio=ratio, delta=nm - bm, n_base=b.size, n_new=n.size, threshold=thr,
+                    verdict=S.NO_SAMPLES, note="raw samples missing; not gated")
+    rng = np.random.default_rng([seed, zlib.crc32(h.encode())])
+    ratio = S.median_ratio(b, n)
+    lo, hi = S.bootstrap_ratio_ci(b, n, n_boot=n_boot, rng=rng, level=CI_LEVEL)
+    p = S.mann_whitney_p(b, n)
+    bm, nm = float(np.median(b)), float(np.median(n))
+    return _row(**{C.HASH: h}, config=config, kind=KIND_LATENCY, metric=C.LAT_MEDIAN, base=bm, new=nm,
+                ratio=ratio, delta=nm - bm, ci_low=lo, ci_high=hi, p_value=p, n_base=b.size,
+                n_new=n.size, threshold=thr, verdict=S.classify_latency(ratio, p, alpha, thr))
+
+
+def _quality_rows(
+    h: str, config: str, b_row: pd.Series, n_row: pd.Series, base: RunData, new: RunData,
+    reg: dict[str, Any],
+) -> list[dict[str, Any]]:
+    out = []
+    metrics = {**base.metrics, **new.metrics}
+    cols = [c for c in new.points.columns if str(c).startswith((C.QUALITY_PREFIX, C.FIDELITY_PREFIX))
+            and c in base.points.columns]
+    for col in cols:
+        bv, nv = _float(b_row.get(col)), _float(n_row.get(col))
+        if math.isnan(bv) and math.isnan(nv):
+            continue
+        info = metrics.get(col) or {}
+        hib = info.get("higher_is_better") if isinstance(info, dict) else None
+        tol = quality_tolerance(col, metrics, reg)
+        verdict = S.classify_quality(bv, nv, tol, hib)
+        note = "" if verdict != S.NOT_GATED else (
+            "no tolerance in metrics.json or regression.per_metric" if tol is None else "no direction")
+        kind = "quality" if col.startswith(C.QUALITY_PREFIX) else "fidelity"
+        out.append(_row(**{C.HASH: h}, config=config, kind=kind, metric=col, base=bv, new=nv,
+                        delta=nv - bv, threshold=math.nan if tol is None else tol, verdict=verdict,
+                        note=note))
+    return out
+
+
+# ---------------------------------------------------------------------------- markdown
+
+
+def _verdict_cell(v: str) -> str:
+    return f"**{v.upper()}**" if v == S.REGRESSION else v
+
+
+def _p_text(p: float) -> str:
+    return "" if math.isnan(p) else ("<1e-4" if p < 1e-4 else T.fmt_num(p))
+
+
+def _latency_table(lat: pd.DataFrame) -> str:
+    order = {S.REGRESSION: 0, S.IMPROVEMENT: 1, S.NOISE: 2, S.NO_SAMPLES: 3, S.NO_CHANGE: 4}
+    lat = lat.assign(__o=lat["verdict"].map(order).fillna(9)).sort_values(
+        ["__o", "ratio"], ascending=[True, False], kind="stable")
+    table = pd.DataFrame({
+        "point": lat[C.HASH].str[: T.HASH_SHORT],
+        "config": lat["config"],
+        "base ms": lat["base"].map(T.fmt_num),
+        "new ms": lat["new"].map(T.fmt_num),
+        "ratio": lat["ratio"].map(T.fmt_num),
+        f"{int(CI_LEVEL * 100)}% CI": [
+            "" if math.isnan(lo) else f"[{T.fmt_num(lo)}, {T.fmt_num(hi)}]"
+            for lo, hi in zip(lat["ci_low"], lat["ci_high"])
+        ],
+        "p": lat["p_value"].map(_p_text),
+        "n": [f"{int(a)}/{int(b)}" for a, b in zip(lat["n_base"], lat["n_new"])],
+        "verdict": lat["verdict"].map(_verdict_cell),
+    })
+    return T.to_markdown(table)
+
+
+def _quality_table(q: pd.DataFrame) -> str:
+    table = pd.DataFrame({
+        "point": q[C.HASH].str[: T.HASH_SHORT],
+        "config": q["config"],
+        "metric": q["metric"],
+        "base": q["base"].map(T.fmt_num),
+        "new": q["new"].map(T.fmt_num),
+        "change": q["delta"].map(lambda d: "" if math.isnan(d) else ("+" if d > 0 else "") + T.fmt_num(d)),
+        "tolerance": q["threshold"].map(T.fmt_num),
+        "verdict": q["verdict"].map(_verdict_cell),
+        "note": q["note"],
+    })
+    return T.to_markdown(table)
+
+
+def _markdown(
+    base: RunData, new: RunData, df: pd.DataFrame, regressed: bool, n_common: int, thr: float,
+    alpha: float, diffs: Sequence[str], only_base: Sequence[str], only_new: Sequence[str],
+) -> str:
+    lat = df[df["kind"] == KIND_LATENCY]
+    qual = df[df["kind"].isin(["quality", "fidelity"])]
+    status = df[df["kind"] == KIND_STATUS]
+    n_lat = lat["verdict"].value_counts()
+    n_q_reg = int((qual["verdict"] == S.REGRESSION).sum())
+    n_s_reg = int((status["verdict"] == S.REGRESSION).sum())
+    head = "REGRESSED" if regressed else "no regression"
+    lines = [f"## Benchmark comparison: {head}", ""]
+    parts = [
+        f"{int(n_lat.get(S.REGRESSION, 0))} of {n_common} points slower by more than {thr:.0%} "
+        f"(p < {alpha:g})",
+        f"{int(n_lat.get(S.IMPROVEMENT, 0))} faster",
+        f"{int(n_lat.get(S.NOISE, 0))} changed beyond the threshold without significance (noise)",
+        f"{int(n_lat.get(S.NO_CHANGE, 0))} unchanged",
+    ]
+    if n_lat.get(S.NO_SAMPLES, 0):
+        parts.append(f"{int(n_lat[S.NO_SAMPLES])} without raw samples (not gated)")
+    lines.append("Latency: " + "; ".join(parts) + ".")
+    gated_q = qual[qual["verdict"] != S.NOT_GATED]
+    lines.append(f"Quality/fidelity: {n_q_reg} regression(s) among {len(gated_q)} gated values"
+                 f" ({len(qual) - len(gated_q)} not gated).")
+    if len(status):
+        n_fixed = int((status["verdict"] == S.FIXED).sum())
+        lines.append(f"Status: {n_s_reg} point(s) no longer finish ok; {n_fixed} now finish ok.")
+    lines += [
+        "",
+        f"- **base**: {base.manifest.get('run_id') or base.path.name} (`{base.path}`)",
+        f"- **new**: {new.manifest.get('run_id') or new.path.name} (`{new.path}`)",
+        f"- **rule**: regression when Mann–Whitney p < {alpha:g} and median ratio new/base − 1 > "
+        f"{thr:g}; CI is a {int(CI_LEVEL * 100)}% bootstrap interval of the ratio",
+        "",
+        "### Latency",
+        "",
+        _latency_table(lat) if len(lat) else "_(no point ok in both runs)_",
+    ]
+    changed_q = qual[qual["verdict"].isin([S.REGRESSION, S.IMPROVEMENT]) | (qual["delta"].fillna(1) != 0)]
+    if len(changed_q):
+        lines += ["", "### Quality and fidelity", "", _quality_table(changed_q)]
+    if len(status):
+        table = pd.DataFrame({
+            "point": status[C.HASH].str[: T.HASH_SHORT], "config": status["config"],
+            "verdict": status["verdict"].map(_verdict_cell), "note": status["note"].str.replace("|", "\\|"),
+        })
+        lines += ["", "### Status changes", "", T.to_markdown(table)]
+    notes = []
+    few = lat[(lat["n_base"] < FEW_SAMPLES) | (lat["n_new"] < FEW_SAMPLES)]
+    if len(few):
+        notes.append(f"{len(few)} point(s) have fewer than {FEW_SAMPLES} samples on a side: their bootstrap "
+                     "CIs are too narrow to trust and the test has little power; rerun with more samples.")
+    if diffs:
+        notes.append("Environments differ (compared anyway): " + "; ".join(diffs) + ".")
+    if only_base:
+        notes.append(f"{len(only_base)} point(s) only in base (not compared).")
+    if only_new:
+        notes.append(f"{len(only_new)} point(s) only in new (not compared).")
+    if notes:
+        lines += ["", "### Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"

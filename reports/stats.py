@@ -1,0 +1,132 @@
+"""Statistics for comparing two sets of timing samples (pure functions, numpy/scipy only).
+
+- :func:`median_ratio`: effect size, ``median(new) / median(base)`` (> 1 means slower).
+- :func:`bootstrap_ratio_ci`: percentile bootstrap CI of that ratio, resampling both sample
+  sets with replacement (seeded, vectorised).
+- :func:`mann_whitney_p`: two-sided Mann–Whitney U p-value; rank based, so a few outliers
+  (a GC pause, a clock dip) do not dominate it the way they dominate a t-test.
+- :func:`classify_latency` / :func:`classify_quality`: the verdicts the regression gate uses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+REGRESSION = "regression"
+IMPROVEMENT = "improvement"
+NO_CHANGE = "no change"
+NOISE = "noise"
+NOT_GATED = "not gated"
+NO_SAMPLES = "no samples"
+FIXED = "fixed"
+
+_BOOT_CHUNK_ELEMS = 2_000_000  # bound memory: resample at most this many values at once
+
+
+def _arr(x: Sequence[float] | np.ndarray) -> np.ndarray:
+    a = np.asarray(x, dtype=float)
+    return a[np.isfinite(a)]
+
+
+def median_ratio(base: Sequence[float], new: Sequence[float]) -> float:
+    """median(new) / median(base); NaN when either is empty, inf when the base median is 0."""
+    b, n = _arr(base), _arr(new)
+    if b.size == 0 or n.size == 0:
+        return math.nan
+    mb = float(np.median(b))
+    return float(np.median(n)) / mb if mb != 0 else math.inf
+
+
+def _boot_medians(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    rows = max(1, _BOOT_CHUNK_ELEMS // max(x.size, 1))
+    out = np.empty(n_boot)
+    for start in range(0, n_boot, rows):
+        stop = min(n_boot, start + rows)
+        idx = rng.integers(0, x.size, size=(stop - start, x.size))
+        out[start:stop] = np.median(x[idx], axis=1)
+    return out
+
+
+def bootstrap_ratio_ci(
+    base: Sequence[float],
+    new: Sequence[float],
+    *,
+    n_boot: int = 2000,
+    rng: np.random.Generator | int | None = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``median(new) / median(base)``.
+
+    Each replicate resamples ``base`` and ``new`` independently with replacement (same sizes)
+    and takes the ratio of their medians; the CI is the (1-level)/2 and (1+level)/2 percentiles
+    of the replicates. Returns (NaN, NaN) when either set is empty.
+    """
+    b, n = _arr(base), _arr(new)
+    if b.size == 0 or n.size == 0 or n_boot < 1:
+        return math.nan, math.nan
+    if not 0 < level < 1:
+        raise ValueError(f"bootstrap_ratio_ci: level must be in (0, 1), got {level}")
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    mb = _boot_medians(b, n_boot, gen)
+    mn = _boot_medians(n, n_boot, gen)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = mn / mb
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(ratios, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def mann_whitney_p(base: Sequence[float], new: Sequence[float]) -> float:
+    """Two-sided Mann–Whitney U p-value that the two samples come from one distribution.
+
+    NaN when either set is empty; 1.0 when every value in both sets is equal (scipy's normal
+    approximation is undefined there). Small tie-free samples use the exact distribution, so
+    3 vs 3 samples can never reach p < 0.1: a gate built on it needs enough samples.
+    """
+    b, n = _arr(base), _arr(new)
+    if b.size == 0 or n.size == 0:
+        return math.nan
+    if np.ptp(np.concatenate([b, n])) == 0:
+        return 1.0
+    return float(sps.mannwhitneyu(n, b, alternative="two-sided").pvalue)
+
+
+def classify_latency(ratio: float, p: float, alpha: float, threshold: float) -> str:
+    """Verdict for a latency ratio (new/base) with its p-value.
+
+    regression: p < alpha and ratio - 1 > threshold; improvement: p < alpha and
+    1 - ratio > threshold; noise: the change exceeds the threshold but is not significant;
+    no change: everything else (including significant changes smaller than the threshold).
+    """
+    if math.isnan(ratio):
+        return NO_SAMPLES
+    significant = not math.isnan(p) and p < alpha
+    if ratio - 1 > threshold:
+        return REGRESSION if significant else NOISE
+    if 1 - ratio > threshold:
+        return IMPROVEMENT if significant else NOISE
+    return NO_CHANGE
+
+
+def classify_quality(
+    base: float, new: float, tolerance: float | None, higher_is_better: bool | None
+) -> str:
+    """Verdict for a quality/fidelity value: regression when it got worse by more than
+    ``tolerance`` (absolute) in the metric's direction; not gated without a tolerance or a
+    direction. A value that became NaN while the base was finite is a regression."""
+    if tolerance is None or higher_is_better is None:
+        return NOT_GATED
+    if math.isnan(base):
+        return NO_CHANGE if math.isnan(new) else NOT_GATED
+    if math.isnan(new):
+        return REGRESSION
+    worse_by = (base - new) if higher_is_better else (new - base)
+    if worse_by > tolerance:
+        return REGRESSION
+    if -worse_by > tolerance:
+        return IMPROVEMENT
+    return NO_CHANGE

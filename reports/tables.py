@@ -1,0 +1,386 @@
+"""Tables from a run directory: swept axes, speedup vs the reference, summary and pivot views.
+
+Everything here reads a :class:`harness.results.RunData` (``harness.results.load``) and
+returns pandas DataFrames; nothing imports a model or a method. Numeric tables stay
+numeric (``points.csv`` keeps full precision); :func:`format_table` turns one into strings
+with 3 significant figures for Markdown, and :func:`to_markdown` renders it with tabulate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from harness import columns as C
+from harness.results import RunData
+
+# columns that describe the row, not its configuration
+BOOKKEEPING = (C.RUN_ID, C.SUITE, C.HASH, C.STATUS, C.ERROR, C.STARTED_AT, C.ELAPSED_S)
+METRIC_PREFIXES = (C.QUALITY_PREFIX, C.FIDELITY_PREFIX, C.WORK_PREFIX, C.BREAKDOWN_PREFIX)
+_NOT_CONFIG = set(BOOKKEEPING) | set(C.TIMING) | set(C.TELEMETRY) | {C.SPEEDUP}
+
+# telemetry columns shown in the summary when any ok point has them
+RESOURCE_COLUMNS = (
+    C.ENERGY_J, C.POWER_MEAN_W, C.GPU_MEM_PEAK_MB, C.TORCH_PEAK_ALLOC_MB, C.RSS_PEAK_MB,
+)
+SIG_DIGITS = 3
+HASH_SHORT = 8
+_SI = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"))
+
+
+# ---------------------------------------------------------------------------- values
+
+
+def is_missing(v: Any) -> bool:
+    """True for None and float NaN (pandas' two spellings of 'no value')."""
+    if v is None:
+        return True
+    try:
+        return bool(isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT
+    except TypeError:
+        return False
+
+
+def hashable(v: Any) -> Hashable:
+    """A hashable stand-in for a config value: NaN -> None, arrays/lists -> tuples."""
+    if is_missing(v):
+        return None
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return tuple(hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, hashable(x)) for k, x in v.items()))
+    return v
+
+
+def fmt_value(v: Any) -> str:
+    """A config value as short text: integral floats print as ints, missing as ''."""
+    v = hashable(v)
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:g}"
+    if isinstance(v, tuple):
+        return "(" + ", ".join(fmt_value(x) for x in v) + ")"
+    return str(v)
+
+
+def fmt_num(x: Any, digits: int = SIG_DIGITS) -> str:
+    """A number with ``digits`` significant figures; large counts get SI suffixes (1.23G).
+
+    Values in [1e3, 1e6) print as integers (1234), which keeps them readable.
+    """
+    if is_missing(x):
+        return ""
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    if not isinstance(x, (int, float, np.integer, np.floating)):
+        return str(x)
+    x = float(x)
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    ax = abs(x)
+    for scale, suffix in _SI:
+        if ax >= scale:
+            return f"{x / scale:.{digits}g}{suffix}"
+    if ax >= 10 ** digits:
+        return f"{x:.0f}"
+    if x.is_integer():
+        return str(int(x))
+    return f"{x:.{digits}g}"
+
+
+# ---------------------------------------------------------------------------- columns
+
+
+def _frame(run: RunData | pd.DataFrame) -> pd.DataFrame:
+    return run.points if isinstance(run, RunData) else run
+
+
+def _ok(run: RunData | pd.DataFrame) -> pd.DataFrame:
+    df = _frame(run)
+    if C.STATUS not in df.columns:
+        return df
+    return df[df[C.STATUS] == C.OK]
+
+
+def config_columns(points: pd.DataFrame) -> list[str]:
+    """Columns that hold configuration (workload, method, preset and every resolved param)."""
+    return [
+        c for c in points.columns
+        if c not in _NOT_CONFIG and not str(c).startswith(METRIC_PREFIXES)
+    ]
+
+
+def metric_columns(points: pd.DataFrame, prefix: str) -> list[str]:
+    """Columns starting with ``prefix`` (``q_``, ``fid_``, ``work_``, ``bd_``) that hold any value."""
+    return [c for c in points.columns if str(c).startswith(prefix) and points[c].notna().any()]
+
+
+def _n_distinct(s: pd.Series) -> int:
+    return len({hashable(v) for v in s} - {None})
+
+
+def varying_columns(points: pd.DataFrame) -> list[str]:
+    """Config columns taking more than one value in ``points``; ``method`` first."""
+    cols = [c for c in config_columns(points) if _n_distinct(points[c]) > 1]
+    if C.METHOD in cols:
+        cols.remove(C.METHOD)
+        cols.insert(0, C.METHOD)
+    return cols
+
+
+def swept_axes(run: RunData | pd.DataFrame) -> list[str]:
+    """Config columns that take more than one value among the ok points, ``method`` first.
+
+    Bookkeeping (run id, hash, status, ...), timing, telemetry and metric columns are never axes.
+    """
+    return varying_columns(_ok(run))
+
+
+def method_specific_params(points: pd.DataFrame, suite: dict[str, Any]) -> list[str]:
+    """Config columns that belong to methods rather than to the workload-level config.
+
+    A column is method-specific when it is declared under ``suite["methods"]`` (and not under
+    ``fixed``/``sweep``), or when some row lacks it (a workload-level or common parameter is
+    present in every row; a method parameter is missing for methods that do not have it).
+    """
+    declared: set[str] = set()
+    for params in (suite.get("methods") or {}).values():
+        if isinstance(params, dict):
+            declared |= set(params)
+    workload_level = set(suite.get("fixed") or {}) | set(suite.get("sweep") or {})
+    out = []
+    for c in config_columns(points):
+        if c == C.METHOD:
+            continue
+        partial = bool(points[c].isna().any())
+        if partial or (c in declared and c not in workload_level):
+            out.append(c)
+    return out
+
+
+def match_key_columns(points: pd.DataFrame, suite: dict[str, Any]) -> list[str]:
+    """Columns that pair a point with its reference: the workload-level config."""
+    specific = set(method_specific_params(points, suite))
+    return [c for c in config_columns(points) if c != C.METHOD and c not in specific]
+
+
+# ---------------------------------------------------------------------------- speedup
+
+
+def add_speedup(points: pd.DataFrame, suite: dict[str, Any]) -> pd.DataFrame:
+    """Return a copy of ``points`` with a ``speedup`` column.
+
+    speedup = latency of the reference method's ok point with the same workload-level config
+    (every non-method parameter equal: frames, seq_len, device, dtype, seed, ...) divided by
+    this point's latency. Reference rows get exactly 1.0; points without an ok reference
+    match, and points that are not ok, get NaN. Method-specific parameters are not part
+    of the match. When several reference points share a key (the reference's own parameters
+    swept), their median latency is used.
+    """
+    out = points.copy()
+    out[C.SPEEDUP] = np.nan
+    ref = suite.get("reference")
+    if ref is None or C.LAT_MEDIAN not in out.columns or C.METHOD not in out.columns or out.empty:
+        return out
+    keys = match_key_columns(out, suite)
+    lat = pd.to_numeric(out[C.LAT_MEDIAN], errors="coerce")
+    ok = (out[C.STATUS] == C.OK) if C.STATUS in out.columns else pd.Series(True, index=out.index)
+    usable = ok & lat.notna() & (lat > 0)
+    row_key = [tuple(hashable(r[c]) for c in keys) for _, r in out[keys].iterrows()] if keys \
+        else [()] * len(out)
+    row_key = pd.Series(row_key, index=out.index)
+    is_ref = out[C.METHOD] == ref
+    ref_lat: dict[tuple, list[float]] = {}
+    for i in out.index[is_ref & usable]:
+        ref_lat.setdefault(row_key[i], []).append(float(lat[i]))
+    for i in out.index[usable]:
+        if is_ref[i]:
+            out.at[i, C.SPEEDUP] = 1.0
+        elif row_key[i] in ref_lat:
+            out.at[i, C.SPEEDUP] = float(np.median(ref_lat[row_key[i]])) / float(lat[i])
+    return out
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def _sort_rows(df: pd.DataFrame, by: Sequence[str], reference: str | None) -> pd.DataFrame:
+    if df.empty or not by:
+        return df
+    tmp = df.copy()
+    sort_cols = []
+    if C.METHOD in by and reference is not None:
+        tmp["__not_ref"] = tmp[C.METHOD] != reference
+        sort_cols.append("__not_ref")
+    sort_cols += list(by)
+    try:
+        tmp = tmp.sort_values(sort_cols, na_position="first", kind="stable")
+    except TypeError:  # mixed types in an object column: keep the run's order
+        pass
+    return tmp.drop(columns=["__not_ref"], errors="ignore")
+
+
+def summary_columns(points: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """Column order of the summary: axes, latency, speedup, resources, work, breakdown, quality,
+    fidelity, then the point hash."""
+    cols = list(axes) or ([C.METHOD] if C.METHOD in points.columns else [])
+    for c in (C.LAT_MEDIAN, C.LAT_IQR, C.SPEEDUP, *RESOURCE_COLUMNS):
+        if c in points.columns and (c in (C.LAT_MEDIAN, C.SPEEDUP) or points[c].notna().any()):
+            cols.append(c)
+    for prefix in (C.WORK_PREFIX, C.BREAKDOWN_PREFIX, C.QUALITY_PREFIX, C.FIDELITY_PREFIX):
+        cols += metric_columns(points, prefix)
+    if C.HASH in points.columns:
+        cols.append(C.HASH)
+    return cols
+
+
+def summary_table(run: RunData) -> pd.DataFrame:
+    """One row per ok point: swept axes, latency median and IQR (ms), speedup, energy/memory
+    where present, work counters, breakdown phases, quality and fidelity columns, point hash.
+
+    Values stay numeric; see :func:`format_table` for display.
+    """
+    pts = add_speedup(run.points, run.suite)
+    ok = _ok(pts)
+    axes = swept_axes(ok)
+    cols = summary_columns(ok, axes)
+    table = ok[cols]
+    return _sort_rows(table, axes, run.suite.get("reference")).reset_index(drop=True)
+
+
+def failed_table(run: RunData) -> pd.DataFrame:
+    """Points whose status is not ok (failed / oom / nan) with their config and error text."""
+    pts = run.points
+    if C.STATUS not in pts.columns:
+        return pd.DataFrame(columns=[C.HASH, C.STATUS, C.ERROR])
+    bad = pts[pts[C.STATUS] != C.OK]
+    axes = varying_columns(pts) or ([C.METHOD] if C.METHOD in pts.columns else [])
+    cols = [c for c in (C.HASH, *axes, C.STATUS, C.ERROR) if c in pts.columns]
+    return bad[cols].reset_index(drop=True)
+
+
+def method_label(row: pd.Series | dict[str, Any], params: Iterable[str]) -> str:
+    """``method`` plus the given parameters that the row has, e.g. ``httm r=0.5 groups=4``."""
+    parts = [fmt_value(row.get(C.METHOD))]
+    for p in params:
+        v = row.get(p)
+        if not is_missing(v):
+            parts.append(f"{p}={fmt_value(v)}")
+    return " ".join(x for x in parts if x)
+
+
+def pivot_table(
+    run: RunData,
+    value: str = C.SPEEDUP,
+    index: str | Sequence[str] | None = None,
+    columns: str = C.METHOD,
+) -> pd.DataFrame | None:
+    """A compact view: ``value`` by ``index`` (rows) and method (columns).
+
+    index defaults to the workload-level swept axes (e.g. ``seq_len``). With
+    ``columns="method"`` each column is a method label that also carries the method's own swept
+    parameters (``httm r=0.5``). Returns None when it does not fit: no index axis, no such value
+    column, or more than one point per cell (another axis varies).
+    """
+    pts = _ok(add_speedup(run.points, run.suite))
+    if pts.empty or value not in pts.columns:
+        return None
+    axes = swept_axes(pts)
+    specific = set(method_specific_params(pts, run.suite))
+    if index is None:
+        index = [a for a in axes if a not in specific and a != columns]
+    index = [index] if isinstance(index, str) else list(index)
+    if not index or any(i not in pts.columns for i in index) or columns not in pts.columns:
+        return None
+    tmp = pts.copy()
+    if columns == C.METHOD:
+        extra = [a for a in axes if a in specific]
+        tmp["__col"] = [method_label(r, extra) for _, r in tmp.iterrows()]
+    else:
+        tmp["__col"] = tmp[columns].map(fmt_value)
+    for i in index:
+        tmp[i] = tmp[i].map(hashable)
+    if tmp.duplicated(subset=[*index, "__col"]).any():
+        return None
+    ref = run.suite.get("reference")
+    order = list(dict.fromkeys(tmp.sort_values("__col")["__col"]))
+    if columns == C.METHOD and ref is not None:
+        order.sort(key=lambda label: label.split(" ")[0] != ref)
+    piv = tmp.pivot(index=index, columns="__col", values=value)
+    piv = piv[order]
+    piv.columns.name = columns
+    return piv
+
+
+# ---------------------------------------------------------------------------- formatting
+
+
+def format_table(df: pd.DataFrame, *, hash_short: bool = True) -> pd.DataFrame:
+    """Strings for display: numbers to 3 significant figures, ``latency_median_ms`` merged with
+    its IQR as ``12.3 ± 0.4``, point hashes shortened, config values compact."""
+    out = pd.DataFrame(index=df.index)
+    has_iqr = C.LAT_MEDIAN in df.columns and C.LAT_IQR in df.columns
+    for c in df.columns:
+        if has_iqr and c == C.LAT_IQR:
+            continue
+        s = df[c]
+        if has_iqr and c == C.LAT_MEDIAN:
+            out["latency ms (± IQR)"] = [
+                fmt_num(m) + (f" ± {fmt_num(q)}" if not is_missing(q) else "")
+                for m, q in zip(s, df[C.LAT_IQR])
+            ]
+        elif c == C.HASH and hash_short:
+            out[c] = s.map(lambda h: "" if is_missing(h) else str(h)[:HASH_SHORT])
+        elif c == C.ERROR:
+            out[c] = s.map(short_error)
+        elif pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            fmt = fmt_value if c in config_columns(df) else fmt_num
+            out[c] = s.map(fmt)
+        else:
+            out[c] = s.map(fmt_value)
+    return out
+
+
+def short_error(e: Any, limit: int = 200) -> str:
+    """One line of an error text for a table cell (Markdown pipes escaped, at most ``limit`` chars)."""
+    if is_missing(e):
+        return ""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    # a full traceback names the exception on its last line; otherwise the first line says it
+    text = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    text = text.replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def format_pivot(piv: pd.DataFrame) -> pd.DataFrame:
+    """A pivot table as strings, index levels turned into leading columns."""
+    flat = piv.reset_index()
+    out = pd.DataFrame(index=flat.index)
+    for c in flat.columns:
+        if c in piv.index.names:
+            out[str(c)] = flat[c].map(fmt_value)
+        else:
+            out[str(c)] = flat[c].map(fmt_num)
+    return out
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """GitHub-flavoured Markdown table of an already formatted frame (strings kept verbatim)."""
+    if df.empty:
+        return "_(none)_"
+    return tabulate(
+        df.astype(str).values.tolist(), headers=[str(c) for c in df.columns],
+        tablefmt="github", disable_numparse=True,
+    )

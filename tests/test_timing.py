@@ -1,0 +1,328 @@
+"""Timer: statistics, stopping rules and warm-up, driven by a fake clock; CUDA paths on a GPU."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+
+from harness import columns as C
+from harness import timing
+from harness.timing import Measurement, Timer, TimingConfig, parse_device, stop_reason, summarize, time_fn
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+class FakeClock:
+    """A clock (seconds) that only moves when a scripted fn runs."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def scripted_fn(clock: FakeClock, durations_ms: list[float]):
+    """fn whose k-th call takes durations_ms[k % len] (the script cycles); returns the call index."""
+    calls = {"n": 0}
+
+    def fn() -> int:
+        i = calls["n"]
+        clock.now += durations_ms[i % len(durations_ms)] / 1e3
+        calls["n"] += 1
+        return i
+
+    fn.calls = calls
+    return fn
+
+
+def measure(durations_ms: list[float], **cfg) -> tuple[Measurement, dict]:
+    clock = FakeClock()
+    fn = scripted_fn(clock, durations_ms)
+    m = Timer(TimingConfig(**cfg), clock=clock).measure(fn)
+    return m, fn.calls
+
+
+# --- summary statistics -----------------------------------------------------------------------
+
+
+def known_measurement() -> Measurement:
+    return Measurement(device_ms=[float(v) for v in range(1, 11)], host_ms=[0.5, 1.5, 2.5],
+                       n_warmup=3, timer="perf_counter", threads=4)
+
+
+def test_summary_has_exactly_the_timing_columns_in_order():
+    assert tuple(summarize(known_measurement())) == C.TIMING
+
+
+def test_summary_values_on_known_samples_use_linear_interpolation():
+    s = summarize(known_measurement())
+    assert s[C.LAT_MEDIAN] == pytest.approx(5.5)
+    assert s[C.LAT_MEAN] == pytest.approx(5.5)
+    assert s[C.LAT_IQR] == pytest.approx(7.75 - 3.25)
+    assert s[C.LAT_P10] == pytest.approx(1.9)
+    assert s[C.LAT_P90] == pytest.approx(9.1)
+    assert (s[C.LAT_MIN], s[C.LAT_MAX]) == (1.0, 10.0)
+
+
+def test_summary_cv_is_sample_std_over_mean():
+    assert summarize(known_measurement())[C.LAT_CV] == pytest.approx(3.0276503540974917 / 5.5)
+
+
+def test_summary_carries_counts_host_median_timer_and_threads():
+    s = summarize(known_measurement())
+    assert (s[C.N_SAMPLES], s[C.N_WARMUP], s[C.HOST_MEDIAN], s[C.TIMER], s[C.THREADS]) == (
+        10, 3, 1.5, "perf_counter", 4)
+
+
+def test_measurement_summary_method_equals_summarize():
+    m = known_measurement()
+    assert m.summary() == summarize(m)
+
+
+def test_single_sample_has_zero_cv_and_zero_iqr():
+    s = summarize(Measurement([2.0], [2.0], 0, "perf_counter", 1))
+    assert (s[C.LAT_CV], s[C.LAT_IQR], s[C.LAT_MEDIAN]) == (0.0, 0.0, 2.0)
+
+
+def test_empty_measurement_gives_nan_statistics_and_zero_samples():
+    s = summarize(Measurement([], [], 0, "perf_counter", 1))
+    assert s[C.N_SAMPLES] == 0
+    assert all(math.isnan(s[k]) for k in (C.LAT_MEDIAN, C.LAT_IQR, C.LAT_CV, C.HOST_MEDIAN))
+
+
+# --- the stopping rule (pure) -----------------------------------------------------------------
+
+
+def test_stop_rule_converges_on_constant_samples_once_min_samples_reached():
+    cfg = TimingConfig(min_samples=5, max_samples=50)
+    assert stop_reason([1.0] * 4, 0.0, cfg) is None
+    assert stop_reason([1.0] * 5, 0.0, cfg) == timing.STOP_CONVERGED
+
+
+def test_stop_rule_needs_three_samples_for_the_iqr():
+    cfg = TimingConfig(min_samples=1, max_samples=50, budget_s=100.0)
+    assert stop_reason([1.0, 1.0], 0.0, cfg) is None
+    assert stop_reason([1.0, 1.0, 1.0], 0.0, cfg) == timing.STOP_CONVERGED
+
+
+def test_stop_rule_max_samples_wins_over_min_samples_wait():
+    cfg = TimingConfig(min_samples=3, max_samples=3)
+    assert stop_reason([1.0, 5.0, 9.0], 0.0, cfg) == timing.STOP_MAX
+
+
+def test_stop_rule_budget_applies_only_after_min_samples():
+    cfg = TimingConfig(min_samples=4, max_samples=50, budget_s=1.0)
+    noisy = [1.0, 3.0, 1.0]
+    assert stop_reason(noisy, 5.0, cfg) is None
+    assert stop_reason(noisy + [3.0], 5.0, cfg) == timing.STOP_BUDGET
+
+
+def test_stop_rule_target_zero_disables_convergence():
+    cfg = TimingConfig(min_samples=3, max_samples=50, target_rel_iqr=0.0)
+    assert stop_reason([1.0] * 10, 0.0, cfg) is None
+
+
+# --- the CPU timer with a fake clock ----------------------------------------------------------
+
+
+def test_constant_samples_stop_at_min_samples():
+    m, _ = measure([2.0], warmup_n=0, min_samples=6, max_samples=50)
+    assert (len(m.device_ms), m.stop_reason) == (6, timing.STOP_CONVERGED)
+
+
+def test_noisy_samples_continue_to_max_samples():
+    m, _ = measure([1.0, 3.0], warmup_n=0, min_samples=3, max_samples=20, budget_s=100.0)
+    assert (len(m.device_ms), m.stop_reason) == (20, timing.STOP_MAX)
+
+
+def test_budget_stops_sampling_after_min_samples():
+    # samples of 10/20 ms alternate (IQR/median ~ 0.67): elapsed 10, 30, 40, 60 ms -> stop at 60 >= 50
+    m, _ = measure([10.0, 20.0], warmup_n=0, min_samples=2, max_samples=100, budget_s=0.05)
+    assert (len(m.device_ms), m.stop_reason) == (4, timing.STOP_BUDGET)
+
+
+def test_budget_never_cuts_below_min_samples():
+    m, _ = measure([10.0, 20.0], warmup_n=0, min_samples=7, max_samples=100, budget_s=0.0)
+    assert (len(m.device_ms), m.stop_reason) == (7, timing.STOP_BUDGET)
+
+
+def test_raw_samples_are_kept_in_order_in_milliseconds():
+    m, _ = measure([1.0, 2.0, 4.0], warmup_n=1, min_samples=3, max_samples=3)
+    assert m.device_ms == pytest.approx([2.0, 4.0, 1.0])  # call 0 was the warm-up
+    assert m.host_ms == m.device_ms
+
+
+def test_warmup_by_time_keeps_calling_until_warmup_ms_elapsed():
+    m, calls = measure([3.0], warmup_n=1, warmup_ms=10.0, min_samples=3, max_samples=3)
+    assert m.n_warmup == 4  # 3, 6, 9 ms < 10 ms -> a 4th call
+    assert calls["n"] == 4 + 3
+
+
+def test_warmup_by_count_wins_when_time_is_already_satisfied():
+    m, _ = measure([3.0], warmup_n=5, warmup_ms=1.0, min_samples=3, max_samples=3)
+    assert m.n_warmup == 5
+
+
+def test_no_warmup_when_both_are_zero():
+    m, calls = measure([3.0], warmup_n=0, warmup_ms=0.0, min_samples=3, max_samples=3)
+    assert (m.n_warmup, calls["n"]) == (0, 3)
+
+
+def test_output_is_the_last_return_value_of_fn():
+    m, calls = measure([1.0], warmup_n=2, min_samples=3, max_samples=3)
+    assert m.output == calls["n"] - 1 == 4
+
+
+def test_cpu_records_perf_counter_timer_and_torch_threads():
+    m, _ = measure([1.0], min_samples=3, max_samples=3)
+    assert (m.timer, m.threads) == ("perf_counter", torch.get_num_threads())
+
+
+def test_sampling_time_is_recorded():
+    m, _ = measure([5.0], warmup_n=0, min_samples=4, max_samples=4)
+    assert m.sampling_s == pytest.approx(0.020)
+
+
+def test_cuda_options_on_cpu_log_one_warning(monkeypatch, caplog):
+    monkeypatch.setattr(timing, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="harness.timing"):
+        measure([1.0], flush_l2=True, cuda_graph=True, min_samples=3, max_samples=3)
+        m, _ = measure([1.0], flush_l2=True, cuda_graph=True, min_samples=3, max_samples=3)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "flush_l2, cuda_graph" in warnings[0].getMessage()
+    assert m.timer == "perf_counter"
+
+
+def test_min_samples_above_max_samples_is_rejected():
+    with pytest.raises(ValueError, match="min_samples=9 is larger than max_samples=3"):
+        Timer(TimingConfig(min_samples=9, max_samples=3))
+
+
+def test_real_clock_measures_a_real_function():
+    x = torch.randn(32, 32)
+    m = Timer(TimingConfig(warmup_n=1, min_samples=3, max_samples=6, budget_s=0.5)).measure(lambda: x @ x)
+    assert 3 <= len(m.device_ms) <= 6
+    assert all(v > 0 for v in m.device_ms)
+    assert torch.equal(m.output, x @ x)
+
+
+# --- time_fn and devices ----------------------------------------------------------------------
+
+
+def test_time_fn_applies_config_overrides():
+    m = time_fn(lambda: 1, warmup_n=0, min_samples=2, max_samples=2)
+    assert (len(m.device_ms), m.n_warmup, m.output) == (2, 0, 1)
+
+
+def test_time_fn_rejects_unknown_options_with_a_suggestion():
+    with pytest.raises(TypeError, match="unknown timing option 'min_sample'.*did you mean 'min_samples'"):
+        time_fn(lambda: 1, min_sample=3)
+
+
+def test_parse_device_accepts_cpu():
+    assert parse_device("cpu") == torch.device("cpu")
+
+
+def test_parse_device_rejects_unsupported_types():
+    with pytest.raises(ValueError, match="supports 'cpu' and 'cuda"):
+        parse_device("meta")
+    with pytest.raises(ValueError, match="not a device name"):
+        parse_device("banana")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error when CUDA is missing")
+def test_cuda_without_cuda_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="is_available"):
+        Timer().measure(lambda: 1, "cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks auto on a CPU-only machine")
+def test_auto_means_cpu_without_cuda():
+    assert parse_device("auto") == torch.device("cpu")
+
+
+# --- CUDA batch sizing (pure) -----------------------------------------------------------------
+
+
+def test_first_cuda_batch_is_min_samples_long():
+    t = Timer(TimingConfig(min_samples=7, max_samples=50), cuda_batch=4)
+    assert t._next_batch([], 0.0) == 7
+
+
+def test_later_cuda_batches_are_capped_by_batch_size_budget_and_max_samples():
+    t = Timer(TimingConfig(min_samples=2, max_samples=12, budget_s=1.0), cuda_batch=4)
+    assert t._next_batch([1.0] * 2, 0.0) == 4  # cap
+    assert t._next_batch([100.0] * 2, 0.8) == 2  # 200 ms of budget left / 100 ms per sample
+    assert t._next_batch([100.0] * 2, 2.0) == 1  # budget spent: still at least one
+    assert t._next_batch([1.0] * 10, 0.0) == 2  # only 2 left before max_samples
+
+
+# --- CUDA -------------------------------------------------------------------------------------
+
+
+@needs_cuda
+def test_cuda_events_time_every_sample_with_host_times_alongside():
+    x = torch.randn(512, 512, device="cuda")
+    m = Timer(TimingConfig(min_samples=5, max_samples=10)).measure(lambda: x @ x, "cuda")
+    assert m.timer == "cuda_event"
+    assert len(m.device_ms) == len(m.host_ms) >= 5
+    assert all(v > 0 for v in m.device_ms)
+    assert torch.allclose(m.output, x @ x)
+
+
+@needs_cuda
+def test_cuda_sampling_synchronizes_once_per_batch(monkeypatch):
+    x = torch.randn(256, 256, device="cuda")
+    calls = {"n": 0}
+    real_sync = torch.cuda.synchronize
+
+    def counting_sync(*a, **k):
+        calls["n"] += 1
+        return real_sync(*a, **k)
+
+    monkeypatch.setattr(torch.cuda, "synchronize", counting_sync)
+    m = Timer(TimingConfig(warmup_n=0, min_samples=8, max_samples=8)).measure(lambda: x @ x, "cuda")
+    assert (len(m.device_ms), calls["n"]) == (8, 1)
+
+
+@needs_cuda
+def test_cuda_l2_flush_still_times_fn():
+    x = torch.randn(512, 512, device="cuda")
+    m = Timer(TimingConfig(min_samples=3, max_samples=5, flush_l2=True)).measure(lambda: x @ x, "cuda")
+    assert m.timer == "cuda_event" and len(m.device_ms) >= 3
+
+
+@needs_cuda
+def test_cuda_graph_replays_match_eager_output():
+    x = torch.randn(256, 256, device="cuda")
+    m = Timer(TimingConfig(warmup_n=1, min_samples=3, max_samples=5, cuda_graph=True)).measure(
+        lambda: torch.relu(x @ x), "cuda")
+    assert m.timer == "cuda_graph"
+    assert m.n_warmup == 2  # one eager warm-up + the side-stream call before capture
+    assert torch.allclose(m.output, torch.relu(x @ x))
+
+
+@needs_cuda
+def test_cuda_graph_capture_failure_is_a_clear_error():
+    x = torch.randn(8, device="cuda")
+    with pytest.raises(RuntimeError, match="capturing fn into a CUDA graph failed"):
+        Timer(TimingConfig(min_samples=3, max_samples=3, cuda_graph=True)).measure(
+            lambda: float(x.sum().item()), "cuda")
+
+
+@needs_cuda
+def test_cuda_stays_usable_after_a_failed_capture():
+    x = torch.randn(8, device="cuda")
+    with pytest.raises(RuntimeError, match="capturing fn into a CUDA graph failed"):
+        Timer(TimingConfig(min_samples=3, max_samples=3, cuda_graph=True)).measure(
+            lambda: float(x.sum().item()), "cuda")
+    y = torch.randn(64, device="cuda")  # RNG works again
+    m = Timer(TimingConfig(min_samples=3, max_samples=3)).measure(lambda: y * 2, "cuda")
+    assert len(m.device_ms) == 3
+    g = Timer(TimingConfig(min_samples=3, max_samples=3, cuda_graph=True)).measure(lambda: y * 2, "cuda")
+    assert g.timer == "cuda_graph" and torch.allclose(g.output, y * 2)
