@@ -28,10 +28,12 @@ def _install(session: nox.Session, extras: str = "") -> None:
     session.install("-e", f".{extras}")
 
 
-def _bench(session: nox.Session, suite: str, default_args: list[str]) -> None:
+def _bench(session: nox.Session, suites: list[str], default_args: list[str]) -> None:
+    """Install the harness, then `harness run` each suite with the posargs (or the defaults)."""
     _install(session)
     args = session.posargs or default_args
-    session.run("harness", "run", f"suites/{suite}.yaml", *args)
+    for suite in suites:
+        session.run("harness", "run", f"suites/{suite}.yaml", *args)
 
 
 @nox.session(venv_params=VENV_PARAMS)
@@ -58,32 +60,35 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(name="bench-vggt", venv_params=VENV_PARAMS)
 def bench_vggt(session: nox.Session) -> None:
-    """HTTM vs plain VGGT, ToMe and FastVGGT-style merging; cpu preset by default."""
-    _bench(session, "vggt", ["--preset", "cpu"])
+    """HTTM vs plain VGGT, ToMe and FastVGGT-style merging: one global layer, then end to end.
+
+    Runs suites/vggt-layer.yaml and suites/vggt.yaml (cpu preset unless posargs say otherwise).
+    """
+    _bench(session, ["vggt-layer", "vggt"], ["--preset", "cpu"])
 
 
 @nox.session(name="bench-vggt-gpu", venv_params=VENV_PARAMS, tags=["gpu"], default=False)
 def bench_vggt_gpu(session: nox.Session) -> None:
     """VGGT-1B shapes in bf16 at 100 to 1000 frames (needs a CUDA GPU)."""
-    _bench(session, "vggt", ["--preset", "gpu"])
+    _bench(session, ["vggt-layer", "vggt"], ["--preset", "gpu"])
 
 
 @nox.session(name="bench-vggt-breakdown", venv_params=VENV_PARAMS)
 def bench_vggt_breakdown(session: nox.Session) -> None:
     """Per-layer latency breakdown (matching / aggregation / attention), as the HTTM paper's Table 4."""
-    _bench(session, "vggt-breakdown", ["--preset", "cpu"])
+    _bench(session, ["vggt-breakdown"], ["--preset", "cpu"])
 
 
 @nox.session(name="bench-swin", venv_params=VENV_PARAMS)
 def bench_swin(session: nox.Session) -> None:
     """MixA-Q vs uniform quantization on Swin; cpu preset by default."""
-    _bench(session, "swin", ["--preset", "cpu"])
+    _bench(session, ["swin"], ["--preset", "cpu"])
 
 
 @nox.session(name="bench-swin-gpu", venv_params=VENV_PARAMS, tags=["gpu"], default=False)
 def bench_swin_gpu(session: nox.Session) -> None:
     """MixA-Q vs uniform quantization on Swin at 448 (needs a CUDA GPU)."""
-    _bench(session, "swin", ["--preset", "gpu"])
+    _bench(session, ["swin"], ["--preset", "gpu"])
 
 
 @nox.session(venv_params=VENV_PARAMS)
@@ -103,7 +108,7 @@ def _regression(session: nox.Session, preset: str) -> None:
     base, new = f"{RUNS}/regression-{preset}/base", f"{RUNS}/regression-{preset}/new"
     for out in (base, new):
         session.run("rm", "-rf", out, external=True)
-        session.run("harness", "run", "suites/attention-smoke.yaml", "--preset", preset,
+        session.run("harness", "run", "suites/regression-smoke.yaml", "--preset", preset,
                     "--out", out, "--no-report", "--order", "interleave")
     session.run("harness", "compare", base, new, "--markdown", f"{RUNS}/regression-{preset}/compare.md",
                 *session.posargs)
@@ -117,5 +122,5 @@ def regression(session: nox.Session) -> None:
 
 @nox.session(name="regression-gpu", venv_params=VENV_PARAMS, tags=["gpu"], default=False)
 def regression_gpu(session: nox.Session) -> None:
-    """The GPU smoke preset twice, gated with `harness compare`."""
+    """The regression-smoke GPU preset twice, gated with `harness compare`."""
     _regression(session, "gpu")

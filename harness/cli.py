@@ -12,9 +12,12 @@ import datetime as _dt
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from tabulate import tabulate
 
 from harness import registry
 from harness.params import describe
@@ -176,6 +179,11 @@ def _cmd_list(args: argparse.Namespace, argv: list[str]) -> int:
         cls = registry.get_workload(w)
         out.append(f"workload {w}" + (f": {cls.doc}" if cls.doc else ""))
         out.append(_params_table(cls.Params, "  "))
+        presets = cls.model_presets()
+        if presets:
+            out.append("  model presets:")
+            out.append(textwrap.indent(tabulate([{"preset": k, **v} for k, v in presets.items()],
+                                                 headers="keys"), "    "))
         for m in registry.method_names(w):
             spec = registry.get_method(w, m)
             out.append(f"  method {m}" + (f": {spec.doc}" if spec.doc else ""))

@@ -59,6 +59,8 @@ class ParamInfo:
 def _type_name(tp: Any) -> str:
     if isinstance(tp, str):
         return tp
+    if tp is Ellipsis:
+        return "..."
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in typing.get_args(tp))

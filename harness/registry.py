@@ -42,8 +42,22 @@ BUILTIN_MODULES = (
 )
 
 
+#: Result-column prefixes of metrics; a parameter named like one would be mistaken for a metric.
+RESERVED_PREFIXES = ("q_", "fid_", "work_", "bd_")
+
+
+def _check_param_names(owner: str, cls: type) -> None:
+    bad = [n for n in param_names(cls) if n.startswith(RESERVED_PREFIXES)]
+    if bad:
+        raise ValueError(
+            f"{owner}: parameter names {bad} start with a metric-column prefix "
+            f"({', '.join(RESERVED_PREFIXES)}); rename them"
+        )
+
+
 def register_workload(cls: type[Workload]) -> type[Workload]:
     """Class decorator: register a workload under ``cls.name``."""
+    _check_param_names(f"workload {cls.name!r}", cls.Params)
     _WORKLOADS[cls.name] = cls
     return cls
 
@@ -51,6 +65,7 @@ def register_workload(cls: type[Workload]) -> type[Workload]:
 def register_method(spec: MethodSpec) -> MethodSpec:
     """Register a method for each workload it names; its parameter names must not clash
     with the workload's own parameters."""
+    _check_param_names(f"method {spec.name!r}", spec.params)
     for w in spec.workloads:
         _METHODS[(w, spec.name)] = spec
     return spec

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from harness.devices import torch_dtype
 from harness.methods.seam import AttentionLayout, Recorder, attention_flops, sdpa_attention
 from harness.params import param
 from harness.registry import MethodSpec, get_method, register_method, register_workload
 from harness.workloads.base import Bench, MetricInfo, Point, RunContext, Workload
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _REF_CACHE_KEY = "attention.reference_output"
 
 
@@ -57,7 +57,7 @@ class AttentionWorkload(Workload):
         p: AttentionParams = point.workload_params
         gen = torch.Generator(device="cpu").manual_seed(point.seed)
         shape = (p.batch, p.heads, p.seq_len, p.head_dim)
-        dtype = _DTYPES[point.dtype]
+        dtype = torch_dtype(point.dtype)
         q, k, v = (torch.randn(shape, generator=gen).to(device=point.device, dtype=dtype) for _ in range(3))
         return AttentionInputs(q, k, v)
 

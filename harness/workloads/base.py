@@ -147,6 +147,11 @@ class Workload(ABC):
         """Every quality/fidelity/work column this workload may write."""
         return {}
 
+    @classmethod
+    def model_presets(cls) -> dict[str, dict[str, Any]]:
+        """Named model shapes this workload offers (shown by ``harness list``): name -> summary."""
+        return {}
+
     def check_paths(self, params: Any) -> list[str]:
         """Problems with local paths in ``params`` (checkpoint, dataset), as error strings.
 

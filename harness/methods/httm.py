@@ -1,0 +1,457 @@
+"""HTTM: head-wise temporal token merging for VGGT's global attention (arXiv 2511.21317).
+
+One call of the ``attention_fn`` seam (q, k, v: [B, H, N, d], N = S * P frame-major):
+
+1. **Temporal blocks.** Tokens are reordered so that a block holds a chunk of ``n_s``
+   consecutive tokens (row-major) from each of ``n_t`` consecutive frames; matching happens
+   only inside blocks. The permutation depends only on the shape and is cached
+   (:func:`temporal_blocks`).
+2. **Head groups.** The H heads form ``head_groups`` groups of H/g heads; a group's heads share
+   one decision, made on the concatenation of their vectors ([B, g, N, (H/g) d]).
+   g = H is HTTM's head-wise merging, g = 1 is uniform merging.
+3. **Bipartite merge per block.** A fixed, data-independent set of dst tokens per block; every
+   src joins its most similar dst (cosine) if it is among the block's top-r by that score;
+   a merged token is the plain mean of its members. Q is merged on Q similarity, K on K
+   similarity, V follows K (``decouple_qk``).
+4. **Adaptive outlier filtering (Q only).** Each query's distance to its merged token is
+   computed per (head group, token); ONE budget of ``outlier_frac * N * g`` entries per batch
+   element is spent on the largest distances across all groups; flagged queries leave their
+   group (its mean is recomputed without them) and become singleton queries. Groups thus end
+   up with different query lengths; they are padded to the longest one (padding rows are
+   attended and discarded; rows of Q are independent, so no mask is needed).
+5. **Attention** on the merged Q and K/V, then **unmerge** by copying every query's merged
+   output row back (one gather by the slot map, which is indexed by original token position,
+   so it also undoes the temporal permutation).
+
+Choices for the paper's open questions (see /work/shared/spec/httm.md section 7):
+- Ratios. ``query_merge`` is the fraction of each block's queries merged away BEFORE filtering,
+  ``outlier_frac`` the fraction of N un-merged again, ``kv_merge`` the fraction of K/V merged
+  away: final Q ~ (1 - query_merge + outlier_frac) N per head on average, K/V ~ (1 - kv_merge) N
+  (plus the pass-through tokens). The paper's setting 0.9 / 0.10 / 0.7 gives Q 0.2 N, K/V 0.3 N.
+- dst split. By default (``dst_frac = 0``) a block of n tokens gets n - round(ratio n) dst and
+  every src is merged (the only way a bipartite split reaches 90 %). ``dst_frac > 0`` fixes the
+  dst fraction instead (ToMeSD: 0.25) and merges the top-r src, r capped at the src count.
+  Every block keeps at least one dst. ``dst_rule`` places the dst inside the block (block
+  order is frame-major): "strided" spreads them evenly, "random" draws them (seeded by
+  ``dst_seed``), "first_frame" takes the leading positions (the group's first frame(s)).
+- Ragged tails. P' (tokens per frame that take part) not a multiple of n_s: each frame's last
+  chunk is shorter; frames not a multiple of n_t: the last group has fewer frames. Blocks
+  therefore come in at most 4 size classes; each class is one batched problem (no per-block
+  loops). The ratios apply per block, so small tail blocks merge the same fraction.
+- Special tokens. ``protect_special`` (default on): the patch_start camera/register tokens
+  of every frame are pass-through: never merged away, never absorb others. Off: they are
+  ordinary tokens of each frame's first chunk.
+- First-frame anchoring (HTTM*, ``anchor_first_frame``): all of frame 0 is pass-through, the
+  remaining frames form the temporal groups, and the frame-0 tokens of a block's spatial
+  chunk are extra merge targets of that block (so a frame-0 token may absorb tokens from
+  every group). With S == 1 nothing merges then.
+- S == 1 (no anchoring): blocks are spatial chunks of the single frame (n_t has no effect).
+- Merging happens on the post-qk-norm, post-RoPE q/k that the seam receives.
+- ``start_layer``: global layers with index < start_layer use plain attention.
+
+Recorder (when ``layout.recorder`` is set): counters ``tokens_q`` / ``tokens_kv`` (rows summed
+over heads, per batch element, without padding), ``pad_q`` (padding query rows, same units),
+``attn_flops`` (on the padded sizes), ``match_flops``; observations ``merge_sim_p10`` /
+``merge_sim_p10_kv`` (10th percentile of the merged pairs' cosine similarity, Q / K, on a
+subsample); phases "match", "aggregate", "attention" (the paper's Table 4 categories).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from harness.methods.merging import (
+    Partition,
+    SlotMap,
+    assign,
+    merged_count,
+    percentile,
+    phase,
+    static_partition,
+    with_extra_candidates,
+)
+from harness.methods.seam import AttentionFn, AttentionLayout, attention_flops, sdpa_attention
+from harness.params import param
+
+DST_RULES = ("strided", "random", "first_frame")
+
+
+@dataclass(frozen=True)
+class HTTMParams:
+    """HTTM knobs (names are what suites sweep). Defaults: the paper's main configuration."""
+
+    query_merge: float = param(
+        0.9, "fraction of each block's queries merged away before outlier filtering", range=(0.0, 1.0)
+    )
+    outlier_frac: float = param(
+        0.10,
+        "outlier budget: queries un-merged again, as a fraction of N per head group "
+        "(one global top-k over all head groups and tokens of a batch element)",
+        range=(0.0, 1.0),
+    )
+    kv_merge: float = param(0.7, "fraction of each block's keys/values merged away", range=(0.0, 1.0))
+    head_groups: int = param(
+        16, "head groups g sharing a decision (g = H head-wise, 1 uniform); must divide H", range=(1, None)
+    )
+    n_s: int = param(128, "spatial chunk: consecutive tokens per frame in a merging block", range=(1, None))
+    n_t: int = param(30, "temporal extent: consecutive frames per merging block", range=(1, None))
+    dst_rule: str = param(
+        "strided", "where a block's dst tokens sit (block order is frame-major)", choices=DST_RULES
+    )
+    dst_frac: float = param(
+        0.0,
+        "dst fraction per block; 0 = 1 - merge ratio (every src merged), > 0 = fixed (top-r src merged)",
+        range=(0.0, 1.0),
+    )
+    dst_seed: int = param(0, "seed of the 'random' dst rule", range=(0, None))
+    protect_special: bool = param(True, "camera/register tokens pass through (never merged)")
+    anchor_first_frame: bool = param(
+        False, "HTTM*: frame 0 kept whole and offered as extra merge targets to every block"
+    )
+    start_layer: int = param(0, "global layers with a smaller index use plain attention", range=(0, None))
+    decouple_qk: bool = param(
+        True, "Q merged on Q similarity, K/V on K similarity; False: one K-based assignment for Q, K, V"
+    )
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+@dataclass(frozen=True, eq=False)
+class BlockClass:
+    """Merging blocks of one size: ``frames`` frames x ``chunk_len`` tokens each.
+
+    tokens: [nb, frames * chunk_len] original token indices, block order = frame-major.
+    anchors: [nb, chunk_len] frame-0 tokens of each block's spatial chunk (HTTM*), or None.
+    """
+
+    tokens: torch.Tensor
+    frames: int
+    chunk_len: int
+    anchors: torch.Tensor | None
+
+
+@dataclass(frozen=True, eq=False)
+class TemporalBlocks:
+    """The temporal reordering of one shape.
+
+    perm: [N]: pass-through tokens, then every block's tokens (class by class, blocks
+    group-major then chunk, inside a block frame-major). inv: [N] with perm[inv] = arange(N).
+    passthrough: [T] tokens outside every block. classes: at most 4 block size classes.
+    """
+
+    perm: torch.Tensor
+    inv: torch.Tensor
+    passthrough: torch.Tensor
+    classes: tuple[BlockClass, ...]
+
+
+def temporal_blocks(
+    frames: int,
+    tokens_per_frame: int,
+    n_s: int,
+    n_t: int,
+    patch_start: int,
+    protect_special: bool,
+    anchor_first_frame: bool,
+    device: torch.device | str = "cpu",
+) -> TemporalBlocks:
+    """Cached temporal reordering for S = ``frames`` frames of P = ``tokens_per_frame`` tokens."""
+    return _temporal_blocks(
+        frames, tokens_per_frame, n_s, n_t, patch_start, protect_special, anchor_first_frame, str(device)
+    )
+
+
+def _runs(start: int, length: int, size: int) -> list[tuple[int, list[int]]]:
+    """Split [start, start + length) into runs of ``size`` (last shorter): [(run_len, run_starts)]."""
+    full, tail = divmod(length, size)
+    out = []
+    if full:
+        out.append((size, [start + i * size for i in range(full)]))
+    if tail:
+        out.append((tail, [start + full * size]))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _temporal_blocks(
+    S: int, P: int, n_s: int, n_t: int, patch_start: int, protect: bool, anchor: bool, device: str
+) -> TemporalBlocks:
+    start = patch_start if protect else 0
+    first = 1 if anchor else 0
+    classes = []
+    for m, group_starts in _runs(first, S - first, n_t):
+        for ell, chunk_starts in _runs(start, P - start, n_s):
+            g0 = torch.tensor(group_starts).view(-1, 1, 1, 1)
+            c0 = torch.tensor(chunk_starts).view(1, -1, 1, 1)
+            t = torch.arange(m).view(1, 1, m, 1)
+            s = torch.arange(ell).view(1, 1, 1, ell)
+            tokens = ((g0 + t) * P + c0 + s).reshape(len(group_starts) * len(chunk_starts), m * ell)
+            anchors = None
+            if anchor:
+                anchors = (c0.view(1, -1, 1) + s.view(1, 1, ell)).expand(len(group_starts), -1, -1)
+                anchors = anchors.reshape(-1, ell).to(device)
+            classes.append(BlockClass(tokens.to(device), m, ell, anchors))
+    keep = torch.zeros(S, P, dtype=torch.bool)
+    keep[:, :start] = True
+    if anchor:
+        keep[0] = True
+    passthrough = keep.reshape(-1).nonzero().squeeze(1)
+    perm = torch.cat([passthrough] + [c.tokens.reshape(-1).cpu() for c in classes])
+    if perm.numel() != S * P:
+        raise AssertionError(f"temporal_blocks: permutation covers {perm.numel()} of {S * P} tokens")
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel())
+    return TemporalBlocks(perm.to(device), inv.to(device), passthrough.to(device), tuple(classes))
+
+
+# ------------------------------------------------------------------------- partition
+
+
+def block_partition(
+    blocks: TemporalBlocks, n_tokens: int, ratio: float, dst_frac: float, dst_rule: str, dst_seed: int
+) -> Partition:
+    """Static src/dst split of every block for one merge ratio (cached per blocks object)."""
+    return _block_partition(blocks, n_tokens, ratio, dst_frac, dst_rule, dst_seed)
+
+
+def _dst_mask(n: int, nd: int, nb: int, rule: str, seed: int) -> torch.Tensor:
+    """[nb, n] bool: which in-block positions are dst (exactly nd per block)."""
+    if rule == "strided":
+        pos = ((torch.arange(nd, dtype=torch.float64) + 0.5) * n / nd).long()
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[pos] = True
+        return mask.expand(nb, n)
+    if rule == "first_frame":
+        return (torch.arange(n) < nd).expand(nb, n)
+    if rule == "random":
+        gen = torch.Generator().manual_seed(seed + 7919 * n)
+        order = torch.rand(nb, n, generator=gen).argsort(dim=1)
+        return torch.zeros(nb, n, dtype=torch.bool).scatter_(1, order[:, :nd], True)
+    raise ValueError(f"HTTM dst_rule={rule!r} is not one of {', '.join(DST_RULES)}")
+
+
+@functools.lru_cache(maxsize=128)
+def _block_partition(
+    blocks: TemporalBlocks, N: int, ratio: float, dst_frac: float, rule: str, seed: int
+) -> Partition:
+    device = blocks.perm.device
+    sets = []
+    for c in blocks.classes:
+        nb, n = c.tokens.shape
+        r_target = merged_count(ratio, n)
+        nd = n - r_target if dst_frac <= 0 else math.ceil(dst_frac * n)
+        nd = min(n, max(1, nd))
+        r = min(r_target, n - nd)
+        mask = _dst_mask(n, nd, nb, rule, seed).to(device)
+        tokens = c.tokens
+        dst = tokens[mask].view(nb, nd)
+        src = tokens[~mask].view(nb, n - nd)
+        sets.append((src.cpu(), dst.cpu(), r))
+    part = static_partition(N, blocks.passthrough.cpu(), sets, device)
+    if any(c.anchors is not None for c in blocks.classes):
+        part = with_extra_candidates(part, [c.anchors for c in blocks.classes])
+    return part
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def group_gather(x: torch.Tensor, groups: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Gather tokens of a head tensor as per-group concatenated vectors.
+
+    x: [B, H, N, d] -> gather(idx [K]) -> [B * g, K, (H/g) d].
+    """
+    B, H, N, d = x.shape
+    hg = H // groups
+    if hg == 1:
+        return lambda idx: x.index_select(2, idx).view(B * H, idx.numel(), d)
+    x5 = x.view(B, groups, hg, N, d) if x.is_contiguous() else x.reshape(B, groups, hg, N, d)
+    return lambda idx: x5.index_select(3, idx).transpose(2, 3).reshape(B * groups, idx.numel(), hg * d)
+
+
+def filter_outliers(
+    q: torch.Tensor, q_mean: torch.Tensor, sm: SlotMap, frac: float
+) -> tuple[SlotMap, torch.Tensor]:
+    """Adaptive outlier filtering of merged queries.
+
+    q: [B, H, N, d] original queries; q_mean: [B, H, M, d] their per-slot means under ``sm``
+    (slot_of [B, g, N]). Distance of each query to its merged token, squared and summed over
+    the heads of its group -> [B, g, N]; the ``round(frac * g * N)`` largest positive
+    distances of each batch element (one budget across all groups) are flagged, removed from
+    their slot's mean and given singleton slots ``M, M+1, ...`` (numbered per group).
+    Returns the new slot map (M' = M + most flagged in any group; shorter groups have empty
+    padding slots) and the merged queries [B, H, M', d].
+    """
+    B, H, N, d = q.shape
+    G = sm.slot_of.shape[1]
+    hg = H // G
+    M = sm.n_slots
+    budget = min(G * N, int(frac * G * N + 0.5))
+    if budget == 0:
+        return sm, q_mean
+    dev = _slot_deviation(q, q_mean, sm).view(B, G, hg, N).sum(2)
+    top, idx = dev.view(B, G * N).topk(budget, dim=1, sorted=False)
+    flagged = torch.zeros(B, G * N, dtype=torch.bool, device=q.device)
+    flagged.scatter_(1, idx, top > 0)
+    flagged = flagged.view(B, G, N)
+    extra = int(flagged.sum(-1).max())
+    if extra == 0:
+        return sm, q_mean
+    new_slot = torch.where(flagged, M + flagged.cumsum(-1) - 1, sm.slot_of)
+    b, g, n = flagged.nonzero(as_tuple=True)  # K flagged (batch, group, token) entries
+    bh = (b.unsqueeze(1) * H + g.unsqueeze(1) * hg + torch.arange(hg, device=q.device)).reshape(-1)
+    acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    rows = q.reshape(B * H * N, d).index_select(0, bh * N + n.repeat_interleave(hg)).to(acc)  # [K hg, d]
+    M2 = M + extra
+    sums = q_mean.new_zeros(B * H, M2, d, dtype=acc)
+    counts = sm.counts()[:, :, None, :, None].expand(B, G, hg, M, 1).reshape(B * H, M, 1)
+    sums[:, :M] = q_mean.reshape(B * H, M, d).to(acc) * counts.to(acc)
+    flat = sums.view(-1, d)
+    flat.index_add_(0, sm.slot_of[b, g, n].repeat_interleave(hg) + bh * M2, rows, alpha=-1.0)
+    flat.index_copy_(0, new_slot[b, g, n].repeat_interleave(hg) + bh * M2, rows)
+    sm2 = SlotMap(new_slot, M2)
+    inv = sm2.counts().clamp(min=1.0).reciprocal().to(acc)  # [B, G, M2]
+    sums.view(B, G, hg, M2, d).mul_(inv[:, :, None, :, None])
+    return sm2, sums.view(B, H, M2, d).to(q.dtype)
+
+
+DEV_CHUNK_ELEMS = 1 << 20
+"""Most query entries whose deviation :func:`filter_outliers` computes at once (4 MiB in
+float32; a full-size [B, H, N, d] temporary costs page faults on every call on CPU)."""
+
+
+def _slot_deviation(q: torch.Tensor, q_mean: torch.Tensor, sm: SlotMap) -> torch.Tensor:
+    """Squared distance of every query to its slot's mean. q: [B, H, N, d] -> [B * H, N].
+
+    Computed in chunks of whole (batch, head) rows so no [B, H, N, d] temporary exists.
+    """
+    B, H, N, d = q.shape
+    M = q_mean.shape[2]
+    flat_idx = sm.flat_index(H).view(B * H, N)
+    means = q_mean.reshape(B * H * M, d)
+    rows = q.reshape(B * H, N, d)
+    dev = q.new_empty(B * H, N)
+    step = max(1, DEV_CHUNK_ELEMS // (N * d))
+    for r0 in range(0, B * H, step):
+        diff = means.index_select(0, flat_idx[r0 : r0 + step].reshape(-1)).view(-1, N, d)
+        diff.sub_(rows[r0 : r0 + step])
+        torch.linalg.vector_norm(diff, dim=-1, out=dev[r0 : r0 + step])
+    return dev.square_()
+
+
+def ragged_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[list[int]]
+) -> torch.Tensor:
+    """Attention with a different query length per (batch element, head group).
+
+    q: [B, H, Mq, d]; k, v: [B, H, Mk, d]; lengths[b][g] <= Mq: query rows of the heads of
+    group g that are used (rows past it are padding). Returns [B, H, Mq, d]; padding rows
+    are left unset when the lengths differ (each group then runs at its own length),
+    computed otherwise (one call, nothing to skip).
+    """
+    B, H, Mq, d = q.shape
+    G = len(lengths[0])
+    hg = H // G
+    if all(n == Mq for row in lengths for n in row):
+        return F.scaled_dot_product_attention(q, k, v)
+    out = torch.empty_like(q)
+    for b in range(B):
+        for g in range(G):
+            n, hs = lengths[b][g], slice(g * hg, (g + 1) * hg)
+            if n:
+                out[b : b + 1, hs, :n] = F.scaled_dot_product_attention(
+                    q[b : b + 1, hs, :n], k[b : b + 1, hs], v[b : b + 1, hs]
+                )
+    return out
+
+
+def check_heads(H: int, groups: int) -> None:
+    """Raise a clear error when ``head_groups`` does not divide the number of heads."""
+    if groups < 1 or H % groups:
+        allowed = ", ".join(str(g) for g in range(1, H + 1) if H % g == 0)
+        raise ValueError(
+            f"HTTM head_groups={groups} must divide the number of heads H={H} (allowed: {allowed})"
+        )
+
+
+def _check_layout(q: torch.Tensor, layout: AttentionLayout) -> None:
+    N = q.shape[2]
+    if layout.num_tokens != N:
+        raise ValueError(
+            f"attention layout says S={layout.frames} x P={layout.tokens_per_frame} = {layout.num_tokens} "
+            f"tokens but q has N={N} (q: [B, H, N, d] = {list(q.shape)})"
+        )
+
+
+# ---------------------------------------------------------------------------- method
+
+
+def httm_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout, p: HTTMParams
+) -> torch.Tensor:
+    """HTTM global attention. q, k, v: [B, H, N, d] -> [B, H, N, d]."""
+    B, H, N, d = q.shape
+    check_heads(H, p.head_groups)
+    _check_layout(q, layout)
+    G, hg = p.head_groups, H // p.head_groups
+    rec = layout.recorder
+    blocks = temporal_blocks(
+        layout.frames, layout.tokens_per_frame, p.n_s, p.n_t, layout.patch_start,
+        p.protect_special, p.anchor_first_frame, q.device,
+    )
+    part_k = block_partition(blocks, N, p.kv_merge, p.dst_frac, p.dst_rule, p.dst_seed)
+    part_q = block_partition(blocks, N, p.query_merge, p.dst_frac, p.dst_rule, p.dst_seed)
+    if not p.decouple_qk:
+        part_q = part_k
+    sample = rec is not None
+    with phase(rec, "match"):
+        a_k = assign(group_gather(k, G), B * G, part_k, sample)
+        a_q = assign(group_gather(q, G), B * G, part_q, sample) if p.decouple_qk else a_k
+    with phase(rec, "aggregate"):
+        sm_k = SlotMap(a_k.slot_of.view(B, G, N), part_k.n_slots)
+        k_m, v_m = sm_k.merge(k), sm_k.merge(v)
+        sm_q = SlotMap(a_q.slot_of.view(B, G, N), part_q.n_slots)
+        sm_q, q_m = filter_outliers(q, sm_q.merge(q), sm_q, p.outlier_frac)
+        lengths = sm_q.slot_of.amax(-1).add_(1).tolist()  # [B][G] used query slots
+    with phase(rec, "attention"):
+        o_m = ragged_attention(q_m, k_m, v_m, lengths)
+    with phase(rec, "aggregate"):
+        out = sm_q.unmerge(o_m)
+    if rec is not None:
+        real_q = float(sm_q.occupied().sum()) * hg / B
+        attended_q = sum(sum(row) for row in lengths) * hg
+        rec.count("tokens_q", real_q)
+        rec.count("tokens_kv", float(sm_k.occupied().sum()) * hg / B)
+        rec.count("pad_q", attended_q / B - real_q)
+        rec.count("attn_flops", attention_flops(1, 1, attended_q, sm_k.n_slots, d))
+        flops = part_k.match_flops(B * G, hg * d)
+        if p.decouple_qk:
+            flops += part_q.match_flops(B * G, hg * d)
+        rec.count("match_flops", flops)
+        if a_q.merged_scores.numel():
+            rec.observe("merge_sim_p10", percentile(a_q.merged_scores, 0.1))
+        if a_k.merged_scores.numel():
+            rec.observe("merge_sim_p10_kv", percentile(a_k.merged_scores, 0.1))
+    return out
+
+
+def make_httm(p: HTTMParams) -> AttentionFn:
+    """Build HTTM's ``attention_fn(q, k, v, layout) -> out`` for the given parameters."""
+    if p.dst_rule not in DST_RULES:
+        raise ValueError(f"HTTM dst_rule={p.dst_rule!r} is not one of {', '.join(DST_RULES)}")
+
+    def attention_fn(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout
+    ) -> torch.Tensor:
+        if layout.layer < p.start_layer:
+            return sdpa_attention(q, k, v, layout)
+        return httm_attention(q, k, v, layout, p)
+
+    return attention_fn

@@ -1,0 +1,191 @@
+"""MixA-Q: mixed-precision activation quantization of Swin windows (Wang et al., ICCV 2025).
+
+The model transform (the quantization seam) is ``apply(model, params, calib_images, seed=0)
+-> quantized copy``; the float model is left untouched (it is the fidelity reference).
+
+Algorithm (per stage, per image; see ``harness.quant.qswin`` for the mechanics):
+
+1. importance: L2 norm per window of the per-token mean |x| of the stage input (after patch
+   merging), once per stage; a second ordering for shifted blocks (map rolled by -M/2 then
+   padded). ``importance="random"`` / ``"reversed"`` replace it by a seeded permutation / the
+   reversed order (the paper's worst case);
+2. per block pair, a ratio r of each image's windows (the least important) goes to the low
+   branch (``a_bits_low``), the rest to the high branch (``a_bits_high``); with ``prune_ratio``
+   p > 0 the p least important windows skip the block (SparseViT-style, identity);
+3. the two-branch block: windows gathered per branch, a LayerNorm copy per branch, shared
+   (fake-quantized) weights, per-branch activation quantizers calibrated ``routed`` (on the
+   windows routed to the branch) or ``whole`` (on the whole tensor at that bit width).
+
+``sparsevit`` is the pruning-only baseline on the uniform ``a_bits`` base (window pruning as
+in SparseViT, not its latency-constrained search): compare it with MixA-Q at equal BOPs.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.params import param
+from harness.quant.qswin import (
+    CALIB_MODES,
+    IMPORTANCE_MODES,
+    SOFTMAX_QUANT,
+    QuantSpec,
+    RoutingSpec,
+    pairs_per_stage,
+    quantize_swin,
+)
+from harness.quant.quantizers import ACT_CALIB_METHODS
+
+BITS_RANGE = (2, 32)
+_BITS_HELP = " (32: float, no quantization)"
+
+
+@dataclass(frozen=True)
+class MixAQParams:
+    """MixA-Q knobs (names are what suites sweep)."""
+
+    w_bits: int = param(4, "weight bits, both branches, per-channel symmetric" + _BITS_HELP, range=BITS_RANGE)
+    a_bits_high: int = param(
+        8, "activation bits of the high-importance branch" + _BITS_HELP, range=BITS_RANGE
+    )
+    a_bits_low: int = param(
+        4, "activation bits of the low-importance branch (<= a_bits_high)", range=BITS_RANGE
+    )
+    ratio: float = param(
+        0.0, "fraction of each image's windows sent to the low branch, every block pair", range=(0.0, 1.0)
+    )
+    pair_ratios: tuple[float, ...] = param(
+        (),
+        "one low ratio per block pair in model order (Swin-T: 6), sorted ascending within a stage; "
+        "empty: `ratio` everywhere",
+    )
+    importance: str = param(
+        "l2", "window importance: l2 (per-stage L2 of mean |x|), random, reversed", choices=IMPORTANCE_MODES
+    )
+    calib: str = param(
+        "routed",
+        "branch calibration: routed (windows routed to the branch) or whole "
+        "(whole tensor at the branch's bits)",
+        choices=CALIB_MODES,
+    )
+    prune_ratio: float = param(
+        0.0, "fraction of windows pruned (skip the block), every block pair", range=(0.0, 1.0)
+    )
+    pair_prune_ratios: tuple[float, ...] = param((), "one prune ratio per block pair; empty: `prune_ratio`")
+    act_calib: str = param(
+        "percentile", "activation range: minmax, or percentile (MSE-best clipping)", choices=ACT_CALIB_METHODS
+    )
+    softmax_quant: str = param(
+        "uniform", "attention-probability quantizer: uniform or log2", choices=SOFTMAX_QUANT
+    )
+    embed_bits: int = param(
+        8, "bits of patch embedding, patch merging and head (W and A)" + _BITS_HELP, range=BITS_RANGE
+    )
+
+
+@dataclass(frozen=True)
+class SparseViTParams:
+    """Window pruning on the uniform W{w_bits}A{a_bits} base (SparseViT-style baseline)."""
+
+    w_bits: int = param(4, "weight bits" + _BITS_HELP, range=BITS_RANGE)
+    a_bits: int = param(8, "activation bits of every kept window" + _BITS_HELP, range=BITS_RANGE)
+    prune_ratio: float = param(
+        0.0, "fraction of each image's windows pruned, every block pair", range=(0.0, 1.0)
+    )
+    pair_prune_ratios: tuple[float, ...] = param((), "one prune ratio per block pair; empty: `prune_ratio`")
+    importance: str = param(
+        "l2", "which windows are kept: l2 (most important), random, reversed", choices=IMPORTANCE_MODES
+    )
+    act_calib: str = param("percentile", "activation range: minmax or percentile", choices=ACT_CALIB_METHODS)
+    softmax_quant: str = param(
+        "uniform", "attention-probability quantizer: uniform or log2", choices=SOFTMAX_QUANT
+    )
+    embed_bits: int = param(
+        8, "bits of patch embedding, patch merging and head" + _BITS_HELP, range=BITS_RANGE
+    )
+
+
+def as_ratios(value: Any, name: str) -> tuple[float, ...]:
+    """A per-pair tuple from a tuple, list or comma-separated string ("" / () -> ())."""
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    try:
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}={value!r}: expected a list of numbers, one per block pair") from e
+
+
+def per_pair(model: nn.Module, values: Any, default: float, name: str) -> tuple[float, ...]:
+    """Per-pair values for ``model``: ``values`` when given (checked against the pair count), else
+    ``default`` for every pair."""
+    n_pairs = sum(pairs_per_stage([len(s.blocks) for s in model.layers]))
+    vals = as_ratios(values, name)
+    if not vals:
+        return (float(default),) * n_pairs
+    if len(vals) != n_pairs:
+        per_stage = pairs_per_stage([len(s.blocks) for s in model.layers])
+        raise ValueError(f"{name} has {len(vals)} values; this model has {n_pairs} block pairs {per_stage}")
+    return vals
+
+
+def apply(
+    model: nn.Module, params: MixAQParams, calib_images: torch.Tensor | None, seed: int = 0
+) -> nn.Module:
+    """A MixA-Q quantized copy of a timm Swin. calib_images: [N, 3, H, W] on the model's device."""
+    if params.a_bits_low > params.a_bits_high:
+        raise ValueError(f"a_bits_low={params.a_bits_low} must not exceed a_bits_high={params.a_bits_high}")
+    spec = QuantSpec(
+        w_bits=params.w_bits,
+        a_bits_high=params.a_bits_high,
+        a_bits_low=params.a_bits_low,
+        embed_bits=params.embed_bits,
+        softmax_quant=params.softmax_quant,
+        act_calib=params.act_calib,
+        calib=params.calib,
+    )
+    routing = RoutingSpec(
+        pair_ratios=per_pair(model, params.pair_ratios, params.ratio, "pair_ratios"),
+        pair_prune=per_pair(model, params.pair_prune_ratios, params.prune_ratio, "pair_prune_ratios"),
+        importance=params.importance,
+        seed=seed,
+    )
+    return quantize_swin(model, spec, routing, calib_images)
+
+
+def apply_sparsevit(
+    model: nn.Module, params: SparseViTParams, calib_images: torch.Tensor | None, seed: int = 0
+) -> nn.Module:
+    """Window pruning on a uniform W{w}A{a} quantized copy (every kept window high)."""
+    mix = MixAQParams(
+        w_bits=params.w_bits,
+        a_bits_high=params.a_bits,
+        a_bits_low=params.a_bits,
+        ratio=0.0,
+        importance=params.importance,
+        calib="whole",
+        prune_ratio=params.prune_ratio,
+        pair_prune_ratios=params.pair_prune_ratios,
+        act_calib=params.act_calib,
+        softmax_quant=params.softmax_quant,
+        embed_bits=params.embed_bits,
+    )
+    return apply(model, mix, calib_images, seed)
+
+
+def make_mixaq(params: MixAQParams) -> Any:
+    """MethodSpec.build: the transform ``(model, calib_images, seed=0) -> quantized copy``."""
+    return functools.partial(_transform, apply, params)
+
+
+def make_sparsevit(params: SparseViTParams) -> Any:
+    """MethodSpec.build for ``sparsevit``."""
+    return functools.partial(_transform, apply_sparsevit, params)
+
+
+def _transform(fn: Any, params: Any, model: nn.Module, calib_images: torch.Tensor | None, seed: int = 0):
+    return fn(model, params, calib_images, seed)

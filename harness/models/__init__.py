@@ -1,0 +1,1 @@
+"""Model re-implementations used by the workloads (VGGT; the Swin wrapper lives in ``swin.py``)."""

@@ -1,0 +1,437 @@
+"""``vggt``: VGGT on multi-view scenes, with an attention method on its global attention.
+
+One point = a model (preset or local checkpoint) + inputs (a synthetic scene with exact
+ground truth, or 7-Scenes / NRGBD frames read from a local folder) + an attention method
+plugged into every global-attention layer through the seam of
+:mod:`harness.methods.seam`. Two scopes:
+
+- ``scope: model`` times the whole forward (aggregator + the selected heads), as the
+  papers' end-to-end "time".
+- ``scope: attention`` times the attention core of one global layer (``layer``) on the
+  real q, k, v that layer sees for these inputs: the part the methods replace. The q/k/v
+  are captured once per input and reused by every method.
+
+Columns (see :meth:`VGGTWorkload.metrics`): task quality vs ground truth (``q_*``: depth
+AbsRel / delta<1.25 with per-frame median scaling, pose AUC@30 / relative errors / ATE,
+point-cloud Acc / Comp / NC from depth + predicted cameras after a Sim(3) alignment, as the
+HTTM and FastVGGT evaluations build point clouds), fidelity vs the suite's reference method
+on the same input (``fid_*``), and work counters (``work_*``: kept Q and K/V tokens, padding,
+attention FLOPs). With random weights the ``q_*`` columns measure an untrained network and
+say nothing about a method; ``fid_*`` columns are meaningful either way.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from baselines.fastvggt import FastVGGTParams, make_fastvggt
+from baselines.tome import ToMeParams, make_tome
+from harness.data.readers import Frames, read_7scenes, read_nrgbd, to_model_input
+from harness.data.scenes import SceneConfig, render_scene
+from harness.devices import autocast, torch_dtype
+from harness.methods.httm import HTTMParams, make_httm
+from harness.methods.seam import AttentionFn, AttentionLayout, Recorder, sdpa_attention
+from harness.metrics import fidelity, geometry
+from harness.models.vggt import PRESETS, build_vggt, load_checkpoint, pose_encoding_to_extri_intri
+from harness.params import param
+from harness.registry import MethodSpec, get_method, register_method, register_workload
+from harness.workloads.base import Bench, MetricInfo, Point, RunContext, Workload
+
+HEAD_SETS = {"camera,depth": ("camera", "depth"), "camera,depth,point": ("camera", "depth", "point")}
+#: Most tokens kept per cached activation used for the token-cosine fidelity column.
+TOKEN_SAMPLE_MAX = 65536
+#: Most points used for Acc / Comp nearest neighbours.
+MAX_POINTS = 20000
+
+
+@dataclass(frozen=True)
+class VGGTParams:
+    """Workload knobs (names are what suites set and sweep)."""
+
+    preset: str = param("vggt-tiny", "model shape (harness list shows the presets)", choices=tuple(PRESETS))
+    checkpoint: str = param("", "local .pt/.safetensors of the official model; empty = random weights")
+    lean: bool = param(False, "memory-lean VGGT*: keep only the layers the heads read (bf16 on CUDA)")
+    frames: int = param(8, "number of input frames S", range=(1, None))
+    height: int = param(392, "input height in px for synthetic scenes (multiple of 14)", range=(14, None))
+    width: int = param(518, "input width in px (multiple of 14); datasets are cropped to it",
+                       range=(14, None))
+    data: str = param("synthetic", "input source", choices=("synthetic", "7scenes", "nrgbd"))
+    data_path: str = param("", "dataset root folder for 7scenes / nrgbd")
+    data_scene: str = param("", "scene inside the dataset root (e.g. chess, or an NRGBD scene name)")
+    data_seq: str = param("seq-01", "7-Scenes sequence folder")
+    stride: int = param(10, "keyframe stride for dataset inputs", range=(1, None))
+    scene_mode: str = param("video", "synthetic camera path: video (overlapping) or sparse views",
+                            choices=("video", "sparse"))
+    scope: str = param("model", "what is timed: the whole forward, or one global layer's attention core",
+                       choices=("model", "attention"))
+    layer: int = param(0, "global layer whose attention is timed when scope=attention", range=(0, None))
+    heads: str = param("camera,depth", "heads run after the aggregator", choices=tuple(HEAD_SETS))
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+@dataclass(frozen=True)
+class PlainParams:
+    """Plain VGGT: full scaled-dot-product attention (the reference)."""
+
+
+def _build_plain(_: PlainParams) -> AttentionFn:
+    return sdpa_attention
+
+
+register_method(MethodSpec("vggt", PlainParams, _build_plain, ("vggt",), "plain VGGT (full SDPA)"))
+register_method(MethodSpec("httm", HTTMParams, make_httm, ("vggt",),
+                           "head-wise temporal token merging (HTTM, arXiv 2511.21317)"))
+register_method(MethodSpec("tome", ToMeParams, make_tome, ("vggt",),
+                           "ToMe-style bipartite merging, uniform across heads"))
+register_method(MethodSpec("fastvggt", FastVGGTParams, make_fastvggt, ("vggt",),
+                           "FastVGGT-style merging (ToMeSD 2x2 random dst, frame 0 kept)"))
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Inputs:
+    """Model inputs with ground truth. images: [S, 3, H, W] on the device; the rest on CPU."""
+
+    images: torch.Tensor
+    frames: Frames
+    gt_points: torch.Tensor  # [S, H, W, 3]
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return int(self.images.shape[-2]), int(self.images.shape[-1])
+
+
+def _input_key(p: VGGTParams, seed: int, device: str) -> tuple:
+    return ("vggt.inputs", p.data, p.data_path, p.data_scene, p.data_seq, p.stride, p.frames, p.height,
+            p.width, p.scene_mode, seed, device)
+
+
+def load_inputs(p: VGGTParams, seed: int, device: str) -> Inputs:
+    """Render or read the frames of a point and move the images to ``device``."""
+    if p.data == "synthetic":
+        frames: Frames = render_scene(
+            SceneConfig(frames=p.frames, height=p.height, width=p.width, seed=seed, mode=p.scene_mode)
+        )
+        gt_points = frames.world_points  # type: ignore[attr-defined]
+    else:
+        if p.data == "7scenes":
+            raw = read_7scenes(p.data_path, p.data_scene, seq=p.data_seq, stride=p.stride,
+                               max_frames=p.frames)
+        else:
+            raw = read_nrgbd(p.data_path, p.data_scene, stride=p.stride, max_frames=p.frames)
+        frames = to_model_input(raw, target_w=p.width, mode="crop")
+        gt_points = geometry.pointmap_from_depth(frames.depth, frames.intrinsics, frames.extrinsics)
+    return Inputs(images=frames.images.to(device), frames=frames, gt_points=gt_points)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class _Captured(Exception):
+    """Raised by a capturing attention_fn to stop the forward once a layer was seen."""
+
+
+def _tokens_sample(x: torch.Tensor) -> torch.Tensor:
+    """[B, S, P, C] -> at most TOKEN_SAMPLE_MAX token rows [n, C] (evenly strided), float32 on CPU."""
+    flat = x.reshape(-1, x.shape[-1])
+    step = max(1, flat.shape[0] // TOKEN_SAMPLE_MAX)
+    return flat[::step].float().cpu()
+
+
+def _last_layer_hook(model: torch.nn.Module, store: dict) -> Any:
+    """Keep a sample of the global half of the aggregator's last kept layer output."""
+
+    def hook(_module, _args, result):
+        outputs = result[0]
+        last = outputs[-1] if isinstance(outputs, list) else outputs[max(outputs)]
+        C = last.shape[-1] // 2
+        store["tokens"] = _tokens_sample(last[..., C:])
+
+    return model.aggregator.register_forward_hook(hook)
+
+
+def _cameras(out: dict, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """pose_enc -> (extrinsics [S, 3, 4], intrinsics [S, 3, 3]) of batch row 0, float32 CPU."""
+    extr, intr = pose_encoding_to_extri_intri(out["pose_enc"][0].float().cpu(), hw)
+    return extr, intr
+
+
+def _pred_points(out: dict, hw: tuple[int, int]) -> torch.Tensor:
+    """World points [S, H, W, 3] from the depth head and the predicted cameras."""
+    extr, intr = _cameras(out, hw)
+    depth = out["depth"][0, ..., 0].float().cpu()
+    return geometry.pointmap_from_depth(depth, intr, extr)
+
+
+def _summarize_recorder(rec: Recorder, layers: int, heads: int, n_tokens: int) -> dict[str, float]:
+    """Counters of one forward, as fractions of the unmerged token count per layer and head."""
+    full = float(layers * heads * n_tokens)
+    out = {
+        "work_tokens_q_frac": rec.counters.get("tokens_q", full) / full,
+        "work_tokens_kv_frac": rec.counters.get("tokens_kv", full) / full,
+        "work_pad_q_frac": rec.counters.get("pad_q", 0.0) / full,
+        "work_attn_flops": rec.counters.get("attn_flops", 0.0),
+    }
+    if rec.counters.get("match_flops"):
+        out["work_match_flops"] = rec.counters["match_flops"]
+    return out
+
+
+# ----------------------------------------------------------------------------- workload
+
+
+@register_workload
+class VGGTWorkload(Workload):
+    name = "vggt"
+    Params = VGGTParams
+    doc = "VGGT multi-view reconstruction; attention methods plug into its global attention"
+
+    def model_key(self, point: Point) -> tuple:
+        p: VGGTParams = point.workload_params
+        return ("vggt", p.preset, p.checkpoint, p.lean, point.device, point.dtype, point.seed)
+
+    @classmethod
+    def model_presets(cls) -> dict[str, dict[str, Any]]:
+        return {
+            name: {"embed_dim": c.embed_dim, "depth": c.depth, "heads": c.num_heads, "head_dim": c.head_dim,
+                   "patch_embed": f"{c.patch_embed}({c.dino_depth})" if c.patch_embed == "dinov2" else "conv",
+                   "dpt_features": c.dpt_features, "layers_read": c.intermediate_layer_idx}
+            for name, c in PRESETS.items()
+        }
+
+    def build_model(self, point: Point) -> torch.nn.Module:
+        p: VGGTParams = point.workload_params
+        model = build_vggt(p.preset, device="cpu", lean=p.lean)
+        if p.checkpoint:
+            load_checkpoint(model, p.checkpoint, strict=True)
+        return model.to(point.device).eval()
+
+    def check_paths(self, params: Any) -> list[str]:
+        problems = []
+        if params.checkpoint and not Path(params.checkpoint).is_file():
+            problems.append(f"checkpoint {params.checkpoint!r} does not exist (expected a local .pt or "
+                            ".safetensors file of the official VGGT-1B model)")
+        if params.data != "synthetic":
+            if not params.data_path:
+                problems.append(f"data: {params.data} needs data_path (the dataset root folder)")
+            elif not Path(params.data_path).is_dir():
+                problems.append(f"data_path {params.data_path!r} does not exist (expected the {params.data} "
+                                "dataset root folder)")
+        return problems
+
+    # -- one point ---------------------------------------------------------------------
+
+    def bench(self, model: torch.nn.Module, point: Point, ctx: RunContext) -> Bench:
+        p: VGGTParams = point.workload_params
+        inputs: Inputs = ctx.get_or_create(_input_key(p, point.seed, point.device),
+                                           lambda: load_inputs(p, point.seed, point.device))
+        method_fn = get_method("vggt", point.method).build(point.method_params)
+        ref_fn = self._reference_fn(ctx)
+        if p.scope == "attention":
+            return self._bench_attention(model, point, ctx, inputs, method_fn, ref_fn)
+        return self._bench_model(model, point, ctx, inputs, method_fn, ref_fn)
+
+    @staticmethod
+    def _reference_fn(ctx: RunContext) -> AttentionFn:
+        if ctx.reference is None:
+            return sdpa_attention
+        return get_method("vggt", ctx.reference).build(ctx.reference_params)
+
+    def _forward(self, model, point: Point, images: torch.Tensor, fn: AttentionFn,
+                 recorder: Recorder | None = None) -> dict:
+        p: VGGTParams = point.workload_params
+        with torch.inference_mode(), autocast(point.device, point.dtype):
+            return model(images, attention_fn=fn, recorder=recorder, heads=HEAD_SETS[p.heads])
+
+    def _bench_model(self, model, point: Point, ctx: RunContext, inputs: Inputs,
+                     method_fn: AttentionFn, ref_fn: AttentionFn) -> Bench:
+        p: VGGTParams = point.workload_params
+        cfg = model.config
+        S, (H, W) = inputs.images.shape[0], inputs.hw
+        n_tokens = S * cfg.tokens_per_frame(H, W)
+
+        def run_with_tokens(fn: AttentionFn, rec: Recorder | None) -> tuple[dict, torch.Tensor]:
+            store: dict = {}
+            handle = _last_layer_hook(model, store)
+            try:
+                out = self._forward(model, point, inputs.images, fn, rec)
+            finally:
+                handle.remove()
+            return out, store["tokens"]
+
+        # one untimed pass with a recorder: kept tokens, FLOPs and the merge-quality proxy (it
+        # also warms the model up); for the reference method it doubles as the reference output
+        rec = Recorder()
+        out, tokens = run_with_tokens(method_fn, rec)
+        ref_key = ("vggt.reference", self.model_key(point), _input_key(p, point.seed, point.device), p.heads)
+        if point.method == ctx.reference and point.method_params == ctx.reference_params:
+            ctx.cache.setdefault(ref_key, (out, tokens))
+        ref_out, ref_tokens = ctx.get_or_create(ref_key, lambda: run_with_tokens(ref_fn, None))
+        del out
+        counters = _summarize_recorder(rec, cfg.depth, cfg.num_heads, n_tokens)
+        merge_sim = rec.values.get("merge_sim_p10")
+        token_cos = fidelity.cosine_similarity(tokens, ref_tokens)
+
+        def evaluate(out: dict) -> dict[str, float]:
+            row = self._quality(out, inputs)
+            row.update(self._fidelity(out, ref_out, inputs.hw))
+            row["fid_token_cos"] = token_cos
+            if merge_sim:
+                row["fid_merge_sim_p10"] = statistics.median(merge_sim)
+            return row
+
+        def breakdown() -> dict[str, float]:
+            timed = Recorder(timed=True, device=point.device)
+            self._forward(model, point, inputs.images, method_fn, timed)
+            return {k: v / cfg.depth for k, v in timed.phases_ms.items()}
+
+        return Bench(
+            fn=lambda: self._forward(model, point, inputs.images, method_fn),
+            evaluate=evaluate,
+            counters=counters,
+            breakdown=breakdown,
+        )
+
+    def _bench_attention(self, model, point: Point, ctx: RunContext, inputs: Inputs,
+                         method_fn: AttentionFn, ref_fn: AttentionFn) -> Bench:
+        p: VGGTParams = point.workload_params
+        cfg = model.config
+        if p.layer >= cfg.depth:
+            raise ValueError(f"layer={p.layer} but preset {p.preset!r} has {cfg.depth} global layers "
+                             f"(allowed: 0..{cfg.depth - 1})")
+        key = ("vggt.qkv", self.model_key(point), _input_key(p, point.seed, point.device), p.layer)
+        q, k, v, layout = ctx.get_or_create(key, lambda: self._capture_qkv(model, point, inputs, p.layer))
+        rec = Recorder()
+        out = self._call(point, method_fn, q, k, v, dataclasses_replace(layout, recorder=rec))
+        counters = _summarize_recorder(rec, 1, q.shape[1], q.shape[2])
+        merge_sim = rec.values.get("merge_sim_p10")
+        if point.method == ctx.reference and point.method_params == ctx.reference_params:
+            ctx.cache.setdefault(key + ("ref",), out)
+        ref_out = ctx.get_or_create(key + ("ref",), lambda: self._call(point, ref_fn, q, k, v, layout))
+        del out
+
+        def evaluate(out: torch.Tensor) -> dict[str, float]:
+            a, b = out.float(), ref_out.float()
+            row = {"fid_attn_rel_err": fidelity.relative_error(a, b),
+                   "fid_attn_cos": fidelity.cosine_similarity(a.flatten(0, 2), b.flatten(0, 2))}
+            if merge_sim:
+                row["fid_merge_sim_p10"] = statistics.median(merge_sim)
+            return row
+
+        def breakdown() -> dict[str, float]:
+            timed = Recorder(timed=True, device=point.device)
+            self._call(point, method_fn, q, k, v, dataclasses_replace(layout, recorder=timed))
+            return dict(timed.phases_ms)
+
+        return Bench(fn=lambda: self._call(point, method_fn, q, k, v, layout), evaluate=evaluate,
+                     counters=counters, breakdown=breakdown)
+
+    @staticmethod
+    def _call(point: Point, fn: AttentionFn, q, k, v, layout: AttentionLayout) -> torch.Tensor:
+        with torch.inference_mode():
+            return fn(q, k, v, layout)
+
+    def _capture_qkv(self, model, point: Point, inputs: Inputs, layer: int) -> tuple:
+        """Run the forward until global layer ``layer`` and keep its q, k, v (in the point's dtype)."""
+        seen: dict = {}
+
+        def capture(q, k, v, layout: AttentionLayout):
+            if layout.layer == layer:
+                seen["qkv"] = (q.clone(), k.clone(), v.clone(), layout)
+                raise _Captured
+            return sdpa_attention(q, k, v, layout)
+
+        try:
+            self._forward(model, point, inputs.images, capture)
+        except _Captured:
+            pass
+        q, k, v, layout = seen["qkv"]
+        dt = torch_dtype(point.dtype)
+        return q.to(dt), k.to(dt), v.to(dt), dataclasses_replace(layout, x_norm=layout.x_norm.to(dt))
+
+    # -- metrics ------------------------------------------------------------------------
+
+    @staticmethod
+    def _quality(out: dict, inputs: Inputs) -> dict[str, float]:
+        """Task metrics against ground truth (meaningful with a real checkpoint only)."""
+        f = inputs.frames
+        hw = inputs.hw
+        row: dict[str, float] = {}
+        depth = out["depth"][0, ..., 0].float().cpu()
+        d = geometry.depth_metrics(depth, f.depth, f.valid)
+        row["q_depth_abs_rel"], row["q_depth_delta1"] = d["abs_rel"], d["delta_1_25"]
+        extr, _ = _cameras(out, hw)
+        pose = geometry.pose_metrics(extr, f.extrinsics)
+        row.update({f"q_pose_{k}": v for k, v in pose.items()})
+        rec = geometry.reconstruction_metrics(_pred_points(out, hw), inputs.gt_points, f.valid,
+                                              max_points=MAX_POINTS)
+        row.update({"q_acc": rec["acc"], "q_comp": rec["comp"], "q_nc": rec["nc"]})
+        return row
+
+    @staticmethod
+    def _fidelity(out: dict, ref: dict, hw: tuple[int, int]) -> dict[str, float]:
+        """Agreement with the reference method's output on the same input."""
+        row = {
+            "fid_depth_rel_err": fidelity.depth_rel_error(out["depth"][0, ..., 0].float().cpu(),
+                                                          ref["depth"][0, ..., 0].float().cpu()),
+            "fid_points_rel_err": fidelity.pointmap_rel_error(_pred_points(out, hw), _pred_points(ref, hw)),
+        }
+        pose = fidelity.pose_difference(_cameras(out, hw)[0], _cameras(ref, hw)[0])
+        row["fid_pose_rot_deg"], row["fid_pose_trans_rel"] = pose["rot_deg"], pose["trans_rel"]
+        return row
+
+    def metrics(self) -> dict[str, MetricInfo]:
+        def q(help: str, higher: bool, unit: str = "") -> MetricInfo:
+            return MetricInfo("quality", help, higher, unit)
+
+        def fid(help: str, higher: bool, tol: float | None = None, unit: str = "") -> MetricInfo:
+            return MetricInfo("fidelity", help, higher, unit, tol)
+
+        def work(help: str, unit: str = "") -> MetricInfo:
+            return MetricInfo("work", help, None, unit)
+
+        return {
+            "q_depth_abs_rel": q("depth AbsRel vs ground truth (per-frame median scaling)", False),
+            "q_depth_delta1": q("fraction of pixels with max(p/g, g/p) < 1.25", True),
+            "q_pose_rre_deg": q("mean relative rotation error over frame pairs", False, "deg"),
+            "q_pose_rte_deg": q("mean relative translation-direction error over frame pairs", False, "deg"),
+            "q_pose_auc_30": q("pose AUC@30 (max of RRE/RTE under 1..30 deg)", True),
+            "q_pose_ate": q("camera-centre RMSE after Sim(3) alignment", False, "m"),
+            "q_acc": q("point-cloud accuracy: mean distance pred -> GT after Sim(3) alignment", False, "m"),
+            "q_comp": q("point-cloud completeness: mean distance GT -> pred", False, "m"),
+            "q_nc": q("normal consistency between nearest neighbours", True),
+            "fid_depth_rel_err": fid("mean |d - d_ref| / d_ref against the reference method", False, 0.02),
+            "fid_points_rel_err": fid("point-map error against the reference, relative to its spread", False,
+                                      0.02),
+            "fid_pose_rot_deg": fid("mean camera rotation difference to the reference", False, 0.5, "deg"),
+            "fid_pose_trans_rel": fid("camera translation difference relative to the reference", False, 0.02),
+            "fid_token_cos": fid("cosine similarity of last-layer global tokens to the reference", True,
+                                 0.01),
+            "fid_attn_rel_err": fid("attention output error relative to the reference (scope=attention)",
+                                    False, 0.02),
+            "fid_attn_cos": fid("cosine similarity of attention output rows to the reference", True, 0.01),
+            "fid_merge_sim_p10": fid("merge-quality proxy: 10th percentile of merged-pair cosine similarity "
+                                     "(median over layers)", True),
+            "work_tokens_q_frac": work("queries kept per head and layer, as a fraction of N"),
+            "work_tokens_kv_frac": work("keys/values kept per head and layer, as a fraction of N"),
+            "work_pad_q_frac": work("padded query rows (ragged per-head lengths), as a fraction of N"),
+            "work_attn_flops": work("FLOPs of the global-attention matmuls in one forward", "FLOP"),
+            "work_match_flops": work("FLOPs of the merge matching (similarities) in one forward", "FLOP"),
+        }
+
+
+def dataclasses_replace(layout: AttentionLayout, **changes: Any) -> AttentionLayout:
+    """``dataclasses.replace`` for a layout (kept as a name so call sites read plainly)."""
+    import dataclasses
+
+    return dataclasses.replace(layout, **changes)
+
