@@ -136,6 +136,19 @@ def load_inputs(p: VGGTParams, seed: int, device: str) -> Inputs:
 # ----------------------------------------------------------------------------- helpers
 
 
+def _evict_other_inputs(ctx: RunContext, input_key: tuple) -> None:
+    """Drop cached inputs, reference outputs and captured q/k/v of other inputs.
+
+    Only one input's activations stay alive (at 1000 frames they take gigabytes); points are
+    run grouped by input in grid order, so each input is prepared once.
+    """
+    stale = [k for k in ctx.cache
+             if isinstance(k, tuple) and k and str(k[0]).startswith("vggt.")
+             and k != input_key and input_key not in k]
+    for k in stale:
+        del ctx.cache[k]
+
+
 class _Captured(Exception):
     """Raised by a capturing attention_fn to stop the forward once a layer was seen."""
 
@@ -226,14 +239,19 @@ class VGGTWorkload(Workload):
             elif not Path(params.data_path).is_dir():
                 problems.append(f"data_path {params.data_path!r} does not exist (expected the {params.data} "
                                 "dataset root folder)")
+            elif not (Path(params.data_path) / params.data_scene).is_dir() or not params.data_scene:
+                found = sorted(d.name for d in Path(params.data_path).iterdir() if d.is_dir())
+                problems.append(f"data_scene {params.data_scene!r} is not a folder of {params.data_path!r} "
+                                f"(scenes found: {', '.join(found) or 'none'})")
         return problems
 
     # -- one point ---------------------------------------------------------------------
 
     def bench(self, model: torch.nn.Module, point: Point, ctx: RunContext) -> Bench:
         p: VGGTParams = point.workload_params
-        inputs: Inputs = ctx.get_or_create(_input_key(p, point.seed, point.device),
-                                           lambda: load_inputs(p, point.seed, point.device))
+        input_key = _input_key(p, point.seed, point.device)
+        _evict_other_inputs(ctx, input_key)
+        inputs: Inputs = ctx.get_or_create(input_key, lambda: load_inputs(p, point.seed, point.device))
         method_fn = get_method("vggt", point.method).build(point.method_params)
         ref_fn = self._reference_fn(ctx)
         if p.scope == "attention":

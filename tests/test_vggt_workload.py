@@ -1,0 +1,262 @@
+"""The ``vggt`` workload end to end: suite -> runner -> run directory, on the vggt-tiny preset.
+
+One small run (module fixture) covers every method in both scopes plus a few extra points
+(out-of-range layer, local checkpoints, a tiny 7-Scenes folder, HTTM at the paper's ratios on
+larger frames); the tests read its rows. Random weights: the ``q_*`` columns are only checked
+for presence and finiteness, the ``fid_*`` and ``work_*`` columns for values.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import harness.workloads.vggt  # noqa: F401 - registers the workload and its methods
+from harness import columns as C
+from harness.models.vggt import build_vggt, save_checkpoint
+from harness.results import load
+from harness.runner import run_suite
+from harness.suite import SuiteError, parse_suite
+from harness.workloads.vggt import VGGTWorkload
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+METHODS = ("vggt", "httm", "tome", "fastvggt")
+SCOPES = ("model", "attention")
+TINY_DEPTH = 4  # global layers of the vggt-tiny preset
+SEVEN_SCENES_HW = (24, 32)  # 7-Scenes aspect 3:4; width 42 -> model input 28 x 42
+
+SUITE = """
+name: vggt-test
+workload: vggt
+reference: vggt
+fixed: {{preset: vggt-tiny, frames: 2, height: 28, width: 42}}
+sweep: {{scope: [model, attention]}}
+methods:
+  vggt: {{}}
+  httm: {{query_merge: 0.0, outlier_frac: 0.0, kv_merge: 0.0, head_groups: 4, n_s: 16, n_t: 2}}
+  tome: {{tome_ratio: 0.5}}
+  fastvggt: {{fv_ratio: 1.0}}
+include:
+  # HTTM at the paper's main ratios on frames with enough patches (5 special + 64 patch tokens)
+  - {{method: httm, scope: model, height: 112, width: 112,
+     query_merge: 0.9, outlier_frac: 0.1, kv_merge: 0.7, head_groups: 4}}
+  # layer 4 does not exist (depth 4); the layer-3 point after it must still run
+  - {{method: vggt, scope: attention, layer: 4}}
+  - {{method: vggt, scope: attention, layer: 3}}
+  - {{method: vggt, scope: model, checkpoint: "{same_ckpt}"}}
+  - {{method: vggt, scope: model, checkpoint: "{other_ckpt}"}}
+  - {{method: vggt, scope: model, data: 7scenes, data_path: "{scenes}", data_scene: chess,
+     stride: 1, frames: 2, width: 42}}
+timing: {{warmup_n: 0, min_samples: 1, max_samples: 1, budget_s: 0.0}}
+metrics: {{evaluate: true, breakdown: true}}
+"""
+
+MODEL_FIDELITY = ("fid_depth_rel_err", "fid_points_rel_err", "fid_pose_rot_deg", "fid_pose_trans_rel",
+                  "fid_token_cos")
+ATTENTION_FIDELITY = ("fid_attn_rel_err", "fid_attn_cos")
+QUALITY = ("q_depth_abs_rel", "q_depth_delta1", "q_pose_rre_deg", "q_pose_rte_deg", "q_pose_auc_30",
+           "q_pose_ate", "q_acc", "q_comp", "q_nc")
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def write_7scenes(root: Path, scene: str = "chess", seq: str = "seq-01", n: int = 3) -> Path:
+    """A tiny 7-Scenes sequence: colour PNGs, uint16 millimetre depth (0 = invalid), 4x4 poses
+    (camera-to-world) of a camera sliding along x."""
+    h, w = SEVEN_SCENES_HW
+    folder = root / scene / seq
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = np.arange(h, dtype=np.int64)[:, None]
+    for i in range(n):
+        stem = f"frame-{i:06d}"
+        colour = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        Image.fromarray(colour).save(folder / f"{stem}.color.png")
+        depth = np.broadcast_to(1500 + 20 * rows + 10 * i, (h, w)).astype(np.uint16).copy()
+        depth[0, 0] = 0
+        Image.fromarray(depth).save(folder / f"{stem}.depth.png")
+        pose = np.eye(4)
+        pose[0, 3] = 0.05 * i
+        np.savetxt(folder / f"{stem}.pose.txt", pose)
+    return root
+
+
+def _save_tiny(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    return save_checkpoint(build_vggt("vggt-tiny"), path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Local inputs of the suite: checkpoints with the points' seed (0) and another (1), a 7-Scenes root."""
+    root = tmp_path_factory.mktemp("vggt-files")
+    return {
+        "same_ckpt": _save_tiny(root / "tiny-seed0.safetensors", seed=0),
+        "other_ckpt": _save_tiny(root / "tiny-seed1.pt", seed=1),
+        "scenes": write_7scenes(root / "7scenes"),
+    }
+
+
+@pytest.fixture(scope="module")
+def points(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """Rows of one run of SUITE, in the order the points ran."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        suite = parse_suite(SUITE.format(**{k: str(v) for k, v in files.items()}), source="vggt-test.yaml")
+        out = tmp_path_factory.mktemp("vggt-run") / "run"
+        run_suite(suite, out, progress=False, argv=["test"])
+    finally:
+        torch.set_num_threads(n)
+    return load(out).points
+
+
+def pick(df: pd.DataFrame, **where) -> pd.Series:
+    """The one row matching every ``column=value``."""
+    mask = pd.Series(True, index=df.index)
+    for col, val in where.items():
+        mask &= df[col] == val
+    rows = df[mask]
+    assert len(rows) == 1, f"{len(rows)} rows match {where}"
+    return rows.iloc[0]
+
+
+def sweep_row(df: pd.DataFrame, method: str, scope: str) -> pd.Series:
+    """A point of the main grid (synthetic 28 x 42, random weights, layer 0)."""
+    return pick(df, method=method, scope=scope, data="synthetic", checkpoint="", height=28, layer=0)
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_in_both_scopes_with_its_columns(points, method, scope):
+    row = sweep_row(points, method, scope)
+    assert row[C.STATUS] == C.OK, row[C.ERROR]
+    assert row[C.LAT_MEDIAN] > 0 and row[C.N_SAMPLES] == 1
+    assert 0 < row["work_tokens_q_frac"] <= 1 and 0 < row["work_tokens_kv_frac"] <= 1
+    assert row["work_attn_flops"] > 0
+    fid = MODEL_FIDELITY if scope == "model" else ATTENTION_FIDELITY
+    for col in fid + (QUALITY if scope == "model" else ()):
+        assert math.isfinite(row[col]), col
+    if scope == "attention":  # one layer's attention core: no task outputs to score
+        assert all(pd.isna(row[col]) for col in QUALITY + MODEL_FIDELITY)
+
+
+def test_every_metric_column_written_is_described(points):
+    written = {c for c in points.columns if c.startswith(("q_", "fid_", "work_"))}
+    assert written and written <= set(VGGTWorkload().metrics())
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_reference_method_agrees_perfectly_with_itself(points, scope):
+    row = sweep_row(points, "vggt", scope)
+    assert row["work_tokens_q_frac"] == 1.0 and row["work_tokens_kv_frac"] == 1.0
+    if scope == "model":
+        assert row["fid_depth_rel_err"] == 0.0 and row["fid_points_rel_err"] == 0.0
+        assert row["fid_pose_rot_deg"] == 0.0
+        assert row["fid_token_cos"] == pytest.approx(1.0, abs=1e-6)
+    else:
+        assert row["fid_attn_rel_err"] == 0.0
+        assert row["fid_attn_cos"] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_httm_without_merging_reproduces_the_reference_and_keeps_every_token(points, scope):
+    row = sweep_row(points, "httm", scope)
+    assert (row["query_merge"], row["outlier_frac"], row["kv_merge"]) == (0.0, 0.0, 0.0)
+    assert row["work_tokens_q_frac"] == 1.0 and row["work_tokens_kv_frac"] == 1.0
+    assert row["work_pad_q_frac"] == 0.0
+    if scope == "model":
+        assert row["fid_depth_rel_err"] < 1e-4
+        assert row["fid_token_cos"] == pytest.approx(1.0, abs=1e-5)
+    else:
+        assert row["fid_attn_rel_err"] < 1e-5
+
+
+def test_httm_at_the_paper_setting_keeps_fewer_tokens(points):
+    row = pick(points, method="httm", scope="model", height=112)
+    assert row[C.STATUS] == C.OK, row[C.ERROR]
+    assert (row["query_merge"], row["outlier_frac"], row["kv_merge"]) == (0.9, 0.1, 0.7)
+    assert row["work_tokens_q_frac"] < 0.5 and row["work_tokens_kv_frac"] < 0.5
+    assert 0 < row["fid_token_cos"] < 1 and row["fid_depth_rel_err"] > 0  # merging changes the output
+    assert row["work_match_flops"] > 0
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_breakdown_gives_httm_its_match_aggregate_and_attention_phases(points, scope):
+    row = sweep_row(points, "httm", scope)
+    for col in ("bd_match_ms", "bd_aggregate_ms", "bd_attention_ms"):
+        assert math.isfinite(row[col]) and row[col] >= 0, col
+    plain = sweep_row(points, "vggt", scope)
+    assert math.isfinite(plain["bd_attention_ms"]) and pd.isna(plain["bd_match_ms"])  # nothing to match
+
+
+def test_layer_beyond_the_preset_fails_that_point_and_the_sweep_goes_on(points):
+    bad = pick(points, method="vggt", scope="attention", layer=4)
+    assert bad[C.STATUS] == C.FAILED
+    assert bad[C.ERROR].startswith("ValueError: layer=4 but preset 'vggt-tiny' has 4 global layers")
+    assert f"allowed: 0..{TINY_DEPTH - 1}" in bad[C.ERROR]
+    later = points.index[(points["scope"] == "attention") & (points["layer"] == 3)]
+    assert len(later) == 1 and later[0] > bad.name  # ran after the failure
+    assert points.loc[later[0], C.STATUS] == C.OK
+    assert (points[C.STATUS] == C.OK).sum() == len(points) - 1
+
+
+def test_nonexistent_checkpoint_is_reported_before_anything_runs(tmp_path):
+    missing = tmp_path / "nowhere" / "model.pt"
+    text = (f"name: t\nworkload: vggt\nfixed: {{preset: vggt-tiny, checkpoint: '{missing}'}}\n"
+            "methods: {vggt: {}}\n")
+    with pytest.raises(SuiteError) as err:
+        parse_suite(text)
+    assert str(missing) in str(err.value) and "does not exist" in str(err.value)
+
+
+def test_missing_dataset_folder_is_reported_before_anything_runs(tmp_path):
+    missing = tmp_path / "7scenes"
+    text = (f"name: t\nworkload: vggt\nfixed: {{preset: vggt-tiny, data: 7scenes, data_path: '{missing}', "
+            "data_scene: chess}\nmethods: {vggt: {}}\n")
+    with pytest.raises(SuiteError) as err:
+        parse_suite(text)
+    assert str(missing) in str(err.value) and "does not exist" in str(err.value)
+
+
+def test_dataset_input_without_data_path_is_reported(tmp_path):
+    text = "name: t\nworkload: vggt\nfixed: {preset: vggt-tiny, data: nrgbd}\nmethods: {vggt: {}}\n"
+    with pytest.raises(SuiteError, match="data: nrgbd needs data_path"):
+        parse_suite(text)
+
+
+def test_checkpoint_of_the_same_seed_reproduces_the_random_model_exactly(points, files):
+    loaded = pick(points, checkpoint=str(files["same_ckpt"]))
+    random_init = sweep_row(points, "vggt", "model")
+    assert loaded[C.STATUS] == C.OK, loaded[C.ERROR]
+    for col in QUALITY:
+        assert loaded[col] == random_init[col], col
+
+
+def test_checkpoint_of_another_seed_changes_the_outputs(points, files):
+    loaded = pick(points, checkpoint=str(files["other_ckpt"]))
+    random_init = sweep_row(points, "vggt", "model")
+    assert loaded[C.STATUS] == C.OK, loaded[C.ERROR]
+    assert loaded["q_depth_abs_rel"] != random_init["q_depth_abs_rel"]
+    assert loaded["fid_depth_rel_err"] == 0.0  # its own reference: the same loaded weights
+
+
+def test_7scenes_folder_runs_through_the_workload(points, files):
+    row = pick(points, data="7scenes")
+    assert row[C.STATUS] == C.OK, row[C.ERROR]
+    assert (row["data_path"], row["data_scene"], row["stride"], row["frames"]) == (
+        str(files["scenes"]), "chess", 1, 2)
+    assert math.isfinite(row["q_depth_abs_rel"]) and row["q_depth_abs_rel"] >= 0
+    assert 0 <= row["q_depth_delta1"] <= 1
+    assert math.isfinite(row["q_pose_ate"]) and math.isfinite(row["q_acc"])
