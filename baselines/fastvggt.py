@@ -53,6 +53,7 @@ from harness.methods.merging import (
     Partition,
     SlotMap,
     assign,
+    from_layer,
     percentile,
     phase,
     rows_gather,
@@ -188,11 +189,4 @@ def make_fastvggt(p: FastVGGTParams) -> AttentionFn:
         raise ValueError(f"FastVGGT salient_rule={p.salient_rule!r} is not one of {', '.join(SALIENT_RULES)}")
     warned = [False]
 
-    def attention_fn(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout
-    ) -> torch.Tensor:
-        if layout.layer < p.start_layer:
-            return sdpa_attention(q, k, v, layout)
-        return fastvggt_attention(q, k, v, layout, p, warned)
-
-    return attention_fn
+    return from_layer(p.start_layer, lambda q, k, v, layout: fastvggt_attention(q, k, v, layout, p, warned))

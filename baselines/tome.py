@@ -33,13 +33,14 @@ from harness.methods.merging import (
     Partition,
     SlotMap,
     assign,
+    from_layer,
     percentile,
     phase,
     rows_gather,
     shared_merge_attention,
     static_partition,
 )
-from harness.methods.seam import AttentionFn, AttentionLayout, sdpa_attention
+from harness.methods.seam import AttentionFn, AttentionLayout
 from harness.params import param
 
 
@@ -100,11 +101,4 @@ def tome_attention(
 def make_tome(p: ToMeParams) -> AttentionFn:
     """Build ToMe's ``attention_fn(q, k, v, layout) -> out``."""
 
-    def attention_fn(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout
-    ) -> torch.Tensor:
-        if layout.layer < p.start_layer:
-            return sdpa_attention(q, k, v, layout)
-        return tome_attention(q, k, v, layout, p)
-
-    return attention_fn
+    return from_layer(p.start_layer, lambda q, k, v, layout: tome_attention(q, k, v, layout, p))

@@ -230,18 +230,23 @@ def _nonfinite_metrics(row: dict[str, Any]) -> list[str]:
 
 
 def order_points(points: Sequence[Point], model_key: Any, order: str, seed_text: str) -> list[Point]:
-    """Points in run order. ``model_key(point)`` groups points that share a model."""
+    """Points in run order. ``model_key(point)`` groups points that share a model; inside a model
+    group, points with equal workload parameters (same inputs) are adjacent."""
     if order not in ORDERS:
         raise RunError(f"unknown order {order!r}; allowed: {', '.join(ORDERS)}")
     if order == "shuffle":
         out = list(points)
         random.Random(int(hashlib.sha256(seed_text.encode()).hexdigest()[:16], 16)).shuffle(out)
         return out
-    groups: OrderedDict[Hashable, list[Point]] = OrderedDict()
+    # two levels: points sharing a model run together (each model is built once), and inside
+    # that, points sharing the workload-level config (the same inputs and reference output)
+    by_model: OrderedDict[Hashable, OrderedDict[Hashable, list[Point]]] = OrderedDict()
     for p in points:
-        groups.setdefault(_hashable(model_key(p)), []).append(p)
+        inputs = _hashable((p.workload_params, p.common))
+        by_model.setdefault(_hashable(model_key(p)), OrderedDict()).setdefault(inputs, []).append(p)
+    groups = [g for inner in by_model.values() for g in inner.values()]
     out = []
-    for group in groups.values():
+    for group in groups:
         if order == "grid":
             out.extend(group)
             continue

@@ -218,6 +218,30 @@ def _quality_vs_speedup(pts: pd.DataFrame, col: str, info: dict[str, Any]) -> pl
     return fig
 
 
+def _quality_vs_cost(pts: pd.DataFrame, col: str, info: dict[str, Any], cost: str,
+                     cost_info: dict[str, Any]) -> plt.Figure | None:
+    """``col`` against a cost column (lower = cheaper, e.g. BOPs), per method, with the Pareto front."""
+    sub = pts[pts[col].notna() & pts[cost].notna()].copy()
+    if len(sub) < 2 or sub[cost].nunique() < 2:
+        return None
+    hib = info.get("higher_is_better")
+    fig, ax = plt.subplots(figsize=PANEL_SIZE_IN)
+    sns.scatterplot(data=sub, x=cost, y=col, hue=C.METHOD, style=C.METHOD, s=60, ax=ax)
+    if hib is not None:
+        sub["_cheapness"] = -sub[cost]
+        front = pareto_front(sub, "_cheapness", col, bool(hib))
+        ax.plot(front[cost], front[col], color="0.2", lw=1.2, ls="--", label="Pareto front", zorder=0)
+        ax.legend(fontsize=8)
+    direction = "" if hib is None else (" (↑ better)" if hib else " (↓ better)")
+    unit = f" [{info['unit']}]" if info.get("unit") else ""
+    cost_unit = f" [{cost_info['unit']}]" if cost_info.get("unit") else ""
+    if sub[cost].max() > 10 * sub[cost].min() > 0:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"{cost}{cost_unit} (← cheaper)")
+    ax.set_ylabel(f"{col}{unit}{direction}")
+    return fig
+
+
 def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
     """Write every figure for the run as PNG and SVG; return the written paths.
 
@@ -259,4 +283,10 @@ def plot_data(run: RunData, out_dir: Path) -> list[Path]:
                 fig = _quality_vs_speedup(pts, col, run.metrics.get(col) or {})
                 if fig is not None:
                     paths += _save(fig, out_dir, f"{col}_vs_speedup")
+                for cost, cost_info in run.metrics.items():
+                    if not (isinstance(cost_info, dict) and cost_info.get("cost_axis")) or cost not in pts:
+                        continue
+                    fig = _quality_vs_cost(pts, col, run.metrics.get(col) or {}, cost, cost_info)
+                    if fig is not None:
+                        paths += _save(fig, out_dir, f"{col}_vs_{cost}")
     return paths

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,18 @@ def test_plot_run_writes_png_and_svg_for_every_figure(run_dir: Path) -> None:
                  "fid_cos_vs_speedup"):
         assert {f"{stem}.png", f"{stem}.svg"} <= names
     assert all(p.parent == run_dir / "plots" and p.stat().st_size > 0 for p in paths)
+
+
+def test_plot_run_draws_quality_against_a_declared_cost_axis(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path / "run")
+    metrics = {**METRICS, "work_flops": {**METRICS["work_flops"], "cost_axis": True}}
+    (run_dir / C.METRICS_FILE).write_text(json.dumps(metrics))
+    names = {p.name for p in plot_run(run_dir)}
+    assert {"fid_cos_vs_work_flops.png", "q_err_vs_work_flops.svg"} <= names
+
+
+def test_plot_run_draws_no_cost_figures_without_a_cost_axis(run_dir: Path) -> None:
+    assert not [p for p in plot_run(run_dir) if "_vs_work_" in p.name]
 
 
 def test_plot_run_skips_figures_when_there_is_nothing_to_plot(tmp_path: Path) -> None:

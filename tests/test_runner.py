@@ -206,15 +206,15 @@ def test_evaluate_can_be_switched_off(tmp_path, fake_workload):
     assert "q_sum" not in rows(tmp_path / "run").columns
 
 
-def test_interleave_alternates_methods_within_a_model_group(fake_workload):
-    suite = fake_suite("sweep: {size: [2, 3]}\nmethods: {plain: {scale: [1, 2]}, knob: {level: [0, 1]}}\n")
+def test_interleave_alternates_methods_within_a_group_of_equal_inputs(fake_workload):
+    suite = fake_suite("sweep: {size: [2, 3]}\nmethods: {plain: {}, knob: {level: [0, 1, 2]}}\n")
     wl = fake_workload()
     grid = order_points(suite.points(), wl.model_key, "grid", suite.hash)
     inter = order_points(suite.points(), wl.model_key, "interleave", suite.hash)
-    assert [p.method for p in grid[:4]] == ["plain", "plain", "knob", "knob"]
+    assert [p.method for p in grid[:4]] == ["plain", "knob", "knob", "knob"]
     assert [(p.params["size"], p.method) for p in inter] == [
-        (2, "plain"), (2, "knob"), (2, "plain"), (2, "knob"),
-        (3, "plain"), (3, "knob"), (3, "plain"), (3, "knob"),
+        (2, "plain"), (2, "knob"), (2, "knob"), (2, "knob"),
+        (3, "plain"), (3, "knob"), (3, "knob"), (3, "knob"),
     ]
 
 
@@ -224,6 +224,20 @@ def test_grid_order_groups_points_by_model_key(fake_workload):
     wl = fake_workload()
     grid = order_points(suite.points(), wl.model_key, "grid", suite.hash)
     assert [(p.method, p.params["size"]) for p in grid] == [("plain", 2), ("knob", 2), ("plain", 3)]
+
+
+def test_grid_order_keeps_points_with_the_same_inputs_together_within_a_model():
+    from harness.suite import parse_suite
+
+    suite = parse_suite(
+        "name: t\nworkload: attention\nsweep: {seq_len: [64, 128]}\nmethods: {sdpa: {}, math: {}}\n"
+        "include:\n  - {method: math, seq_len: [64, 128], heads: 4}\n  - {method: sdpa, seq_len: 64}\n"
+    )
+    grid = order_points(suite.points(), lambda p: "one model", "grid", suite.hash)
+    inputs = [(p.params["seq_len"], p.params["heads"]) for p in grid]
+    # every distinct input appears as one contiguous run, in order of first appearance
+    runs = [k for i, k in enumerate(inputs) if i == 0 or inputs[i - 1] != k]
+    assert runs == [(64, 4), (128, 4)]
 
 
 def test_shuffle_is_a_seeded_permutation(fake_workload):

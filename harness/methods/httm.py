@@ -70,13 +70,14 @@ from harness.methods.merging import (
     Partition,
     SlotMap,
     assign,
+    from_layer,
     merged_count,
     percentile,
     phase,
     static_partition,
     with_extra_candidates,
 )
-from harness.methods.seam import AttentionFn, AttentionLayout, attention_flops, sdpa_attention
+from harness.methods.seam import AttentionFn, AttentionLayout, attention_flops
 from harness.params import param
 
 DST_RULES = ("strided", "random", "first_frame")
@@ -447,11 +448,4 @@ def make_httm(p: HTTMParams) -> AttentionFn:
     if p.dst_rule not in DST_RULES:
         raise ValueError(f"HTTM dst_rule={p.dst_rule!r} is not one of {', '.join(DST_RULES)}")
 
-    def attention_fn(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout
-    ) -> torch.Tensor:
-        if layout.layer < p.start_layer:
-            return sdpa_attention(q, k, v, layout)
-        return httm_attention(q, k, v, layout, p)
-
-    return attention_fn
+    return from_layer(p.start_layer, lambda q, k, v, layout: httm_attention(q, k, v, layout, p))

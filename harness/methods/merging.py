@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from harness.methods.seam import Recorder, attention_flops
+from harness.methods.seam import AttentionFn, AttentionLayout, Recorder, attention_flops, sdpa_attention
 
 SIM_CHUNK_ELEMS = {"cpu": 1 << 18, "cuda": 1 << 28}
 """Most similarity entries held at once by :func:`best_match`, per device type (CPU: 1 MiB in
@@ -452,3 +452,17 @@ def shared_merge_attention(
         rec.count("pad_q", sm.n_slots * H - real)
         rec.count("attn_flops", attention_flops(B, H, sm.n_slots, sm.n_slots, d))
     return out
+
+
+def from_layer(start_layer: int, merged: AttentionFn) -> AttentionFn:
+    """An ``attention_fn`` that runs ``merged`` on global layers >= ``start_layer`` and plain
+    SDPA on the earlier ones (the ``start_layer`` knob every merging method has)."""
+
+    def attention_fn(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout
+    ) -> torch.Tensor:
+        if layout.layer < start_layer:
+            return sdpa_attention(q, k, v, layout)
+        return merged(q, k, v, layout)
+
+    return attention_fn

@@ -53,8 +53,9 @@ from torch import nn
 
 from harness.quant.quantizers import ACT_CALIB_METHODS, ActQuantizer, is_float, quantize_weight
 
-TIMM_RANGE = ((1, 0, 9), (1, 1, 0))
-"""timm versions the hooks were written against: >= 1.0.9, < 1.1 (pinned in pyproject)."""
+TIMM_RANGE = ((1, 0, 31), (1, 1, 0))  # checked on 1.0.31; 1.0.29 sizes odd-resolution stages differently
+"""timm versions the hooks were checked against: >= 1.0.31, < 1.1 (pinned in pyproject). timm 1.0.29
+sizes odd-resolution stages (e.g. 112 px) differently from the window geometry used for BOPs."""
 
 HIGH, LOW, PRUNED = 0, 1, 2
 BRANCHES = ("high", "low")
@@ -75,7 +76,7 @@ def check_timm() -> None:
     if not (lo <= parts < hi):
         raise RuntimeError(
             f"timm {timm.__version__} is not supported by the Swin quantization hooks; "
-            f"need >=1.0.9,<1.1 (SwinTransformerStage with downsample first, NHWC blocks)"
+            f"need >=1.0.31,<1.1 (the hooks and the window geometry were checked against 1.0.31)"
         )
 
 

@@ -44,6 +44,8 @@ class MetricInfo:
     method's output on the same input, ``fid_*``) or "work" (counters, ``work_*``).
     higher_is_better: direction for reports and the regression gate (None: no direction).
     tolerance: absolute change the regression gate accepts for this column (None: not gated).
+    cost_axis: a work column (lower = cheaper) that reports plot quality and fidelity against,
+    e.g. BOPs for quantization, where latency of a simulation is not the speedup.
     """
 
     kind: str
@@ -51,6 +53,7 @@ class MetricInfo:
     higher_is_better: bool | None = None
     unit: str = ""
     tolerance: float | None = None
+    cost_axis: bool = False
 
 
 @dataclass(frozen=True)

@@ -374,8 +374,9 @@ class SwinWorkload(Workload):
         def fid(help_: str, up: bool, tol: float | None = None, unit: str = "") -> MetricInfo:
             return MetricInfo("fidelity", help_, higher_is_better=up, unit=unit, tolerance=tol)
 
-        def work(help_: str, up: bool | None, unit: str = "") -> MetricInfo:
-            return MetricInfo("work", help_, higher_is_better=up, unit=unit, tolerance=0.0)
+        def work(help_: str, up: bool | None, unit: str = "", cost_axis: bool = False) -> MetricInfo:
+            return MetricInfo("work", help_, higher_is_better=up, unit=unit, tolerance=0.0,
+                              cost_axis=cost_axis)
 
         out = {
             "q_top1": MetricInfo(
@@ -407,7 +408,8 @@ class SwinWorkload(Workload):
                 "multiply-accumulates per image actually executed (pruned windows excluded)", False, "MAC"
             ),
             "work_bops": work(
-                "bit operations per image: MACs x operand bits (see harness.metrics.work)", False, "BOP"
+                "bit operations per image: MACs x operand bits (see harness.metrics.work)", False, "BOP",
+                cost_axis=True,
             ),
             "work_bops_speedup": work(
                 "BOPs of uniform W{w}A{ref} (mixaq/sparsevit: a_bits_high/a_bits; "

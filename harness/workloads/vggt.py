@@ -414,8 +414,8 @@ class VGGTWorkload(Workload):
         def fid(help: str, higher: bool, tol: float | None = None, unit: str = "") -> MetricInfo:
             return MetricInfo("fidelity", help, higher, unit, tol)
 
-        def work(help: str, unit: str = "") -> MetricInfo:
-            return MetricInfo("work", help, None, unit)
+        def work(help: str, unit: str = "", cost_axis: bool = False) -> MetricInfo:
+            return MetricInfo("work", help, None, unit, cost_axis=cost_axis)
 
         return {
             "q_depth_abs_rel": q("depth AbsRel vs ground truth (per-frame median scaling)", False),
@@ -442,7 +442,8 @@ class VGGTWorkload(Workload):
             "work_tokens_q_frac": work("queries kept per head and layer, as a fraction of N"),
             "work_tokens_kv_frac": work("keys/values kept per head and layer, as a fraction of N"),
             "work_pad_q_frac": work("padded query rows (ragged per-head lengths), as a fraction of N"),
-            "work_attn_flops": work("FLOPs of the global-attention matmuls in one forward", "FLOP"),
+            "work_attn_flops": work("FLOPs of the global-attention matmuls in one forward", "FLOP",
+                                    cost_axis=True),
             "work_match_flops": work("FLOPs of the merge matching (similarities) in one forward", "FLOP"),
         }
 
