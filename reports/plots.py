@@ -91,7 +91,7 @@ def _save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
     for ext in FORMATS:
         p = out_dir / f"{_safe(stem)}.{ext}"
         with plt.rc_context({"svg.fonttype": "none"}):  # SVG text stays editable text (and is fast)
-            fig.savefig(p, dpi=DPI)
+            fig.savefig(p, dpi=DPI, bbox_inches="tight")  # legends sit outside the axes
         paths.append(p)
     plt.close(fig)
     return paths
@@ -135,15 +135,31 @@ def _metric_vs_axis(
     if drawn[axis].map(T.hashable).nunique() < 2:
         return None
     label_params = [a for a in axes if a in specific and a != axis]
+    # a label names only the method's own parameters that vary among its drawn points
+    varying = {
+        m: [a for a in label_params if g[a].map(T.hashable).nunique(dropna=True) > 1]
+        for m, g in drawn.groupby(C.METHOD)
+    }
+
+    def label_of(row: pd.Series) -> str:
+        return T.method_label(row, varying.get(row[C.METHOD], []))
+
     facet_axes = [a for a in axes if a not in specific and a not in (axis, C.METHOD)]
+    # only series with at least two x values make a line; single points (e.g. an ablation run
+    # at one frame count) are left to the tables
+    series_x = drawn.assign(__label=[label_of(r) for _, r in drawn.iterrows()]).groupby("__label")[axis]
+    lines = {lab for lab, xs in series_x if xs.map(T.hashable).nunique() >= 2}
+    if not lines:
+        return None
     panels = _panels(pts, facet_axes)
     fig, axs = _grid(len(panels))
-    labels = sorted({T.method_label(r, label_params) for _, r in drawn.iterrows()})
+    labels = sorted(lines)
     palette = dict(zip(labels, sns.color_palette(n_colors=max(len(labels), 1))))
     all_vals = drawn[value].to_numpy(float)
     for (title, panel), ax in zip(panels, axs):
         sub = panel[panel[axis].notna() & panel[value].notna()].copy()
-        sub["__label"] = [T.method_label(r, label_params) for _, r in sub.iterrows()]
+        sub["__label"] = [label_of(r) for _, r in sub.iterrows()]
+        sub = sub[sub["__label"].isin(lines)]
         for label, g in sub.groupby("__label", sort=True):
             g = g.sort_values(axis)
             xv = g[axis].astype(float).to_numpy()
@@ -164,7 +180,7 @@ def _metric_vs_axis(
         handles, hl = ax.get_legend_handles_labels()
         if handles:
             uniq = dict(zip(hl, handles))
-            ax.legend(uniq.values(), uniq.keys(), fontsize=8)
+            ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     finite = all_vals[np.isfinite(all_vals) & (all_vals > 0)]
     xs = np.unique(drawn[axis].astype(float).to_numpy())
     for ax in axs:
@@ -199,46 +215,38 @@ def _ylabel(value: str) -> str:
     )
 
 
-def _quality_vs_speedup(pts: pd.DataFrame, col: str, info: dict[str, Any]) -> plt.Figure | None:
-    sub = pts[pts[col].notna() & pts[C.SPEEDUP].notna()]
-    if len(sub) < 2:
+def _quality_scatter(
+    pts: pd.DataFrame, col: str, info: dict[str, Any], x: str, x_label: str, x_higher_is_better: bool,
+    facet_axes: Sequence[str],
+) -> plt.Figure | None:
+    """``col`` against ``x`` per method, one panel per workload-level config (e.g. per frame
+    count: a Pareto front across different inputs would mean nothing), with each panel's front."""
+    sub = pts[pts[col].notna() & pts[x].notna()].copy()
+    if len(sub) < 2 or sub[x].nunique() < 2:
         return None
     hib = info.get("higher_is_better")
-    fig, ax = plt.subplots(figsize=PANEL_SIZE_IN)
-    sns.scatterplot(data=sub, x=C.SPEEDUP, y=col, hue=C.METHOD, style=C.METHOD, s=60, ax=ax)
-    if hib is not None:
-        front = pareto_front(sub, C.SPEEDUP, col, bool(hib))
-        ax.plot(front[C.SPEEDUP], front[col], color="0.2", lw=1.2, ls="--", label="Pareto front",
-                zorder=0)
-        ax.legend(fontsize=8)
-    direction = "" if hib is None else (" (↑ better)" if hib else " (↓ better)")
-    unit = f" [{info['unit']}]" if info.get("unit") else ""
-    ax.set_xlabel("speedup vs reference (×, → better)")
-    ax.set_ylabel(f"{col}{unit}{direction}")
-    return fig
-
-
-def _quality_vs_cost(pts: pd.DataFrame, col: str, info: dict[str, Any], cost: str,
-                     cost_info: dict[str, Any]) -> plt.Figure | None:
-    """``col`` against a cost column (lower = cheaper, e.g. BOPs), per method, with the Pareto front."""
-    sub = pts[pts[col].notna() & pts[cost].notna()].copy()
-    if len(sub) < 2 or sub[cost].nunique() < 2:
+    panels = [(t, g) for t, g in _panels(sub, facet_axes) if len(g) >= 2]
+    if not panels:
         return None
-    hib = info.get("higher_is_better")
-    fig, ax = plt.subplots(figsize=PANEL_SIZE_IN)
-    sns.scatterplot(data=sub, x=cost, y=col, hue=C.METHOD, style=C.METHOD, s=60, ax=ax)
-    if hib is not None:
-        sub["_cheapness"] = -sub[cost]
-        front = pareto_front(sub, "_cheapness", col, bool(hib))
-        ax.plot(front[cost], front[col], color="0.2", lw=1.2, ls="--", label="Pareto front", zorder=0)
-        ax.legend(fontsize=8)
+    fig, axs = _grid(len(panels))
+    methods = list(dict.fromkeys(sub[C.METHOD]))
+    palette = dict(zip(methods, sns.color_palette(n_colors=max(len(methods), 1))))
     direction = "" if hib is None else (" (↑ better)" if hib else " (↓ better)")
     unit = f" [{info['unit']}]" if info.get("unit") else ""
-    cost_unit = f" [{cost_info['unit']}]" if cost_info.get("unit") else ""
-    if sub[cost].max() > 10 * sub[cost].min() > 0:
-        ax.set_xscale("log")
-    ax.set_xlabel(f"{cost}{cost_unit} (← cheaper)")
-    ax.set_ylabel(f"{col}{unit}{direction}")
+    for (title, g), ax in zip(panels, axs):
+        sns.scatterplot(data=g, x=x, y=col, hue=C.METHOD, style=C.METHOD, palette=palette,
+                        hue_order=[m for m in methods if m in set(g[C.METHOD])], s=60, ax=ax)
+        if hib is not None:
+            g = g.assign(_goodness=g[x] if x_higher_is_better else -g[x])
+            front = pareto_front(g, "_goodness", col, bool(hib))
+            ax.plot(front[x], front[col], color="0.2", lw=1.2, ls="--", label="Pareto front", zorder=0)
+        if not x_higher_is_better and g[x].max() > 10 * g[x].min() > 0:
+            ax.set_xscale("log")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(f"{col}{unit}{direction}")
+        if title:
+            ax.set_title(title, fontsize=9)
     return fig
 
 
@@ -276,17 +284,22 @@ def plot_data(run: RunData, out_dir: Path) -> list[Path]:
                 fig = _metric_vs_axis(pts, axis, value, specific, axes, reference, errors)
                 if fig is not None:
                     paths += _save(fig, out_dir, stem)
+        facets = [a for a in axes if a not in specific and a != C.METHOD]
         for prefix in (C.QUALITY_PREFIX, C.FIDELITY_PREFIX):
             for col in T.metric_columns(pts, prefix):
                 if not pd.api.types.is_numeric_dtype(pts[col]):
                     continue
-                fig = _quality_vs_speedup(pts, col, run.metrics.get(col) or {})
+                info = run.metrics.get(col) or {}
+                fig = _quality_scatter(pts, col, info, C.SPEEDUP, "speedup vs reference (×, → better)",
+                                       True, facets)
                 if fig is not None:
                     paths += _save(fig, out_dir, f"{col}_vs_speedup")
                 for cost, cost_info in run.metrics.items():
                     if not (isinstance(cost_info, dict) and cost_info.get("cost_axis")) or cost not in pts:
                         continue
-                    fig = _quality_vs_cost(pts, col, run.metrics.get(col) or {}, cost, cost_info)
+                    cost_unit = f" [{cost_info['unit']}]" if cost_info.get("unit") else ""
+                    fig = _quality_scatter(pts, col, info, cost, f"{cost}{cost_unit} (← cheaper)", False,
+                                           facets)
                     if fig is not None:
                         paths += _save(fig, out_dir, f"{col}_vs_{cost}")
     return paths
