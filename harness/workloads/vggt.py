@@ -22,6 +22,7 @@ say nothing about a method; ``fid_*`` columns are meaningful either way.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,7 +330,7 @@ class VGGTWorkload(Workload):
         key = ("vggt.qkv", self.model_key(point), _input_key(p, point.seed, point.device), p.layer)
         q, k, v, layout = ctx.get_or_create(key, lambda: self._capture_qkv(model, point, inputs, p.layer))
         rec = Recorder()
-        out = self._call(point, method_fn, q, k, v, dataclasses_replace(layout, recorder=rec))
+        out = self._call(point, method_fn, q, k, v, dataclasses.replace(layout, recorder=rec))
         counters = _summarize_recorder(rec, 1, q.shape[1], q.shape[2])
         merge_sim = rec.values.get("merge_sim_p10")
         if point.method == ctx.reference and point.method_params == ctx.reference_params:
@@ -347,7 +348,7 @@ class VGGTWorkload(Workload):
 
         def breakdown() -> dict[str, float]:
             timed = Recorder(timed=True, device=point.device)
-            self._call(point, method_fn, q, k, v, dataclasses_replace(layout, recorder=timed))
+            self._call(point, method_fn, q, k, v, dataclasses.replace(layout, recorder=timed))
             return dict(timed.phases_ms)
 
         return Bench(fn=lambda: self._call(point, method_fn, q, k, v, layout), evaluate=evaluate,
@@ -374,7 +375,7 @@ class VGGTWorkload(Workload):
             pass
         q, k, v, layout = seen["qkv"]
         dt = torch_dtype(point.dtype)
-        return q.to(dt), k.to(dt), v.to(dt), dataclasses_replace(layout, x_norm=layout.x_norm.to(dt))
+        return q.to(dt), k.to(dt), v.to(dt), dataclasses.replace(layout, x_norm=layout.x_norm.to(dt))
 
     # -- metrics ------------------------------------------------------------------------
 
@@ -446,11 +447,4 @@ class VGGTWorkload(Workload):
                                     cost_axis=True),
             "work_match_flops": work("FLOPs of the merge matching (similarities) in one forward", "FLOP"),
         }
-
-
-def dataclasses_replace(layout: AttentionLayout, **changes: Any) -> AttentionLayout:
-    """``dataclasses.replace`` for a layout (kept as a name so call sites read plainly)."""
-    import dataclasses
-
-    return dataclasses.replace(layout, **changes)
 
