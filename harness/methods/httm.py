@@ -350,27 +350,15 @@ def _slot_deviation(q: torch.Tensor, q_mean: torch.Tensor, sm: SlotMap) -> torch
 def ragged_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[list[int]]
 ) -> torch.Tensor:
-    """Attention with a different query length per (batch element, head group).
+    """Attention when head groups keep different numbers of queries, in ONE call.
 
-    q: [B, H, Mq, d]; k, v: [B, H, Mk, d]; lengths[b][g] <= Mq: query rows of the heads of
-    group g that are used (rows past it are padding). Returns [B, H, Mq, d]; padding rows
-    are left unset when the lengths differ (each group then runs at its own length),
-    computed otherwise (one call, nothing to skip).
+    q: [B, H, Mq, d]; k, v: [B, H, Mk, d]; lengths[b][g] <= Mq: query slots used by the heads of
+    group g. Every group is padded to the longest used length m (rows of Q are independent, so
+    padding rows need no mask: they are computed and never read back). Returns [B, H, m, d].
+    No Python loop over heads or groups; the padding is what the recorder counts as ``pad_q``.
     """
-    B, H, Mq, d = q.shape
-    G = len(lengths[0])
-    hg = H // G
-    if all(n == Mq for row in lengths for n in row):
-        return F.scaled_dot_product_attention(q, k, v)
-    out = torch.empty_like(q)
-    for b in range(B):
-        for g in range(G):
-            n, hs = lengths[b][g], slice(g * hg, (g + 1) * hg)
-            if n:
-                out[b : b + 1, hs, :n] = F.scaled_dot_product_attention(
-                    q[b : b + 1, hs, :n], k[b : b + 1, hs], v[b : b + 1, hs]
-                )
-    return out
+    m = max(max(row) for row in lengths)
+    return F.scaled_dot_product_attention(q[:, :, :m], k, v)
 
 
 def check_heads(H: int, groups: int) -> None:
@@ -427,11 +415,10 @@ def httm_attention(
         out = sm_q.unmerge(o_m)
     if rec is not None:
         real_q = float(sm_q.occupied().sum()) * hg / B
-        attended_q = sum(sum(row) for row in lengths) * hg
         rec.count("tokens_q", real_q)
         rec.count("tokens_kv", float(sm_k.occupied().sum()) * hg / B)
-        rec.count("pad_q", attended_q / B - real_q)
-        rec.count("attn_flops", attention_flops(1, 1, attended_q, sm_k.n_slots, d))
+        rec.count("pad_q", o_m.shape[2] * H - real_q)
+        rec.count("attn_flops", attention_flops(B, H, o_m.shape[2], sm_k.n_slots, d))
         flops = part_k.match_flops(B * G, hg * d)
         if p.decouple_qk:
             flops += part_q.match_flops(B * G, hg * d)

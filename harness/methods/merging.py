@@ -106,7 +106,7 @@ class SlotMap:
 
     slot_of: torch.Tensor
     n_slots: int
-    _flat: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _flat: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
     _bags: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
     _counts: torch.Tensor | None = field(default=None, repr=False)
 
@@ -126,15 +126,21 @@ class SlotMap:
             raise ValueError(f"SlotMap: {heads} heads cannot be split into {G} equal head groups")
         return heads // G
 
-    def flat_index(self, heads: int) -> torch.Tensor:
-        """[B * H * N] row index into a flattened ``[B * H * M, d]`` merged tensor."""
-        if heads not in self._flat:
+    def flat_index(self, heads: int, rows_per_head: int | None = None) -> torch.Tensor:
+        """[B * H * N] row index into a flattened ``[B * H * M, d]`` merged tensor.
+
+        M defaults to ``n_slots``; a smaller M (a merged tensor cut after the last used slot,
+        e.g. by :func:`harness.methods.httm.ragged_attention`) works as long as every used
+        slot index is below it.
+        """
+        M = self.n_slots if rows_per_head is None else rows_per_head
+        key = (heads, M)
+        if key not in self._flat:
             B, G, N = self.slot_of.shape
             hg = self._heads_per_group(heads)
-            M = self.n_slots
             rows = torch.arange(B * heads, device=self.slot_of.device).view(B, G, hg, 1) * M
-            self._flat[heads] = (self.slot_of[:, :, None, :] + rows).reshape(-1)
-        return self._flat[heads]
+            self._flat[key] = (self.slot_of[:, :, None, :] + rows).reshape(-1)
+        return self._flat[key]
 
     def bags(self, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(order [B * H * N], offsets [B * H * M]): tokens sorted by flat slot, bag starts.
@@ -169,7 +175,7 @@ class SlotMap:
         """Copy each slot's row back to its tokens. y: [B, H, M, d] -> [B, H, N, d]."""
         B, H, M, d = y.shape
         N = self.slot_of.shape[-1]
-        flat = y.reshape(B * H * M, d).index_select(0, self.flat_index(H))
+        flat = y.reshape(B * H * M, d).index_select(0, self.flat_index(H, M))
         return flat.view(B, H, N, d)
 
     def occupied(self) -> torch.Tensor:
