@@ -91,6 +91,18 @@ def bench_swin_gpu(session: nox.Session) -> None:
     _bench(session, ["swin"], ["--preset", "gpu"])
 
 
+@nox.session(name="train-proxies", venv_params=VENV_PARAMS)
+def train_proxies(session: nox.Session) -> None:
+    """Re-create the committed proxy weights from their seeds into runs/train/<proxy>/.
+
+    Each run ends by comparing its held-out metrics and weight hash with harness/proxies/<proxy>/.
+    Posargs are forwarded to every `harness train` (e.g. `-- --resume`, `-- --device cuda`).
+    """
+    _install(session)
+    for proxy in ("swin-proxy", "vggt-proxy"):
+        session.run("harness", "train", proxy, "--out", f"{RUNS}/train/{proxy}", *session.posargs)
+
+
 @nox.session(venv_params=VENV_PARAMS)
 def microbench(session: nox.Session) -> None:
     """pytest-benchmark micro-benchmarks; a CUDA-synchronizing timer is used on GPU."""

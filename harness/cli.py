@@ -1,4 +1,4 @@
-"""``harness``: run | list | report | plot | compare | env.
+"""``harness``: run | list | report | plot | compare | env | train.
 
 Exit codes: 0 success; 1 a run had non-ok points (without --allow-failures) or compare found
 a regression; 2 a user error (bad suite, missing file, refused comparison, unusable output
@@ -33,8 +33,9 @@ class _UserError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from harness.runner import RunError
+    from harness.train.loop import TrainError
 
-    errors: list[type[BaseException]] = [SuiteError, RunError, FileNotFoundError, _UserError]
+    errors: list[type[BaseException]] = [SuiteError, RunError, FileNotFoundError, _UserError, TrainError]
     try:
         from reports.compare import CompareError
 
@@ -243,6 +244,43 @@ def _cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- train
+
+
+def _cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
+    from harness.train import PROXIES, get_proxy
+    from harness.train.card import read_card
+    from harness.train.loop import train, with_overrides
+
+    if args.list or not args.proxy:
+        for name in PROXIES:
+            proxy = get_proxy(name)
+            print(f"{name}: {proxy.description}")
+        return EXIT_OK
+    try:
+        proxy = get_proxy(args.proxy)
+    except KeyError as e:
+        raise _UserError(e.args[0]) from None
+    cfg = with_overrides(proxy.default_config(), steps=args.steps, seed=args.seed, threads=args.threads)
+    out = Path(args.out or Path("runs") / "train" / proxy.name)
+    try:
+        card = train(proxy, out, config=cfg, resume=args.resume, device=args.device, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the last checkpoint is in {out}. Continue with: harness train {proxy.name} "
+              f"--out {out} --resume (and the same --steps/--seed/--threads)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"{proxy.name}: held-out " + ", ".join(f"{k} {v:.4g}" for k, v in card["heldout"].items()))
+    print(f"weights, model card and curves in {out}/ ({card['training_time_s'] / 60:.1f} min of training)")
+    committed = Path(__file__).parent / "proxies" / proxy.name
+    shipped = read_card(committed)
+    if shipped and committed.resolve() != out.resolve():
+        diffs = ", ".join(f"{k} {shipped['heldout'][k]:.4g} -> {v:.4g}" for k, v in card["heldout"].items()
+                          if k in shipped["heldout"])
+        same = "identical" if shipped["weights"]["sha256"] == card["weights"]["sha256"] else "different"
+        print(f"against the committed {proxy.name} ({committed}): weights {same}; {diffs}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -298,6 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     en = sub.add_parser("env", help="print this machine's environment fingerprint (JSON)")
     en.set_defaults(func=_cmd_env)
+
+    tr = sub.add_parser("train", help="train a proxy model (small networks trained on procedural data)")
+    tr.add_argument("proxy", nargs="?", help="proxy name (omit, or --list, to list them)")
+    tr.add_argument("--out", help="output folder (default: runs/train/<proxy>); the committed weights "
+                                  "live in harness/proxies/<proxy>/")
+    tr.add_argument("--steps", type=int, help="optimiser steps (default: the proxy's recipe)")
+    tr.add_argument("--seed", type=int, help="seed of the initialisation and the batches (default: recipe)")
+    tr.add_argument("--threads", type=int, help="CPU threads (default: recipe; results depend on it)")
+    tr.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    tr.add_argument("--resume", action="store_true", help="continue the training state in --out")
+    tr.add_argument("--list", action="store_true", help="list the proxies")
+    tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=_cmd_train)
     return ap
 
 

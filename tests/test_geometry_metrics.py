@@ -288,6 +288,22 @@ def test_reversed_translation_counts_as_correct_only_with_sign_ambiguity():
     assert rte.item() == pytest.approx(0.0) and rte_signed.item() == pytest.approx(180.0)
 
 
+def test_a_camera_that_never_moves_scores_90_degrees_of_translation_error():
+    """Zero predicted translation has no direction: 90 degrees, as upstream's acos(0) (not 0)."""
+    gt = torch.zeros(3, 3, 4, dtype=torch.float64)
+    gt[:, :, :3] = torch.eye(3)
+    gt[1, :, 3] = torch.tensor([1.0, 0.0, 0.0])
+    gt[2, :, 3] = torch.tensor([0.0, 0.0, 2.0])
+    identity = torch.zeros_like(gt)
+    identity[:, :, :3] = torch.eye(3)
+    rre, rte = relative_pose_errors(identity, gt)
+    assert rre.tolist() == pytest.approx([0.0, 0.0, 0.0])
+    assert rte.tolist() == pytest.approx([90.0, 90.0, 90.0])
+    assert pose_auc(rre, rte) == pytest.approx(0.0)
+    _, rte_same = relative_pose_errors(identity, identity)
+    assert rte_same.tolist() == pytest.approx([0.0, 0.0, 0.0])  # no motion predicted nor true: agree
+
+
 def test_camera_centres_invert_the_extrinsics(scene: Scene):
     c = camera_centres(scene.extrinsics.double())
     extr = scene.extrinsics.double()

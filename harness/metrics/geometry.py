@@ -389,12 +389,18 @@ def rotation_angle_deg(rot: torch.Tensor) -> torch.Tensor:
 
 
 def _angle_between_deg(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Angle between vectors a, b: [..., 3] -> [...] degrees (atan2 form, stable near 0 and 180)."""
+    """Angle between vectors a, b: [..., 3] -> [...] degrees (atan2 form, stable near 0 and 180).
+
+    A zero-length vector has no direction: its angle to a non-zero vector is 90 degrees (as
+    upstream VGGT / PoseDiffusion score a zero translation: acos(0) after normalisation), so a
+    predictor that never moves the camera is not rewarded; two zero vectors agree (0 degrees).
+    """
     cross = torch.linalg.cross(a, b, dim=-1).norm(dim=-1)
     dot = (a * b).sum(-1)
     ang = torch.rad2deg(torch.atan2(cross, dot))
-    small = (a.norm(dim=-1) < eps) | (b.norm(dim=-1) < eps)
-    return torch.where(small, torch.zeros_like(ang), ang)
+    small_a, small_b = a.norm(dim=-1) < eps, b.norm(dim=-1) < eps
+    ang = torch.where(small_a | small_b, torch.full_like(ang, 90.0), ang)
+    return torch.where(small_a & small_b, torch.zeros_like(ang), ang)
 
 
 def _homogeneous(extr: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,9 @@
   only 2 frame + 2 global blocks, a 1-block DINO patch embedding and light heads, so CPU
   timings stay representative per layer.
 - ``vggt-tiny``: dim 64, depth 4, 4 heads, conv patch embedding, small heads, for tests.
+- ``vggt-proxy``: the shape of the trained proxy (``checkpoint: proxy:vggt-proxy``): dim 128 with
+  the official 16 heads (head dim 8), 4 frame + 4 global blocks, conv patch embedding, small
+  camera and DPT heads; trained at 112x140 px (8x10 patches). Not a published model.
 """
 
 from __future__ import annotations
@@ -164,10 +167,34 @@ VGGT_TINY = VGGTConfig(
     track_corr_radius=2,
 )
 
+VGGT_PROXY = VGGTConfig(
+    img_size=140,
+    embed_dim=128,
+    depth=4,
+    num_heads=16,
+    patch_embed="conv",
+    dino_depth=1,
+    dino_num_heads=16,
+    intermediate_layer_idx=default_intermediate_layers(4),
+    camera_trunk_depth=2,
+    camera_num_heads=8,
+    dpt_features=32,
+    dpt_out_channels=(32, 64, 96, 96),
+    track_features=16,
+    track_out_channels=(8, 16, 32, 32),
+    track_hidden_size=32,
+    track_num_heads=4,
+    track_depth=2,
+    track_virtual_tracks=8,
+    track_corr_levels=3,
+    track_corr_radius=2,
+)
+
 PRESETS: dict[str, VGGTConfig] = {
     "vggt-1b": VGGT_1B,
     "vggt-1b-layer": VGGT_1B_LAYER,
     "vggt-tiny": VGGT_TINY,
+    "vggt-proxy": VGGT_PROXY,
 }
 
 

@@ -1,0 +1,32 @@
+"""Trainable proxy models: small networks the harness trains on its own procedural data.
+
+``harness train NAME`` trains one (see :mod:`harness.train.loop`); the committed weights live
+in ``harness/proxies/NAME/`` and load through ``checkpoint: proxy:NAME``. The runner never
+imports this package: benchmarks only read the weights.
+"""
+
+from __future__ import annotations
+
+from harness.train.base import Proxy, TrainConfig
+
+#: name -> "module:Class"; imported on demand so `harness train --help` stays fast
+PROXIES: dict[str, str] = {
+    "vggt-proxy": "harness.train.vggt_proxy:VGGTProxy",
+    "swin-proxy": "harness.train.swin_proxy:SwinProxy",
+}
+
+
+def get_proxy(name: str) -> Proxy:
+    """The proxy registered under ``name`` (unknown names raise with the known ones)."""
+    import importlib
+
+    from harness.params import did_you_mean
+
+    if name not in PROXIES:
+        raise KeyError(f"unknown proxy {name!r}{did_you_mean(name, list(PROXIES))}; "
+                       f"known proxies: {', '.join(PROXIES)}")
+    module, cls = PROXIES[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+__all__ = ["PROXIES", "Proxy", "TrainConfig", "get_proxy"]
