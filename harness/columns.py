@@ -6,6 +6,7 @@ Identity: run_id, suite, point_hash, workload, method, preset, status, error, st
     elapsed_s (wall time of the whole point, build + timing + evaluation).
 Config: every resolved parameter by its own name (workload, method and common params:
     device, dtype, seed). Parameters a method does not have are missing (NaN/None).
+Provenance (``PROVENANCE``): ``weights`` (label) and ``weights_sha256`` of the model's weights.
 Timing (``TIMING``): summary of the per-sample device time in milliseconds.
 Telemetry (``TELEMETRY``): NVML on GPU; RSS / CPU time on CPU. Empty when unavailable.
 Metrics: ``q_*`` quality vs ground truth, ``fid_*`` fidelity vs the reference method,
@@ -81,6 +82,12 @@ TELEMETRY = (
     SM_CLOCK_MEAN_MHZ, THROTTLE_REASONS, THROTTLED, GPU_UTIL_MEAN_PCT, GPU_MEM_PEAK_MB,
     TORCH_PEAK_ALLOC_MB, RSS_PEAK_MB, CPU_TIME_S,
 )
+
+# provenance: which weights a point ran with (label such as "proxy:vggt-proxy", "hf:ORG/NAME/FILE",
+# a file name or "random"; sha256 prefix of the weight file, "" for random weights)
+WEIGHTS = "weights"
+WEIGHTS_SHA256 = "weights_sha256"
+PROVENANCE = (WEIGHTS, WEIGHTS_SHA256)
 
 # derived in reports (never stored by the runner)
 SPEEDUP = "speedup"

@@ -514,6 +514,7 @@ class _Loop:
             row.update(_summarize(m))
             row.update(sampler.summary())
             row.update(bench.counters)
+            row.update(bench.info)
             output = m.output
             bad_output = _nonfinite_tensors(output)
             if self.suite.metrics.evaluate and bench.evaluate is not None:

@@ -22,7 +22,7 @@ from harness.results import RunData
 # columns that describe the row, not its configuration
 BOOKKEEPING = (C.RUN_ID, C.SUITE, C.HASH, C.STATUS, C.ERROR, C.STARTED_AT, C.ELAPSED_S)
 METRIC_PREFIXES = (C.QUALITY_PREFIX, C.FIDELITY_PREFIX, C.WORK_PREFIX, C.BREAKDOWN_PREFIX)
-_NOT_CONFIG = set(BOOKKEEPING) | set(C.TIMING) | set(C.TELEMETRY) | {C.SPEEDUP}
+_NOT_CONFIG = set(BOOKKEEPING) | set(C.TIMING) | set(C.TELEMETRY) | set(C.PROVENANCE) | {C.SPEEDUP}
 
 # telemetry columns shown in the summary when any ok point has them
 RESOURCE_COLUMNS = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.data.readers import Frames, model_input_hw, read_7scenes, read_nrgbd, to_model_input
+from harness.data.readers import (
+    Frames,
+    model_input_hw,
+    read_7scenes,
+    read_nrgbd,
+    read_scannet,
+    to_model_input,
+)
 from harness.data.scenes import SceneConfig, render_scene
 
 W, H = 32, 24
@@ -260,3 +268,126 @@ def test_to_model_input_rejects_unknown_mode_and_bad_width(seven_scenes):
         to_model_input(frames, mode="stretch")
     with pytest.raises(ValueError, match="multiple of 14"):
         to_model_input(frames, target_w=30)
+
+
+# --------------------------------------------------------------------------- ScanNet
+
+SCANNET_COLOUR_WH = (72, 48)  # colour larger than depth (W x H), with other x and y ratios
+SCANNET_FRAMES = 12
+SCANNET_INF_FRAME = 3
+K_DEPTH = np.array([[30.0, 0, 15.5, 0], [0, 29.0, 11.5, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+K_COLOUR = np.array([[70.0, 0, 35.0, 0], [0, 66.0, 23.0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+
+
+def _scannet_colour(i: int) -> np.ndarray:
+    """Left half red, right half blue, green level encoding the frame number."""
+    cw, ch = SCANNET_COLOUR_WH
+    img = np.zeros((ch, cw, 3), dtype=np.uint8)
+    img[:, : cw // 2, 0] = 255
+    img[:, cw // 2 :, 2] = 255
+    img[..., 1] = 10 * i
+    return img
+
+
+@pytest.fixture
+def scannet(tmp_path: Path) -> tuple[Path, list[np.ndarray]]:
+    rng = np.random.default_rng(2)
+    scene = tmp_path / "scene0000_00"
+    for sub in ("color", "depth", "pose", "intrinsic"):
+        (scene / sub).mkdir(parents=True)
+    (tmp_path / "scene0001_00").mkdir()
+    np.savetxt(scene / "intrinsic" / "intrinsic_depth.txt", K_DEPTH)
+    np.savetxt(scene / "intrinsic" / "intrinsic_color.txt", K_COLOUR)
+    poses = []
+    for i in range(SCANNET_FRAMES):
+        Image.fromarray(_scannet_colour(i)).save(scene / "color" / f"{i}.jpg", quality=95)
+        depth = np.full((H, W), 1000 + 10 * i, dtype=np.uint16)
+        depth[0, 0] = 0
+        _save_depth(scene / "depth" / f"{i}.png", depth)
+        pose = np.full((4, 4), -np.inf) if i == SCANNET_INF_FRAME else _pose(rng)
+        np.savetxt(scene / "pose" / f"{i}.txt", pose)
+        poses.append(pose)
+    return tmp_path, poses
+
+
+def test_scannet_resizes_colour_to_the_depth_resolution(scannet):
+    root, _ = scannet
+    frames = read_scannet(root, "scene0000_00", stride=1, max_frames=3)
+    assert frames.images.shape == (3, 3, H, W) and frames.depth.shape == (3, H, W)
+    left, right = frames.images[2, :, :, :4], frames.images[2, :, :, -4:]
+    assert torch.allclose(left.mean(dim=(1, 2)), torch.tensor([1.0, 20 / 255, 0.0]), atol=0.05)
+    assert torch.allclose(right.mean(dim=(1, 2)), torch.tensor([0.0, 20 / 255, 1.0]), atol=0.05)
+
+
+def test_scannet_inverts_camera_to_world_poses_and_reads_millimetre_depth(scannet):
+    root, poses = scannet
+    frames = read_scannet(root, "scene0000_00", stride=1)
+    for name, extr in zip(frames.names, frames.extrinsics):
+        assert np.allclose(extr.numpy(), _inverse_3x4(poses[int(name)]), atol=1e-5)
+    assert frames.depth[1, 5, 5].item() == pytest.approx(1.01)
+    assert frames.depth[4, 5, 5].item() == pytest.approx(1.05)  # frame 5 (frame 3 skipped)
+    assert not frames.valid[:, 0, 0].any() and frames.valid[:, 5, 5].all()
+    assert frames.depth[0, 0, 0] == 0
+
+
+def test_scannet_skips_inf_poses_with_a_logged_count_and_sorts_numerically(scannet, caplog):
+    root, _ = scannet
+    with caplog.at_level("WARNING", logger="harness.data.readers"):
+        names = read_scannet(root, "scene0000_00", stride=1).names
+    assert names == tuple(str(i) for i in range(SCANNET_FRAMES) if i != SCANNET_INF_FRAME)
+    assert "skipped 1 selected frame" in caplog.text
+
+
+def test_scannet_stride_counts_frame_numbers_and_max_frames_counts_kept_frames(scannet):
+    root, _ = scannet
+    assert read_scannet(root, "scene0000_00", stride=5).names == ("0", "5", "10")
+    assert read_scannet(root, "scene0000_00", stride=3).names == ("0", "6", "9")  # 3 has an inf pose
+    assert read_scannet(root, "scene0000_00", stride=3, max_frames=2).names == ("0", "6")
+
+
+def test_scannet_uses_the_depth_intrinsics(scannet):
+    root, _ = scannet
+    k = read_scannet(root, "scene0000_00", stride=1, max_frames=2).intrinsics
+    assert torch.allclose(k, torch.from_numpy(K_DEPTH[:3, :3]).float().expand(2, 3, 3))
+
+
+def test_scannet_without_depth_intrinsics_scales_the_colour_ones_to_the_depth_size(scannet):
+    root, _ = scannet
+    (root / "scene0000_00" / "intrinsic" / "intrinsic_depth.txt").unlink()
+    k = read_scannet(root, "scene0000_00", stride=1, max_frames=1).intrinsics[0]
+    sx, sy = W / SCANNET_COLOUR_WH[0], H / SCANNET_COLOUR_WH[1]
+    assert k[0, 0].item() == pytest.approx(70.0 * sx) and k[1, 1].item() == pytest.approx(66.0 * sy)
+    assert k[0, 2].item() == pytest.approx(sx * (35.0 + 0.5) - 0.5)  # pixel-centre convention
+    assert k[1, 2].item() == pytest.approx(sy * (23.0 + 0.5) - 0.5)
+
+
+def test_scannet_missing_scene_lists_the_scenes_found(scannet):
+    root, _ = scannet
+    with pytest.raises(FileNotFoundError, match=r"'scene0002_00'.*found in .*scene0000_00, scene0001_00"):
+        read_scannet(root, "scene0002_00")
+    with pytest.raises(FileNotFoundError, match="root not found.*nowhere"):
+        read_scannet(root / "nowhere", "scene0000_00")
+
+
+def test_scannet_missing_pose_folder_is_named(scannet):
+    root, _ = scannet
+    shutil.rmtree(root / "scene0000_00" / "pose")
+    with pytest.raises(FileNotFoundError, match=r"'pose/' of scene 'scene0000_00'.*color, depth, intrinsic"):
+        read_scannet(root, "scene0000_00")
+
+
+def test_vggt_workload_reads_scannet_and_checks_its_paths(scannet):
+    from harness.workloads.vggt import VGGTParams, VGGTWorkload, load_inputs
+
+    root, _ = scannet
+    wl = VGGTWorkload()
+    ok = VGGTParams(data="scannet", data_path=str(root), data_scene="scene0000_00", stride=2, frames=2,
+                    width=42)
+    assert wl.check_paths(ok) == []
+    (bad,) = wl.check_paths(VGGTParams(data="scannet", data_path=str(root), data_scene="scene0009_00"))
+    assert "scene0009_00" in bad and "scene0000_00, scene0001_00" in bad
+    (missing,) = wl.check_paths(VGGTParams(data="scannet", data_path=str(root / "x"), data_scene="s"))
+    assert "does not exist" in missing
+    inputs = load_inputs(ok, seed=0, device="cpu")
+    assert inputs.images.shape == (2, 3, 28, 42)  # 32x24 depth resolution -> width 42, height 28
+    assert inputs.frames.names == ("0", "2")

@@ -118,3 +118,22 @@ def test_lr_schedule_warms_up_linearly_then_decays_to_the_floor():
     assert lr_at(10, cfg) == pytest.approx(1.0)
     assert lr_at(55, cfg) == pytest.approx(0.55)  # half way down the cosine
     assert lr_at(100, cfg) == pytest.approx(0.1)
+
+
+def test_cli_lists_the_proxies_and_refuses_an_unknown_one(capsys):
+    from harness.cli import main
+
+    assert main(["train", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "vggt-proxy:" in out and "swin-proxy:" in out
+    assert main(["train", "vggt-proxi"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown proxy 'vggt-proxi'" in err and "vggt-proxy" in err and "Traceback" not in err
+
+
+def test_cli_refuses_a_resume_without_state_in_one_paragraph(tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["train", "vggt-proxy", "--out", str(tmp_path / "none"), "--resume", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no training state" in err

@@ -465,11 +465,14 @@ def test_default_intermediate_layers_keep_official_relative_depths():
 
 
 def test_presets_shapes():
-    assert set(PRESETS) == {"vggt-1b", "vggt-1b-layer", "vggt-tiny"}
+    assert set(PRESETS) == {"vggt-1b", "vggt-1b-layer", "vggt-tiny", "vggt-proxy"}
     layer = PRESETS["vggt-1b-layer"]
     assert (layer.embed_dim, layer.num_heads, layer.head_dim, layer.qk_norm) == (1024, 16, 64, True)
     tiny = PRESETS["vggt-tiny"]
     assert (tiny.embed_dim, tiny.depth, tiny.num_heads, tiny.patch_embed) == (64, 4, 4, "conv")
+    proxy = PRESETS["vggt-proxy"]  # the official head count, so every merging method runs per head
+    assert (proxy.embed_dim, proxy.depth, proxy.num_heads, proxy.qk_norm, proxy.rope_freq > 0) == (
+        128, 4, 16, True, True)
 
 
 def test_config_validation_says_what_is_wrong():

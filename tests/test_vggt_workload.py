@@ -260,3 +260,69 @@ def test_7scenes_folder_runs_through_the_workload(points, files):
     assert math.isfinite(row["q_depth_abs_rel"]) and row["q_depth_abs_rel"] >= 0
     assert 0 <= row["q_depth_delta1"] <= 1
     assert math.isfinite(row["q_pose_ate"]) and math.isfinite(row["q_acc"])
+
+
+# ----------------------------------------------------------------------------- held-out scenes
+
+
+SCENES_SUITE = """
+name: vggt-scenes
+workload: vggt
+reference: vggt
+fixed: {{preset: vggt-tiny, frames: 2, height: 28, width: 42, scope: model, checkpoint: "{ckpt}"}}
+methods:
+  vggt: {{}}
+  tome: {{tome_ratio: 0.5}}
+include:
+  - {{method: tome, scene_seed: [41, 42, 43], eval_scenes: 1}}
+  - {{method: tome, scene_seed: 41, eval_scenes: 3}}
+timing: {{warmup_n: 0, min_samples: 1, max_samples: 1, budget_s: 0.0}}
+metrics: {{evaluate: true, breakdown: false}}
+"""
+
+
+@pytest.fixture(scope="module")
+def scene_points(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        suite = parse_suite(SCENES_SUITE.format(ckpt=files["same_ckpt"]), source="vggt-scenes.yaml")
+        out = tmp_path_factory.mktemp("vggt-scenes") / "run"
+        run_suite(suite, out, progress=False, argv=["test"])
+    finally:
+        torch.set_num_threads(n)
+    return load(out).points
+
+
+def test_eval_scenes_averages_quality_and_fidelity_over_consecutive_scene_seeds(scene_points):
+    """eval_scenes 3 from seed 41 == the mean of seeds 41, 42, 43 run one by one (not seed 41
+    three times, not the point's seed, not a median)."""
+    singles = [pick(scene_points, method="tome", scene_seed=s, eval_scenes=1) for s in (41, 42, 43)]
+    avg = pick(scene_points, method="tome", scene_seed=41, eval_scenes=3)
+    for col in ("q_depth_abs_rel", "q_pose_auc_30", "q_acc", "fid_depth_rel_err", "fid_pose_rot_deg"):
+        values = [r[col] for r in singles]
+        assert len(set(values)) > 1, col  # the three scenes differ, so the average is informative
+        assert avg[col] == pytest.approx(sum(values) / 3, rel=1e-6), col
+    # the timed scene is the first one: its token cosine is that of seed 41 alone
+    assert avg["fid_token_cos"] == pytest.approx(singles[0]["fid_token_cos"], rel=1e-9)
+
+
+def test_scene_seed_minus_one_follows_the_point_seed(scene_points):
+    plain = pick(scene_points, method="tome", scene_seed=-1, eval_scenes=1)
+    seeded = pick(scene_points, method="tome", scene_seed=41, eval_scenes=1)
+    assert plain["q_depth_abs_rel"] != seeded["q_depth_abs_rel"]
+
+
+def test_every_row_records_its_weights_label_and_hash(scene_points, files):
+    from harness.train.card import file_sha256
+
+    sha = file_sha256(files["same_ckpt"])[:16]
+    assert set(scene_points[C.WEIGHTS]) == {files["same_ckpt"].name}
+    assert set(scene_points[C.WEIGHTS_SHA256]) == {sha}
+
+
+def test_eval_scenes_is_refused_for_datasets_before_anything_runs():
+    bad = SCENES_SUITE.format(ckpt="").replace("include:", "include:\n  - {method: vggt, eval_scenes: 2, "
+                                               "scope: attention}\n  ")
+    with pytest.raises(SuiteError, match="eval_scenes: 2 averages synthetic scenes of scope: model"):
+        parse_suite(bad, source="bad.yaml")

@@ -4,6 +4,8 @@
   poses and point maps; no download).
 - :mod:`harness.data.readers`: ``Frames``, ``read_7scenes``, ``read_nrgbd`` and
   ``to_model_input`` (VGGT's crop/pad sizing applied to images, depth and intrinsics).
+- :mod:`harness.data.shapes`: ``make_shapes`` / ``shapes_images`` (labelled procedural object
+  images for the Swin proxy; imported on demand, it needs timm through ``harness.models.swin``).
 """
 
 from harness.data.readers import Frames, read_7scenes, read_nrgbd, to_model_input

@@ -15,11 +15,16 @@ Layouts (paths relative to the dataset root):
   ``<scene>/depth/depth{i}.png`` (uint16 millimetres, 0 = invalid), ``<scene>/poses.txt``
   (one 4x4 camera-to-world matrix per frame, 4 lines each, rows of ``nan`` for frames
   without a pose; OpenGL camera axes), ``<scene>/focal.txt`` (one focal length in pixels).
+- ScanNet (SensReader export): ``<scene>/color/{i}.jpg`` (1296x968), ``<scene>/depth/{i}.png``
+  (uint16 millimetres, 640x480, 0 = invalid), ``<scene>/pose/{i}.txt`` (4x4 camera-to-world,
+  OpenCV axes; some are ``-inf``/``nan``), ``<scene>/intrinsic/intrinsic_depth.txt`` and
+  ``intrinsic_color.txt`` (4x4).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+log = logging.getLogger(__name__)
 
 #: Commonly used 7-Scenes intrinsics for the 640x480 Kinect images (the dataset's documented
 #: depth-camera values; colour and depth are treated as registered, as most evaluations do).
@@ -268,6 +275,100 @@ def read_nrgbd(root: str | Path, scene: str, stride: int = 10, max_frames: int |
     return _stack(images, depths, valids, intrinsics, extr, names, str(scene_dir))
 
 
+# --------------------------------------------------------------------------- ScanNet
+
+#: Colour frame suffixes accepted in a ScanNet ``color/`` folder (SensReader writes .jpg).
+_SCANNET_COLOUR_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _numbered_files(folder: Path, suffixes: tuple[str, ...]) -> dict[int, Path]:
+    """``{i: path}`` for the files ``<i><suffix>`` of ``folder`` (plain frame numbers)."""
+    return {int(p.stem): p for p in folder.iterdir() if p.stem.isdigit() and p.suffix.lower() in suffixes}
+
+
+def _scannet_intrinsics(
+    intrinsic_dir: Path, depth_hw: tuple[int, int], colour_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Pinhole K [3, 3] for pixels of the depth map.
+
+    ``intrinsic_depth.txt`` when present (it is the depth camera's, at the depth resolution);
+    otherwise ``intrinsic_color.txt`` scaled from the colour to the depth resolution with the
+    pixel-centre convention ``u' = s (u + 0.5) - 0.5`` (as :func:`to_model_input`).
+    """
+    depth_file, colour_file = intrinsic_dir / "intrinsic_depth.txt", intrinsic_dir / "intrinsic_color.txt"
+    if depth_file.is_file():
+        k = np.loadtxt(depth_file, dtype=np.float64).reshape(4, 4)[:3, :3]
+        return torch.from_numpy(k).float()
+    if not colour_file.is_file():
+        raise FileNotFoundError(f"ScanNet intrinsics not found: neither '{depth_file}' nor '{colour_file}'")
+    k = np.loadtxt(colour_file, dtype=np.float64).reshape(4, 4)[:3, :3].copy()
+    sy, sx = depth_hw[0] / colour_hw[0], depth_hw[1] / colour_hw[1]
+    k[0, 0] *= sx
+    k[1, 1] *= sy
+    k[0, 2] = sx * (k[0, 2] + 0.5) - 0.5
+    k[1, 2] = sy * (k[1, 2] + 0.5) - 0.5
+    return torch.from_numpy(k).float()
+
+
+def read_scannet(root: str | Path, scene: str, stride: int = 10, max_frames: int | None = None) -> Frames:
+    """Read one exported ScanNet scene (every ``stride``-th frame, at most ``max_frames``).
+
+    Colour (1296x968) and depth (640x480) differ in resolution: each colour image is resized
+    to the depth resolution (bicubic, antialiased, clamped to [0, 1]) and the depth camera's
+    intrinsics (``intrinsic_depth.txt``) are used, so images, depth and K describe one
+    640x480 camera (the exported colour is registered to depth up to this scale). Without
+    ``intrinsic_depth.txt``, ``intrinsic_color.txt`` is scaled to the depth resolution.
+
+    ``pose/{i}.txt`` holds 4x4 camera-to-world matrices in OpenCV axes; they are inverted into
+    camera-from-world extrinsics. Frames are numbered 0..N-1; ``stride`` counts frame numbers
+    and frames whose pose holds inf/nan (ScanNet has such frames) are dropped after striding,
+    with their count logged. Depth: uint16 millimetres, 0 invalid.
+    """
+    root = Path(root)
+    _require_dir(root, "ScanNet root")
+    scene_dir = root / scene
+    _require_dir(scene_dir, f"ScanNet scene '{scene}'", parent_listing=root)
+    for sub in ("color", "depth", "pose", "intrinsic"):
+        _require_dir(scene_dir / sub, f"ScanNet folder '{sub}/' of scene '{scene}'", parent_listing=scene_dir)
+
+    colour = _numbered_files(scene_dir / "color", _SCANNET_COLOUR_SUFFIXES)
+    if not colour:
+        raise FileNotFoundError(f"no frames matching '{scene_dir / 'color' / '<i>.jpg'}'")
+    chosen = _select(sorted(colour), stride, max_frames=None)
+    images, depths, valids, poses, names = [], [], [], [], []
+    skipped = 0
+    colour_hw = depth_hw = None
+    for i in chosen:
+        depth_path, pose_path = scene_dir / "depth" / f"{i}.png", scene_dir / "pose" / f"{i}.txt"
+        for p in (depth_path, pose_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"ScanNet frame {i} of '{scene_dir}' lacks '{p}'")
+        pose = torch.from_numpy(np.loadtxt(pose_path, dtype=np.float64).reshape(4, 4))
+        if not torch.isfinite(pose).all():
+            skipped += 1
+            continue
+        img = _read_rgb(colour[i])
+        d, v = _read_depth_mm(depth_path)
+        colour_hw, depth_hw = tuple(img.shape[-2:]), tuple(d.shape)
+        if colour_hw != depth_hw:
+            img = F.interpolate(img[None], size=depth_hw, mode="bicubic", antialias=True)[0].clamp(0.0, 1.0)
+        images.append(img)
+        depths.append(d)
+        valids.append(v)
+        poses.append(pose)
+        names.append(str(i))
+        if max_frames is not None and len(images) >= max_frames:
+            break
+    if skipped:
+        log.warning("ScanNet scene '%s': skipped %d selected frame(s) whose pose holds inf/nan",
+                    scene_dir, skipped)
+    if not images:
+        raise ValueError(f"ScanNet scene '{scene_dir}': every selected frame has an inf/nan pose")
+    k = _scannet_intrinsics(scene_dir / "intrinsic", depth_hw, colour_hw)
+    extr = _world_from_cam_to_extrinsics(torch.stack(poses))
+    return _stack(images, depths, valids, [k] * len(images), extr, names, str(scene_dir))
+
+
 # --------------------------------------------------------------------------- model input sizing
 
 _MODES = ("crop", "pad")
@@ -373,5 +474,6 @@ __all__ = [
     "model_input_hw",
     "read_7scenes",
     "read_nrgbd",
+    "read_scannet",
     "to_model_input",
 ]

@@ -1,7 +1,10 @@
 """timm Swin Transformer models, local checkpoints and image sources for the Swin workload.
 
-Models are built with ``pretrained=False`` (nothing is downloaded): random init seeded by
-``seed``, or weights from a local ``.pth``/``.pt``/``.safetensors`` file loaded strictly.
+Models are built with random init seeded by ``seed``, or weights from a local
+``.pth``/``.pt``/``.safetensors`` file loaded strictly, or (``pretrained=True``, timm models only)
+timm's pretrained weights: their file is fetched from the Hugging Face hub into the standard hub
+cache by :func:`harness.models.weights.hf_download` (offline: the cache only) and handed to
+``timm.create_model(..., pretrained=True)`` as a local file.
 ``img_size`` is passed to timm, which keeps the window size (7) and grows the window count
 (224 -> 64/16/4/1 windows per stage, 448 -> 256/64/16/4). Fused attention is switched off so
 the explicit q.k^T path runs (the quantized blocks need q, k, v and the softmax output).
@@ -27,6 +30,7 @@ from timm.models.swin_transformer import SwinTransformer, WindowAttention, check
 
 from harness.models.checkpoint import CheckpointError as CheckpointError  # re-exported: swin's public name
 from harness.models.checkpoint import compare_state_dict, read_state_dict
+from harness.models.weights import hf_download
 from harness.quant.qswin import check_timm
 
 MODELS = {
@@ -37,7 +41,14 @@ MODELS = {
 MICRO = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7)
 """``swin_micro``: a reduced Swin (same block structure, embed_dim 32) for tests and smoke runs;
 not a published architecture."""
-MODEL_CHOICES = tuple(MODELS) + ("swin_micro",)
+PROXY = dict(embed_dim=32, depths=(2, 2, 4, 2), num_heads=(2, 4, 8, 16), window_size=7)
+"""``swin_proxy``: the shape of the trained proxy (``harness train swin-proxy``, weights in
+``harness/proxies/swin-proxy``): Swin-T's patch 4 / window 7 geometry (224 px -> stage maps
+56/28/14/7, 64/16/4/1 windows), embed_dim 32, depths (2, 2, 4, 2), head dim 16, 10 classes."""
+PROXY_CLASSES = 10
+"""Classes of ``swin_proxy``: the procedural shape x texture set (``harness.data.shapes``)."""
+SMALL = {"swin_micro": MICRO, "swin_proxy": PROXY}
+MODEL_CHOICES = tuple(MODELS) + tuple(SMALL)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,21 +60,36 @@ def build_swin(
     img_size: int = 224,
     seed: int = 0,
     checkpoint: str | Path | None = None,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
+    pretrained: bool = False,
 ) -> SwinTransformer:
-    """A timm Swin in eval mode, random init seeded by ``seed`` or loaded from ``checkpoint``.
+    """A timm Swin in eval mode, random init seeded by ``seed``, loaded from ``checkpoint``, or
+    with timm's pretrained weights (``pretrained``, see :func:`pretrained_file`).
 
     name: one of ``MODEL_CHOICES``; img_size: square input side, a multiple of the patch size 4.
+    num_classes: None = the model's own (1000; ``swin_proxy``: ``PROXY_CLASSES``).
+    ``pretrained`` needs a timm model (not ``swin_micro``) and excludes ``checkpoint``.
     """
     check_timm()
     if name not in MODEL_CHOICES:
         raise ValueError(f"unknown Swin model {name!r}; allowed: {', '.join(MODEL_CHOICES)}")
     if img_size % 4:
         raise ValueError(f"img_size={img_size} must be a multiple of the patch size 4")
+    problem = pretrained_problem(name, pretrained, checkpoint)
+    if problem:
+        raise ValueError(problem)
+    weights_file = pretrained_file(name) if pretrained else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if name == "swin_micro":
-            model = SwinTransformer(img_size=img_size, num_classes=num_classes, **MICRO)
+        if num_classes is None:
+            num_classes = PROXY_CLASSES if name == "swin_proxy" else 1000
+        if name in SMALL:
+            model = SwinTransformer(img_size=img_size, num_classes=num_classes, **SMALL[name])
+        elif weights_file is not None:
+            model = timm.create_model(
+                MODELS[name], pretrained=True, pretrained_cfg_overlay={"file": str(weights_file)},
+                img_size=img_size, num_classes=num_classes,
+            )
         else:
             model = timm.create_model(
                 MODELS[name], pretrained=False, img_size=img_size, num_classes=num_classes
@@ -72,6 +98,42 @@ def build_swin(
     if checkpoint:
         load_checkpoint(model, checkpoint)
     return model.eval()
+
+
+def pretrained_problem(name: str, pretrained: bool, checkpoint: object = None) -> str | None:
+    """Why ``pretrained`` cannot be used with this model / checkpoint, or None (no download)."""
+    if not pretrained:
+        return None
+    if name not in MODELS:
+        return (f"pretrained: true needs a timm model ({', '.join(MODELS)}); model {name!r} has no "
+                "published weights (use pretrained: false, or a checkpoint)")
+    if checkpoint:
+        return (f"pretrained: true and checkpoint {str(checkpoint)!r} both give the weights; set only one "
+                "(pretrained: false with a checkpoint)")
+    return None
+
+
+def pretrained_file(name: str) -> Path:
+    """The local file of timm's pretrained weights for ``name`` (swin_t/s/b), from the hub cache.
+
+    The file is the one timm's own ``pretrained=True`` would fetch (the model's ``hf_hub_id``,
+    ``model.safetensors`` then ``pytorch_model.bin``), downloaded into the standard hub cache;
+    with ``HF_HUB_OFFLINE=1`` only the cache is read. Raises
+    :class:`harness.models.weights.WeightsError` (one paragraph: what was tried, where, and how
+    to pass a manually downloaded file) when it cannot be had.
+    """
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(MODELS[name])
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        raise ValueError(f"timm has no Hugging Face hub weights for {MODELS[name]}; pass checkpoint=/path")
+    files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    path, _ = hf_download(
+        repo, files, what=f"pretrained: true for {name} (timm {MODELS[name]})",
+        manual=f"checkpoint=/local/path/{files[0]} with pretrained: false",
+    )
+    return path
 
 
 def set_fused_attn(model: torch.nn.Module, enabled: bool) -> None:
@@ -90,7 +152,11 @@ def load_checkpoint(model: SwinTransformer, path: str | Path) -> None:
     Missing, unexpected or misshapen keys raise :class:`CheckpointError` listing them; a
     nonexistent path raises FileNotFoundError.
     """
-    sd = checkpoint_filter_fn(read_state_dict(path), model)
+    raw = read_state_dict(path)
+    try:
+        sd = checkpoint_filter_fn(raw, model)
+    except (AttributeError, KeyError, IndexError):  # another layout (e.g. other depths): the filter
+        sd = raw  # trips over keys the model lacks; the comparison below names them
     compare_state_dict(sd, model).raise_if_mismatched(path, what="the Swin model")
     model.load_state_dict(sd, strict=True)
 

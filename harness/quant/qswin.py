@@ -119,12 +119,14 @@ class RoutingSpec:
     the low branch / skipped. Within a stage the values are sorted ascending (as in SparseViT)
     so low-bit and pruned sets only grow from block to block (nested prefixes of one ordering).
     importance: "l2" (most important first), "reversed" (least first), "random" (seeded).
+    min_active: windows per image a block keeps whatever its prune ratio (see :func:`window_counts`).
     """
 
     pair_ratios: tuple[float, ...]
     pair_prune: tuple[float, ...]
     importance: str = "l2"
     seed: int = 0
+    min_active: int = 0
 
     def __post_init__(self) -> None:
         if self.importance not in IMPORTANCE_MODES:
@@ -159,10 +161,17 @@ def expand_pairs(values: tuple[float, ...], depths: tuple[int, ...] | list[int])
     return out
 
 
-def window_counts(n_windows: int, ratio: float, prune: float) -> tuple[int, int, int]:
-    """(high, low, pruned) windows per image: active = floor(nW(1-p)), high = floor(nW(1-r-p))."""
-    n_act = min(n_windows, int(math.floor(n_windows * (1.0 - prune) + _COUNT_EPS)))
+def window_counts(n_windows: int, ratio: float, prune: float, min_active: int = 0) -> tuple[int, int, int]:
+    """(high, low, pruned) windows per image: active = max(floor(nW(1-p)), min_active), high =
+    floor(nW(1-r-p)). min_active = 1 keeps a stage's only window (stage 4 of Swin at 224 px)
+    from being pruned by any p > 0 (a window kept that way is high or low as it would be without
+    pruning: high when floor(nW(1-r)) reaches it); 0 is SparseViT's plain floor."""
+    floor_act = min(n_windows, int(math.floor(n_windows * (1.0 - prune) + _COUNT_EPS)))
+    n_act = max(floor_act, min(min_active, n_windows))
     n_high = max(0, min(n_act, int(math.floor(n_windows * (1.0 - ratio - prune) + _COUNT_EPS))))
+    if n_act > floor_act:  # windows kept by min_active
+        unpruned_high = int(math.floor(n_windows * (1.0 - ratio) + _COUNT_EPS))
+        n_high = max(n_high, min(n_act, unpruned_high))
     return n_high, n_act - n_high, n_windows - n_act
 
 
@@ -374,7 +383,9 @@ class QSwinStage(nn.Module):
     block_ratios: per block (low ratio, prune ratio). The importance score is the L2 norm per
     window of the per-token mean |x| of the stage input (after downsample, before any norm);
     one ordering for regular partitions and one for shifted ones (rolled by -M/2, then padded).
-    ``last_routes`` keeps the routes of the last forward (for work accounting and analysis).
+    ``last_routes`` keeps the routes of the last forward (for work accounting and analysis);
+    ``forced_routes``, when set, replaces the computed routes (one per block; analysis only,
+    e.g. :mod:`harness.quant.sensitivity` sends one chosen window low).
     """
 
     def __init__(
@@ -385,6 +396,7 @@ class QSwinStage(nn.Module):
         importance: str,
         seed: int,
         stage_index: int,
+        min_active: int = 0,
     ) -> None:
         super().__init__()
         if len(block_ratios) != len(stage.blocks):
@@ -396,12 +408,14 @@ class QSwinStage(nn.Module):
         self.block_ratios = list(block_ratios)
         self.importance = importance
         self.seed = seed
+        self.min_active = min_active
         self.stage_index = stage_index
         self.calib_whole = spec.calib == "whole"
         self.calibrating = False
         self.input_resolution = stage.input_resolution
         self.output_resolution = stage.output_resolution
         self.last_routes: list[BlockRoute] = []
+        self.forced_routes: list[BlockRoute] | None = None
 
     def _generator(self, shift: tuple[int, int]) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + self.stage_index * 101 + int(any(shift)))
@@ -414,7 +428,7 @@ class QSwinStage(nn.Module):
         tok = None
         for blk, (ratio, prune) in zip(self.blocks, self.block_ratios):
             nW = blk.num_windows(H, W)
-            counts = window_counts(nW, ratio, prune)
+            counts = window_counts(nW, ratio, prune, self.min_active)
             if counts[HIGH] == nW or (self.calibrating and self.calib_whole):
                 out.append(BlockRoute(None, (nW, 0, 0)))
                 continue
@@ -434,7 +448,7 @@ class QSwinStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        routes = self.routes(x)
+        routes = self.forced_routes if self.forced_routes is not None else self.routes(x)
         for blk, route in zip(self.blocks, routes):
             x = blk(x, route)
         self.last_routes = routes
@@ -499,7 +513,8 @@ def quantize_swin(
             q.head.fc = QuantIO(q.head.fc, spec.embed_bits, spec.act_calib)
     q.layers = nn.Sequential(
         *[
-            QSwinStage(stage, spec, list(zip(ratios[i], prunes[i])), routing.importance, routing.seed, i)
+            QSwinStage(stage, spec, list(zip(ratios[i], prunes[i])), routing.importance, routing.seed, i,
+                       routing.min_active)
             for i, stage in enumerate(q.layers)
         ]
     )

@@ -119,12 +119,26 @@ class Bench:
     counters: work counters (``work_*`` columns) known without timing.
     breakdown: optional; runs ``fn`` once with per-phase timing and returns
         ``{phase_name: ms}`` (only called when the suite asks for a breakdown).
+    info: provenance columns (``weights``, ``weights_sha256``: see :mod:`harness.columns`).
     """
 
     fn: Callable[[], Any]
     evaluate: Callable[[Any], dict[str, float]] | None = None
     counters: dict[str, float] = field(default_factory=dict)
     breakdown: Callable[[], dict[str, float]] | None = None
+    info: dict[str, str] = field(default_factory=dict)
+
+
+def weights_info(model: Any) -> dict[str, str]:
+    """Provenance columns of a model built by a workload (see :func:`attach_weights`)."""
+    w = getattr(model, "harness_weights", None)
+    return {} if w is None else {"weights": w.label, "weights_sha256": w.sha256}
+
+
+def attach_weights(model: Any, weights: Any) -> Any:
+    """Remember on ``model`` which :class:`harness.models.weights.Weights` it was built with."""
+    model.harness_weights = weights
+    return model
 
 
 class Workload(ABC):

@@ -16,10 +16,13 @@ mixed-precision windows), ``sparsevit`` (window pruning on the uniform base). A 
 returning a quantized copy (``fp32``: the model itself).
 
 Inputs (``images``): ``synthetic`` (seeded structured scenes: textured objects on a smooth
-background) or ``folder`` (an ImageFolder at ``data_path``; labels = index of the class folder
-in sorted order = the ImageNet-1k index for the standard 1000-synset layout). Evaluation uses
-``eval_images`` images (0: the timed batch), calibration ``calib_images`` others (synthetic: a
-different seed; folder: the last images of the folder, evaluation the first).
+background), ``shapes`` (the labelled procedural shape x texture set of ``harness.data.shapes``
+that ``swin_proxy`` was trained on: its fixed held-out images, whatever the point's seed, and
+calibration images from a third seed) or ``folder`` (an ImageFolder at ``data_path``; labels =
+index of the class folder in sorted order = the ImageNet-1k index for the standard 1000-synset
+layout). Evaluation uses ``eval_images`` images (0: the timed batch), calibration
+``calib_images`` others (synthetic: a different seed; folder: the last images of the folder,
+evaluation the first).
 
 Work counters are per image (BOPs conventions in ``harness.metrics.work``). Fidelity compares
 with the suite's reference method run in float32 on the same images (cached once per input):
@@ -29,6 +32,7 @@ the stage outputs split into high- and low-importance windows (see ``metrics()``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +42,7 @@ import torch
 from torch import nn
 
 from baselines.uniform_quant import UniformQuantParams, make_uniform
+from harness.data.shapes import CALIB_SEED, HELDOUT_SEED, shapes_images
 from harness.devices import autocast
 from harness.methods.mixaq import MixAQParams, SparseViTParams, make_mixaq, make_sparsevit
 from harness.metrics import fidelity
@@ -46,11 +51,14 @@ from harness.models.swin import (
     MODEL_CHOICES,
     build_swin,
     list_image_folder,
+    pretrained_problem,
     read_image_folder,
     synthetic_images,
 )
+from harness.models.weights import check_weights, resolve_weights
 from harness.params import param
 from harness.quant.qswin import LOW, PRUNED, window_bits, window_scores
+from harness.quant.sensitivity import importance_sensitivity, score_cv, spearman
 from harness.registry import MethodSpec, get_method, register_method, register_workload
 from harness.workloads.base import Bench, MetricInfo, Point, RunContext, Workload
 
@@ -59,7 +67,9 @@ SQNR_CAP_DB = 300.0
 """SQNR of identical tensors (infinite) is reported as this, so results stay finite."""
 CALIB_SEED_OFFSET = 100_003
 """Synthetic calibration images use seed + this, so they differ from the evaluated images."""
-IMAGE_SOURCES = ("synthetic", "folder")
+IMAGE_SOURCES = ("synthetic", "shapes", "folder")
+DIAG_MIN_WINDOWS = 4
+"""Stages with fewer windows get no importance-sensitivity correlation (Swin at 224 px: 64/16/4/1)."""
 
 
 @dataclass(frozen=True)
@@ -77,13 +87,23 @@ class SwinParams:
     batch: int = param(2, "images in the timed forward", range=(1, 4096))
     images: str = param(
         "synthetic",
-        "input images: synthetic (seeded structured scenes) or folder (an ImageFolder at data_path)",
+        "input images: synthetic (seeded structured scenes), shapes (labelled procedural set of "
+        "swin_proxy, held-out seed) or folder (an ImageFolder at data_path)",
         choices=IMAGE_SOURCES,
     )
     data_path: str = param("", "ImageFolder root (class subfolders) when images=folder")
-    checkpoint: str = param("", "local Swin checkpoint (.pth/.pt/.safetensors); empty: random init from seed")
+    checkpoint: str = param(
+        "", "weights: empty = random init from seed; a local .pth/.pt/.safetensors file; hf:ORG/NAME[/FILE] "
+        "(Hugging Face hub cache); proxy:NAME (a trained proxy under harness/proxies/)")
+    pretrained: bool = param(
+        False, "timm pretrained weights through timm's hub download; needs network or a filled HF cache "
+        "(swin_t/s/b only, not with a checkpoint)")
     calib_images: int = param(4, "images used to calibrate activation ranges", range=(1, 100_000))
     eval_images: int = param(0, "images for fidelity / top-1 (0: the timed batch)", range=(0, 1_000_000))
+    diag_images: int = param(
+        0, "mixaq: images for the importance-vs-sensitivity diagnostic (fid_imp_sens_*; 0: off)",
+        range=(0, 1000),
+    )
     act_act_convention: str = param(
         "linear",
         "BOPs of q.k^T and attn.v: linear (b_w*b_a, as the MixA-Q tables) or product (b_a*b_a)",
@@ -129,6 +149,8 @@ def load_inputs(p: SwinParams, seed: int, device: str) -> SwinInputs:
     n = max(n_eval, p.batch)
     if p.images == "synthetic":
         imgs, labels = synthetic_images(n, p.img_size, seed), None
+    elif p.images == "shapes":
+        imgs, labels = shapes_images(n, HELDOUT_SEED, p.img_size)
     else:
         imgs, labels = read_image_folder(p.data_path, p.img_size, range(n))
     imgs = imgs.to(device)
@@ -141,6 +163,8 @@ def load_calib(p: SwinParams, seed: int, device: str) -> torch.Tensor:
     """Calibration images [calib_images, 3, S, S], disjoint from the evaluated ones."""
     if p.images == "synthetic":
         return synthetic_images(p.calib_images, p.img_size, seed + CALIB_SEED_OFFSET).to(device)
+    if p.images == "shapes":
+        return shapes_images(p.calib_images, CALIB_SEED, p.img_size)[0].to(device)
     total = len(list_image_folder(p.data_path))
     n_used = max(p.eval_images or p.batch, p.batch)
     if n_used + p.calib_images > total:
@@ -225,6 +249,18 @@ def split_sqnr(ref: Captured, test: Captured, windows: list[tuple[int, int]]) ->
     return sum(hi_db) / len(hi_db), sum(lo_db) / len(lo_db)
 
 
+def score_spread(test: Captured, windows: list[tuple[int, int]]) -> dict[str, float]:
+    """work_score_cv_stage{i}: mean over the evaluated images of the coefficient of variation of
+    stage i's L2 window scores (the model's own stage input, regular partition); stages with 2 or
+    more windows."""
+    row = {}
+    for i, win in enumerate(windows):
+        cv = score_cv(test.stage_tok[i], win)
+        if cv is not None:
+            row[f"work_score_cv_stage{i}"] = float(cv.mean())
+    return row
+
+
 def fidelity_metrics(ref: Captured, test: Captured, windows: list[tuple[int, int]]) -> dict[str, float]:
     """fid_* columns of ``test`` against ``ref`` (same images)."""
     row = {
@@ -286,20 +322,21 @@ class SwinWorkload(Workload):
 
     def model_key(self, point: Point) -> tuple:
         p: SwinParams = point.workload_params
-        return ("swin", p.model, p.img_size, p.checkpoint, point.device, point.dtype, point.seed)
+        return ("swin", p.model, p.img_size, p.checkpoint, p.pretrained, point.device, point.dtype,
+                point.seed)
 
     def build_model(self, point: Point) -> nn.Module:
         p: SwinParams = point.workload_params
-        model = build_swin(p.model, p.img_size, seed=point.seed, checkpoint=p.checkpoint or None)
+        weights = resolve_weights(p.checkpoint)
+        model = build_swin(p.model, p.img_size, seed=point.seed, checkpoint=weights.path,
+                           pretrained=p.pretrained)
         return model.to(point.device).eval()
 
     def check_paths(self, params: Any) -> list[str]:
-        problems = []
-        if params.checkpoint and not Path(params.checkpoint).is_file():
-            problems.append(
-                f"checkpoint {params.checkpoint!r} does not exist (expected a local .pth/.pt/.safetensors "
-                "file of a timm or original Swin model)"
-            )
+        problems = check_weights(params.checkpoint)  # hf: specs: syntax only, nothing is downloaded
+        pretrained = pretrained_problem(params.model, params.pretrained, params.checkpoint)
+        if pretrained:
+            problems.append(pretrained)
         if params.images == "folder":
             if not params.data_path:
                 problems.append("images: folder needs data_path (an ImageFolder root with class subfolders)")
@@ -309,7 +346,7 @@ class SwinWorkload(Workload):
                 )
         elif params.data_path:
             problems.append(
-                f"data_path {params.data_path!r} is set but images is 'synthetic' (set images: folder)"
+                f"data_path {params.data_path!r} is set but images is {params.images!r} (set images: folder)"
             )
         return problems
 
@@ -338,6 +375,9 @@ class SwinWorkload(Workload):
             row: dict[str, float] = {}
             if inputs.labels is not None:
                 row["q_top1"] = float((test.logits.argmax(-1) == inputs.labels).double().mean())
+            row.update(score_spread(test, windows))
+            if p.diag_images and point.method == "mixaq":
+                row.update(self._sensitivity(model, point, ctx, inputs, calib))
             if ctx.reference is None:
                 return row
             is_reference = point.method == ctx.reference and point.method_params == ctx.reference_params
@@ -348,6 +388,38 @@ class SwinWorkload(Workload):
             return row
 
         return Bench(fn=fn, evaluate=evaluate, counters=counters)
+
+    def _sensitivity(
+        self, model: nn.Module, point: Point, ctx: RunContext, inputs: SwinInputs, calib: torch.Tensor
+    ) -> dict[str, float]:
+        """fid_imp_sens_* of a mixaq point: Spearman correlation, per stage, between a window's L2
+        importance and the logit error it adds when it alone runs at ``a_bits_low`` (see
+        :mod:`harness.quant.sensitivity`), on the first ``diag_images`` evaluated images. It depends
+        on the bit widths, not on the ratio or the importance mode: cached per bit configuration."""
+        p: SwinParams = point.workload_params
+        mp: MixAQParams = point.method_params
+        probe = dataclasses.replace(
+            mp, ratio=0.0, pair_ratios=(), prune_ratio=0.0, pair_prune_ratios=(), importance="l2",
+            calib="whole",
+        )
+        key = ("swin.sensitivity", self.model_key(point), _input_key(p, point.seed, point.device), probe,
+               p.diag_images)
+
+        def make() -> dict[str, float]:
+            qm = make_mixaq(probe)(model, calib, seed=point.seed)
+            per_stage = importance_sensitivity(qm, inputs.eval_images[: p.diag_images], DIAG_MIN_WINDOWS)
+            row, vals = {}, []
+            for si, (scores, sens) in per_stage.items():
+                rho = spearman(scores, sens)
+                rho = rho[~torch.isnan(rho)]
+                if rho.numel():
+                    row[f"fid_imp_sens_spearman_stage{si}"] = float(rho.mean())
+                    vals.append(row[f"fid_imp_sens_spearman_stage{si}"])
+            if vals:
+                row["fid_imp_sens_spearman"] = sum(vals) / len(vals)
+            return row
+
+        return dict(ctx.get_or_create(key, make))
 
     def _reference(
         self, model: nn.Module, point: Point, ctx: RunContext, inputs: SwinInputs, calib: torch.Tensor
@@ -381,7 +453,7 @@ class SwinWorkload(Workload):
         out = {
             "q_top1": MetricInfo(
                 "quality",
-                "top-1 accuracy on the ImageFolder's evaluated images",
+                "top-1 accuracy on the evaluated images (images: folder or shapes, which have labels)",
                 higher_is_better=True,
                 tolerance=0.01,
             ),
@@ -428,6 +500,24 @@ class SwinWorkload(Workload):
             out[f"fid_cos_stage{i}"] = fid(
                 f"mean per-token cosine similarity of stage {i}'s output", True, 0.01
             )
+            out[f"work_score_cv_stage{i}"] = work(
+                f"spread of stage {i}'s L2 window importance: std / mean over an image's windows "
+                "(regular partition, the evaluated model's stage input), mean over images; >= 2 windows",
+                None,
+            )
+            out[f"fid_imp_sens_spearman_stage{i}"] = fid(
+                f"mixaq, diag_images > 0: Spearman correlation between stage {i}'s L2 window importance "
+                f"and the logit error a window adds when it alone runs at a_bits_low, mean over images "
+                f"(stages with >= {DIAG_MIN_WINDOWS} windows)",
+                True,
+                0.05,
+            )
+        out["fid_imp_sens_spearman"] = fid(
+            "mean over stages of fid_imp_sens_spearman_stage{i}: does the importance rank windows by "
+            "how much their low-bit error costs (1: perfectly, 0: no relation)",
+            True,
+            0.05,
+        )
         return out
 
 

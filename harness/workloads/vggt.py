@@ -1,7 +1,8 @@
 """``vggt``: VGGT on multi-view scenes, with an attention method on its global attention.
 
-One point = a model (preset or local checkpoint) + inputs (a synthetic scene with exact
-ground truth, or 7-Scenes / NRGBD frames read from a local folder) + an attention method
+One point = a model (preset + random weights, a local checkpoint, an ``hf:`` hub file or a
+trained ``proxy:``; see :mod:`harness.models.weights`) + inputs (a synthetic scene with exact
+ground truth, or 7-Scenes / NRGBD / ScanNet frames read from a local folder) + an attention method
 plugged into every global-attention layer through the seam of
 :mod:`harness.methods.seam`. Two scopes:
 
@@ -23,6 +24,7 @@ say nothing about a method; ``fid_*`` columns are meaningful either way.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,22 +34,35 @@ import torch
 
 from baselines.fastvggt import FastVGGTParams, make_fastvggt
 from baselines.tome import ToMeParams, make_tome
-from harness.data.readers import Frames, read_7scenes, read_nrgbd, to_model_input
+from harness.data.readers import Frames, read_7scenes, read_nrgbd, read_scannet, to_model_input
 from harness.data.scenes import SceneConfig, render_scene
 from harness.devices import autocast, torch_dtype
 from harness.methods.httm import HTTMParams, make_httm
 from harness.methods.seam import AttentionFn, AttentionLayout, Recorder, sdpa_attention
 from harness.metrics import fidelity, geometry
 from harness.models.vggt import PRESETS, build_vggt, load_checkpoint, pose_encoding_to_extri_intri
+from harness.models.weights import check_weights, resolve_weights
 from harness.params import param
 from harness.registry import MethodSpec, get_method, register_method, register_workload
-from harness.workloads.base import Bench, MetricInfo, Point, RunContext, Workload
+from harness.workloads.base import (
+    Bench,
+    MetricInfo,
+    Point,
+    RunContext,
+    Workload,
+    attach_weights,
+    weights_info,
+)
+
+log = logging.getLogger(__name__)
 
 HEAD_SETS = {"camera,depth": ("camera", "depth"), "camera,depth,point": ("camera", "depth", "point")}
 #: Most tokens kept per cached activation used for the token-cosine fidelity column.
 TOKEN_SAMPLE_MAX = 65536
 #: Most points used for Acc / Comp nearest neighbours.
 MAX_POINTS = 20000
+#: First synthetic scene seed of the vggt-proxy's held-out set (its training pool uses smaller seeds).
+HELDOUT_SCENE_SEED = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -55,19 +70,25 @@ class VGGTParams:
     """Workload knobs (names are what suites set and sweep)."""
 
     preset: str = param("vggt-tiny", "model shape (harness list shows the presets)", choices=tuple(PRESETS))
-    checkpoint: str = param("", "local .pt/.safetensors of the official model; empty = random weights")
+    checkpoint: str = param(
+        "", "weights: empty = random; a local .pt/.safetensors file; hf:ORG/NAME[/FILE] (Hugging Face hub "
+        "cache, e.g. hf:facebook/VGGT-1B); proxy:NAME (a trained proxy under harness/proxies/)")
     lean: bool = param(False, "memory-lean VGGT*: keep only the layers the heads read (bf16 on CUDA)")
     frames: int = param(8, "number of input frames S", range=(1, None))
     height: int = param(392, "input height in px for synthetic scenes (multiple of 14)", range=(14, None))
     width: int = param(518, "input width in px (multiple of 14); datasets are cropped to it",
                        range=(14, None))
-    data: str = param("synthetic", "input source", choices=("synthetic", "7scenes", "nrgbd"))
-    data_path: str = param("", "dataset root folder for 7scenes / nrgbd")
-    data_scene: str = param("", "scene inside the dataset root (e.g. chess, or an NRGBD scene name)")
+    data: str = param("synthetic", "input source", choices=("synthetic", "7scenes", "nrgbd", "scannet"))
+    data_path: str = param("", "dataset root folder for 7scenes / nrgbd / scannet (the scans root)")
+    data_scene: str = param("", "scene inside the dataset root (e.g. chess, an NRGBD scene, scene0000_00)")
     data_seq: str = param("seq-01", "7-Scenes sequence folder")
     stride: int = param(10, "keyframe stride for dataset inputs", range=(1, None))
     scene_mode: str = param("video", "synthetic camera path: video (overlapping) or sparse views",
                             choices=("video", "sparse"))
+    scene_seed: int = param(-1, "seed of the synthetic scene (-1: the point's seed); the vggt-proxy "
+                            f"never saw seeds >= {HELDOUT_SCENE_SEED} in training", range=(-1, None))
+    eval_scenes: int = param(1, "synthetic scenes (seeds scene_seed, +1, ...) whose q_/fid_ columns are "
+                             "averaged; the first is the one timed (scope=model)", range=(1, None))
     scope: str = param("model", "what is timed: the whole forward, or one global layer's attention core",
                        choices=("model", "attention"))
     layer: int = param(0, "global layer whose attention is timed when scope=attention", range=(0, None))
@@ -111,6 +132,11 @@ class Inputs:
         return int(self.images.shape[-2]), int(self.images.shape[-1])
 
 
+def scene_seed(p: VGGTParams, point_seed: int) -> int:
+    """The synthetic scene seed of a point: ``scene_seed``, or the point's seed when it is -1."""
+    return point_seed if p.scene_seed < 0 else p.scene_seed
+
+
 def _input_key(p: VGGTParams, seed: int, device: str) -> tuple:
     return ("vggt.inputs", p.data, p.data_path, p.data_scene, p.data_seq, p.stride, p.frames, p.height,
             p.width, p.scene_mode, seed, device)
@@ -127,6 +153,8 @@ def load_inputs(p: VGGTParams, seed: int, device: str) -> Inputs:
         if p.data == "7scenes":
             raw = read_7scenes(p.data_path, p.data_scene, seq=p.data_seq, stride=p.stride,
                                max_frames=p.frames)
+        elif p.data == "scannet":
+            raw = read_scannet(p.data_path, p.data_scene, stride=p.stride, max_frames=p.frames)
         else:
             raw = read_nrgbd(p.data_path, p.data_scene, stride=p.stride, max_frames=p.frames)
         frames = to_model_input(raw, target_w=p.width, mode="crop")
@@ -224,16 +252,19 @@ class VGGTWorkload(Workload):
 
     def build_model(self, point: Point) -> torch.nn.Module:
         p: VGGTParams = point.workload_params
+        weights = resolve_weights(p.checkpoint)  # before building: a failed download costs no model
         model = build_vggt(p.preset, device="cpu", lean=p.lean)
-        if p.checkpoint:
-            load_checkpoint(model, p.checkpoint, strict=True)
-        return model.to(point.device).eval()
+        if weights.path is not None:
+            load_checkpoint(model, weights.path, strict=True)
+            log.info("vggt %s: weights %s (sha256 %s)", p.preset, weights.label, weights.sha256)
+        return attach_weights(model.to(point.device).eval(), weights)
 
     def check_paths(self, params: Any) -> list[str]:
-        problems = []
-        if params.checkpoint and not Path(params.checkpoint).is_file():
-            problems.append(f"checkpoint {params.checkpoint!r} does not exist (expected a local .pt or "
-                            ".safetensors file of the official VGGT-1B model)")
+        problems = check_weights(params.checkpoint)  # hf: specs: syntax only, nothing is downloaded
+        if params.eval_scenes > 1 and (params.data != "synthetic" or params.scope != "model"):
+            problems.append(f"eval_scenes: {params.eval_scenes} averages synthetic scenes of scope: model; "
+                            f"it cannot be used with data: {params.data}, scope: {params.scope} "
+                            "(set it to 1)")
         if params.data != "synthetic":
             if not params.data_path:
                 problems.append(f"data: {params.data} needs data_path (the dataset root folder)")
@@ -250,9 +281,10 @@ class VGGTWorkload(Workload):
 
     def bench(self, model: torch.nn.Module, point: Point, ctx: RunContext) -> Bench:
         p: VGGTParams = point.workload_params
-        input_key = _input_key(p, point.seed, point.device)
+        seed = scene_seed(p, point.seed)
+        input_key = _input_key(p, seed, point.device)
         _evict_other_inputs(ctx, input_key)
-        inputs: Inputs = ctx.get_or_create(input_key, lambda: load_inputs(p, point.seed, point.device))
+        inputs: Inputs = ctx.get_or_create(input_key, lambda: load_inputs(p, seed, point.device))
         method_fn = get_method("vggt", point.method).build(point.method_params)
         ref_fn = self._reference_fn(ctx)
         if p.scope == "attention":
@@ -291,7 +323,8 @@ class VGGTWorkload(Workload):
         # also warms the model up); for the reference method it doubles as the reference output
         rec = Recorder()
         out, tokens = run_with_tokens(method_fn, rec)
-        ref_key = ("vggt.reference", self.model_key(point), _input_key(p, point.seed, point.device), p.heads)
+        input_key = _input_key(p, scene_seed(p, point.seed), point.device)
+        ref_key = ("vggt.reference", self.model_key(point), input_key, p.heads)
         if point.method == ctx.reference and point.method_params == ctx.reference_params:
             ctx.cache.setdefault(ref_key, (out, tokens))
         ref_out, ref_tokens = ctx.get_or_create(ref_key, lambda: run_with_tokens(ref_fn, None))
@@ -301,8 +334,10 @@ class VGGTWorkload(Workload):
         token_cos = fidelity.cosine_similarity(tokens, ref_tokens)
 
         def evaluate(out: dict) -> dict[str, float]:
-            row = self._quality(out, inputs)
-            row.update(self._fidelity(out, ref_out, inputs.hw))
+            rows = [{**self._quality(out, inputs), **self._fidelity(out, ref_out, inputs.hw)}]
+            rows += [self._evaluate_extra_scene(model, point, ctx, input_key, j, method_fn, ref_fn)
+                     for j in range(1, p.eval_scenes)]
+            row = {k: statistics.fmean(r[k] for r in rows) for k in rows[0]}
             row["fid_token_cos"] = token_cos
             if merge_sim:
                 row["fid_merge_sim_p10"] = statistics.median(merge_sim)
@@ -318,7 +353,24 @@ class VGGTWorkload(Workload):
             evaluate=evaluate,
             counters=counters,
             breakdown=breakdown,
+            info=weights_info(model),
         )
+
+    def _evaluate_extra_scene(self, model, point: Point, ctx: RunContext, input_key: tuple, j: int,
+                              method_fn: AttentionFn, ref_fn: AttentionFn) -> dict[str, float]:
+        """Quality and fidelity on the j-th extra synthetic scene (seed + j), untimed.
+
+        Its inputs and reference output are cached under keys that contain the timed input's
+        key, so they live exactly as long as it does.
+        """
+        p: VGGTParams = point.workload_params
+        seed = scene_seed(p, point.seed) + j
+        inputs: Inputs = ctx.get_or_create(("vggt.extra", input_key, j),
+                                           lambda: load_inputs(p, seed, point.device))
+        ref_out = ctx.get_or_create(("vggt.extra.reference", input_key, j, self.model_key(point), p.heads),
+                                    lambda: self._forward(model, point, inputs.images, ref_fn))
+        out = self._forward(model, point, inputs.images, method_fn)
+        return {**self._quality(out, inputs), **self._fidelity(out, ref_out, inputs.hw)}
 
     def _bench_attention(self, model, point: Point, ctx: RunContext, inputs: Inputs,
                          method_fn: AttentionFn, ref_fn: AttentionFn) -> Bench:
@@ -327,7 +379,8 @@ class VGGTWorkload(Workload):
         if p.layer >= cfg.depth:
             raise ValueError(f"layer={p.layer} but preset {p.preset!r} has {cfg.depth} global layers "
                              f"(allowed: 0..{cfg.depth - 1})")
-        key = ("vggt.qkv", self.model_key(point), _input_key(p, point.seed, point.device), p.layer)
+        key = ("vggt.qkv", self.model_key(point), _input_key(p, scene_seed(p, point.seed), point.device),
+               p.layer)
         q, k, v, layout = ctx.get_or_create(key, lambda: self._capture_qkv(model, point, inputs, p.layer))
         rec = Recorder()
         out = self._call(point, method_fn, q, k, v, dataclasses.replace(layout, recorder=rec))
@@ -352,7 +405,7 @@ class VGGTWorkload(Workload):
             return dict(timed.phases_ms)
 
         return Bench(fn=lambda: self._call(point, method_fn, q, k, v, layout), evaluate=evaluate,
-                     counters=counters, breakdown=breakdown)
+                     counters=counters, breakdown=breakdown, info=weights_info(model))
 
     @staticmethod
     def _call(point: Point, fn: AttentionFn, q, k, v, layout: AttentionLayout) -> torch.Tensor:
