@@ -10,6 +10,7 @@ import torch
 
 from harness.data.shapes import HELDOUT_SEED, NUM_CLASSES, shapes_images
 from harness.models.swin import build_swin, load_checkpoint
+from harness.models.weights import PROXY_ROOT
 from harness.train import get_proxy
 from harness.train.card import file_sha256
 from harness.train.swin_proxy import SwinProxy
@@ -134,6 +135,8 @@ def test_a_suite_on_the_proxy_reports_top1_and_the_importance_diagnostics(tmp_pa
     assert pd_isna(fp32.get("work_score_cv_stage3"))
     assert pd_isna(fp32.get("fid_imp_sens_spearman"))  # only mixaq points get the sensitivity
     assert -1.0 <= mix["fid_imp_sens_spearman"] <= 1.0
+    sha = file_sha256(PROXY_ROOT / "swin-proxy" / "model.safetensors")[:16]
+    assert {(r["weights"], r["weights_sha256"]) for r in rows.values()} == {("proxy:swin-proxy", sha)}
 
 
 def pd_isna(value: object) -> bool:

@@ -89,6 +89,7 @@ def test_workload_and_methods_are_registered_with_their_parameters():
 def test_every_point_of_a_small_run_succeeds(run_rows):
     assert sorted(run_rows) == ["fp32", "mixaq0.0", "mixaq0.5", "sparsevit", "uniform4", "uniform8"]
     assert all(r[C.STATUS] == C.OK for r in run_rows.values()), {k: r[C.ERROR] for k, r in run_rows.items()}
+    assert {(r[C.WEIGHTS], r[C.WEIGHTS_SHA256]) for r in run_rows.values()} == {("random", "")}
 
 
 def test_mixaq_ratio_zero_reproduces_uniform_high_in_every_column(run_rows):

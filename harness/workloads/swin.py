@@ -55,12 +55,20 @@ from harness.models.swin import (
     read_image_folder,
     synthetic_images,
 )
-from harness.models.weights import check_weights, resolve_weights
+from harness.models.weights import Weights, check_weights, resolve_weights
 from harness.params import param
 from harness.quant.qswin import LOW, PRUNED, window_bits, window_scores
 from harness.quant.sensitivity import importance_sensitivity, score_cv, spearman
 from harness.registry import MethodSpec, get_method, register_method, register_workload
-from harness.workloads.base import Bench, MetricInfo, Point, RunContext, Workload
+from harness.workloads.base import (
+    Bench,
+    MetricInfo,
+    Point,
+    RunContext,
+    Workload,
+    attach_weights,
+    weights_info,
+)
 
 N_STAGES = 4
 SQNR_CAP_DB = 300.0
@@ -330,7 +338,9 @@ class SwinWorkload(Workload):
         weights = resolve_weights(p.checkpoint)
         model = build_swin(p.model, p.img_size, seed=point.seed, checkpoint=weights.path,
                            pretrained=p.pretrained)
-        return model.to(point.device).eval()
+        if p.pretrained:  # timm's own weights (fetched into the hub cache by build_swin)
+            weights = Weights(spec="pretrained", path=None, label=f"timm-pretrained:{p.model}", sha256="")
+        return attach_weights(model.to(point.device).eval(), weights)
 
     def check_paths(self, params: Any) -> list[str]:
         problems = check_weights(params.checkpoint)  # hf: specs: syntax only, nothing is downloaded
@@ -387,7 +397,7 @@ class SwinWorkload(Workload):
             row.update(fidelity_metrics(ref, test, windows))
             return row
 
-        return Bench(fn=fn, evaluate=evaluate, counters=counters)
+        return Bench(fn=fn, evaluate=evaluate, counters=counters, info=weights_info(model))
 
     def _sensitivity(
         self, model: nn.Module, point: Point, ctx: RunContext, inputs: SwinInputs, calib: torch.Tensor
