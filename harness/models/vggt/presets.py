@@ -168,31 +168,20 @@ VGGT_TINY = VGGTConfig(
     track_corr_radius=2,
 )
 
-VGGT_PROXY = VGGTConfig(
+VGGT_PROXY = replace(
+    VGGT_TINY,  # the tiny preset's (unused) track head shape; wider, with the official 16 heads
     img_size=140,
     embed_dim=128,
-    depth=4,
     num_heads=16,
     # LayerScale starts at 1 (not VGGT's 0.01): with 0.01 the 4-block proxy trained on CPU kept its
     # blocks at ~0.005 gain, left the residual stream to the patch embedding and never used
     # global attention (merging changed its depth by < 0.04 %, relative pose was not learned)
     init_values=1.0,
-    patch_embed="conv",
-    dino_depth=1,
     dino_num_heads=16,
-    intermediate_layer_idx=default_intermediate_layers(4),
     camera_trunk_depth=2,
     camera_num_heads=8,
     dpt_features=32,
     dpt_out_channels=(32, 64, 96, 96),
-    track_features=16,
-    track_out_channels=(8, 16, 32, 32),
-    track_hidden_size=32,
-    track_num_heads=4,
-    track_depth=2,
-    track_virtual_tracks=8,
-    track_corr_levels=3,
-    track_corr_radius=2,
 )
 
 PRESETS: dict[str, VGGTConfig] = {
