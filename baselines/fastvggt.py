@@ -21,12 +21,18 @@ A clean re-implementation of ``mystorm16/FastVGGT`` ``merging/merge.py`` +
 4. ONE assignment shared by Q, K, V; plain mean (no size tracking, no proportional
    attention, as upstream); SDPA on the merged tokens; unmerge by copy.
 
-Deviations from upstream (its quirks, /work/shared/spec/vggt-and-merging.md 3.4), noted here:
+Deviations from upstream's code (quirks a clean implementation should not copy):
 - S == 1 skips merging (upstream crashes: no src tokens) -- quirk 1.
 - B > 1: decisions per batch row (upstream uses row 0's protection for all) -- quirk 2.
 - The 2 x 2 cells sit in true 2-D coordinates; an odd last row / column forms 1 x 2, 2 x 1
-  or 1 x 1 cells, each with one random dst (upstream writes a 28 x 36 pattern into 28 x 37,
-  shearing it, and leaves the last column all src) -- quirk 3.
+  or 1 x 1 cells, each with one random dst. Upstream writes its 28 x 36 pattern contiguously
+  into the 28 x 37 raster, so the pattern shears by one token per row: the last column does
+  get dst tokens, but the last 28 tokens of each frame in raster order are always src -- quirk 3.
+- ``merge_seed`` seeds this project's CPU generator; upstream draws with ``torch.randint`` on a
+  generator seeded 33 on the GPU on every call, so ``merge_seed=33`` does NOT reproduce
+  upstream's dst pattern (only its role: one fixed pattern for every layer and forward).
+- Similarities are computed in the dtype of the metric (float32 in the CPU suites); upstream
+  casts the whole model to bf16 and so matches in bf16, where near-ties can resolve differently.
 - Salient tokens are never duplicated: a salient token that is already a target or kept
   stays where it is; only salient src become singletons (upstream appends every protected
   token a second time, doubling its key's weight) -- quirk 4. ``salient_rule="stride"`` uses

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from merge_refs import fastvggt_labels, groups_of, merged_attention, tome_labels
 
 from baselines.fastvggt import FastVGGTParams, cell_dst_mask, fastvggt_partition, make_fastvggt
 from baselines.tome import ToMeParams, make_tome, tome_partition
@@ -92,6 +93,28 @@ def test_tome_merges_at_most_half_and_protects_special_tokens():
     assert bool((counts[slot[0, SPECIAL]] == 1).all())
 
 
+def tome_reference(q, k, v, ratio, metric=None, prop_attn=False, least=False):
+    """Loop reference (tests/merge_refs.py) of one batch row; metric defaults to ToMe's mean keys."""
+    metric = k[0].mean(0) if metric is None else metric
+    groups = groups_of(tome_labels(metric, P, PS, ratio, least))
+    return merged_attention(q[0], k[0], v[0], [groups] * H, [groups] * H, prop_attn)[None]
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.3])
+@pytest.mark.parametrize("prop_attn", [False, True])
+def test_tome_equals_loop_reference_when_only_some_of_a_merges(ratio, prop_attn):
+    # ratio < 0.5 merges only the most similar part of set A: a ToMe that merged the least similar
+    # pairs, or matched on queries (or values) instead of keys, gives a different output
+    q, k, v, _ = rand(seed=5)
+    out = make_tome(ToMeParams(tome_ratio=ratio, prop_attn=prop_attn))(q, k, v, layout())
+    ref = tome_reference(q, k, v, ratio, prop_attn=prop_attn)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for wrong in (q[0].mean(0), v[0].mean(0)):
+        assert not torch.allclose(tome_reference(q, k, v, ratio, metric=wrong, prop_attn=prop_attn), ref,
+                                  atol=1e-3)
+    assert not torch.allclose(tome_reference(q, k, v, ratio, prop_attn=prop_attn, least=True), ref, atol=1e-3)
+
+
 def test_tome_start_layer_uses_plain_attention_before_it():
     q, k, v, _ = rand()
     f = make_tome(ToMeParams(start_layer=3))
@@ -105,6 +128,26 @@ def test_fastvggt_ratio_zero_equals_plain_sdpa():
     q, k, v, x = rand()
     out = make_fastvggt(FastVGGTParams(fv_ratio=0.0))(q, k, v, layout(x_norm=x))
     torch.testing.assert_close(out, sdpa(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def fastvggt_reference(q, k, v, metric, ratio, seed=33, least=False):
+    """Loop reference (tests/merge_refs.py): FastVGGT without salient tokens, one batch row."""
+    cells = cell_dst_mask(S - 1, PH, PW, seed).view(S - 1, PH * PW)
+    groups = groups_of(fastvggt_labels(metric, S, P, PS, cells, ratio, least))
+    return merged_attention(q[0], k[0], v[0], [groups] * H, [groups] * H)[None]
+
+
+@pytest.mark.parametrize("ratio", [0.4, 1.0])
+def test_fastvggt_equals_loop_reference_matching_on_the_normed_input(ratio):
+    # x_norm is independent of q, k, v here: matching on averaged keys (or the least similar pairs,
+    # visible at ratio < 1) gives a different output
+    q, k, v, x = rand(seed=7)
+    out = make_fastvggt(FastVGGTParams(fv_ratio=ratio, salient_frac=0.0))(q, k, v, layout(x_norm=x))
+    ref = fastvggt_reference(q, k, v, x[0], ratio)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(fastvggt_reference(q, k, v, k[0].mean(0), ratio), ref, atol=1e-3)
+    if ratio < 1:
+        assert not torch.allclose(fastvggt_reference(q, k, v, x[0], ratio, least=True), ref, atol=1e-3)
 
 
 def test_fastvggt_cells_are_true_2d_with_odd_edges():

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from merge_refs import httm_reference
 
 from harness.methods.httm import (
     HTTMParams,
@@ -74,65 +74,15 @@ def partitions(p: HTTMParams, frames=S):
 # ------------------------------------------------------------ slow loop reference
 
 
-def ref_assign(x, part):
-    """Loop reference of one decision row. x: [N, D] -> slot [N]."""
-    slot = part.static_slot.clone()
-    for ms in part.sets:
-        if ms.r == 0:
-            continue
-        for blk in range(ms.src.shape[0]):
-            s_idx, c_idx = ms.src[blk], ms.cand[blk]
-            sim = F.normalize(x[s_idx], dim=-1) @ F.normalize(x[c_idx], dim=-1).T
-            best, arg = sim.max(-1)
-            for rank, i in enumerate(best.argsort(descending=True).tolist()):
-                if rank < ms.r:
-                    slot[s_idx[i]] = ms.cand_slot[blk, arg[i]]
-                else:
-                    slot[s_idx[i]] = ms.unm_base[blk, 0] + rank - ms.r
-    return slot
-
-
 def ref_httm(q, k, v, p: HTTMParams, budget=None):
-    """Per-batch-row, per-head loop reference of HTTM (ragged queries, no padding)."""
-    B, H, n, d = q.shape
-    G = p.head_groups
-    hg = H // G
-    _, part_q, part_k = partitions(p, n // P)
-    out = torch.empty_like(q)
-    for b in range(B):
-        qb, kb = q[b].view(G, hg, n, d), k[b].view(G, hg, n, d)
-        slot_k = [ref_assign(kb[gi].permute(1, 0, 2).reshape(n, hg * d), part_k) for gi in range(G)]
-        slot_q = [ref_assign(qb[gi].permute(1, 0, 2).reshape(n, hg * d), part_q) for gi in range(G)]
-        # deviation of every query from its merged token, per (group, token)
-        dev = torch.zeros(G, n)
-        for gi in range(G):
-            for s in slot_q[gi].unique().tolist():
-                members = (slot_q[gi] == s).nonzero().view(-1)
-                for h in range(gi * hg, (gi + 1) * hg):
-                    mean = q[b, h, members].mean(0)
-                    dev[gi, members] += (q[b, h, members] - mean).pow(2).sum(-1)
-        k_budget = budget if budget is not None else int(p.outlier_frac * G * n + 0.5)
-        flagged = torch.zeros(G * n, dtype=torch.bool)
-        if k_budget:
-            top, idx = dev.view(-1).topk(k_budget)
-            flagged[idx[top > 0]] = True
-        flagged = flagged.view(G, n)
-        for h in range(H):
-            gi = h // hg
-            groups = []  # list of member index tensors, one per merged query
-            for s in slot_q[gi].unique().tolist():
-                members = ((slot_q[gi] == s) & ~flagged[gi]).nonzero().view(-1)
-                if members.numel():
-                    groups.append(members)
-            groups += [t.view(1) for t in flagged[gi].nonzero().view(-1)]
-            q_m = torch.stack([q[b, h, m].mean(0) for m in groups])
-            kv_groups = [(slot_k[gi] == s).nonzero().view(-1) for s in slot_k[gi].unique().tolist()]
-            k_m = torch.stack([k[b, h, m].mean(0) for m in kv_groups])
-            v_m = torch.stack([v[b, h, m].mean(0) for m in kv_groups])
-            o_m = torch.softmax(q_m @ k_m.T / math.sqrt(d), dim=-1) @ v_m
-            for row, m in zip(o_m, groups):
-                out[b, h, m] = row
-    return out
+    """The independent loop reference of tests/merge_refs.py (strided dst, no anchoring), per row."""
+    assert p.dst_rule == "strided" and not p.anchor_first_frame and p.protect_special
+    knobs = dict(n_s=p.n_s, n_t=p.n_t, head_groups=p.head_groups, query_merge=p.query_merge,
+                 kv_merge=p.kv_merge, outlier_frac=p.outlier_frac, dst_frac=p.dst_frac,
+                 decouple_qk=p.decouple_qk)
+    shape = dict(frames=q.shape[2] // P, tokens_per_frame=P, patch_start=PS)
+    rows = [httm_reference(q[b], k[b], v[b], **shape, **knobs, budget=budget) for b in range(q.shape[0])]
+    return torch.stack(rows)
 
 
 def gap_budget(q, p: HTTMParams, target=0.1):
@@ -228,7 +178,7 @@ def test_ragged_headwise_path_equals_per_head_loop_reference():
 
 def test_top_r_selection_path_equals_loop_reference():
     q, k, v = rand_qkv(seed=3)
-    p = HTTMParams(query_merge=0.5, kv_merge=0.4, dst_frac=0.25, outlier_frac=0.0, dst_rule="random", **SMALL)
+    p = HTTMParams(query_merge=0.5, kv_merge=0.4, dst_frac=0.25, outlier_frac=0.0, **SMALL)
     torch.testing.assert_close(make_httm(p)(q, k, v, layout()), ref_httm(q, k, v, p), atol=1e-5, rtol=1e-4)
 
 
@@ -381,8 +331,12 @@ def test_recorder_counts_merged_sizes_padding_and_phases():
 def test_shared_assignment_when_not_decoupled():
     q, k, v = rand_qkv()
     rec = Recorder()
-    make_httm(HTTMParams(decouple_qk=False, outlier_frac=0.0, **SMALL))(q, k, v, layout(rec=rec))
+    p = HTTMParams(decouple_qk=False, outlier_frac=0.0, **SMALL)
+    out = make_httm(p)(q, k, v, layout(rec=rec))
     assert rec.counters["tokens_q"] == rec.counters["tokens_kv"]
+    # Q, K and V all follow ONE assignment made on K similarity at the K/V ratio
+    torch.testing.assert_close(out, ref_httm(q, k, v, p), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(out, ref_httm(q, k, v, dataclasses.replace(p, decouple_qk=True)), atol=1e-3)
 
 
 def test_random_dst_rule_is_seeded():

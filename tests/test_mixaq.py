@@ -193,10 +193,13 @@ def test_pruned_windows_skip_the_block():
     x = torch.randn(2, 28, 28, 16)
     with torch.no_grad():
         assert torch.equal(q.layers[0](x), x)  # every window pruned: the stage is the identity
-        y = apply_sparsevit(
-            model, SparseViTParams(w_bits=32, a_bits=32, embed_bits=32, prune_ratio=0.5), None
-        )(synthetic_images(1, 112))
-    assert torch.isfinite(y).all()
+        img = synthetic_images(1, 112)
+        full = apply_sparsevit(model, SparseViTParams(w_bits=32, a_bits=32, embed_bits=32, prune_ratio=0.0),
+                               None)(img)
+        half = apply_sparsevit(model, SparseViTParams(w_bits=32, a_bits=32, embed_bits=32, prune_ratio=0.5),
+                               None)(img)
+        torch.testing.assert_close(full, model(img), atol=1e-5, rtol=1e-5)  # nothing pruned: the float model
+    assert not torch.allclose(half, full, atol=1e-4)  # pruning half the windows changes the logits
 
 
 def test_routed_calibration_observes_only_the_routed_windows():
@@ -216,10 +219,25 @@ def test_low_bits_above_high_bits_are_rejected():
 
 
 def test_log2_softmax_quantizer_is_used_when_asked():
-    q = apply(tiny_swin(), MixAQParams(ratio=0.5, softmax_quant="log2"), synthetic_images(1, 112))
-    assert q.layers[1].blocks[0].aq[LOW]["attn"].kind == "log2"
+    model, cal, x = tiny_swin(), synthetic_images(1, 112), synthetic_images(1, 112, seed=3)
+    q = apply(model, MixAQParams(ratio=0.5, softmax_quant="log2"), cal)
+    quantizer = q.layers[1].blocks[0].aq[LOW]["attn"]
+    assert quantizer.kind == "log2"
+    seen = []
+    handle = quantizer.register_forward_hook(lambda mod, inp, out: seen.append((inp[0], out)))
     with torch.no_grad():
-        assert torch.isfinite(q(synthetic_images(1, 112))).all()
+        y = q(x)
+    handle.remove()
+    probs, out = seen[0]
+    nonzero = out[out > 0]
+    assert nonzero.numel() > 0
+    assert torch.equal(torch.log2(nonzero), torch.log2(nonzero).round())  # every kept value is 2^-k
+    low_bits = MixAQParams().a_bits_low
+    assert float(nonzero.min()) >= 2.0 ** -(2**low_bits - 2)
+    torch.testing.assert_close(out, torch.exp2(-torch.round(-torch.log2(probs))).where(out > 0, 0.0))
+    with torch.no_grad():
+        y_uniform = apply(model, MixAQParams(ratio=0.5, softmax_quant="uniform"), cal)(x)
+    assert not torch.allclose(y, y_uniform)
 
 
 def test_prune_routes_mark_pruned_windows():

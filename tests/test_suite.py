@@ -56,23 +56,46 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     assert "malformed YAML" in msg
 
 
-def test_unknown_top_level_key_suggests_the_right_one(tmp_path):
-    msg = one_problem(tmp_path, ATTN + "sweeep: {}\n")
-    assert "line 11" in msg
-    assert "unknown top-level key 'sweeep'" in msg
-    assert "did you mean 'sweep'?" in msg
+# (id, edit of the ATTN suite, fragments the one-paragraph problem must contain)
+ONE_PROBLEM_CASES = [
+    ("unknown top-level key", ("append", "sweeep: {}\n"),
+     ["line 11", "unknown top-level key 'sweeep'", "did you mean 'sweep'?"]),
+    ("unknown workload", ("workload: attention", "workload: attenton"),
+     ["line 2", "workload:", "unknown workload 'attenton'", "did you mean 'attention'?"]),
+    ("unknown method", ("  math: {}", "  maths: {}"),
+     ["line 10", "methods.maths", "unknown method 'maths'", "did you mean 'math'?"]),
+    ("wrong type", ("heads: [2, 4]", "heads: [2, ten]"),
+     ["line 7: sweep.heads[1]:", "'ten' is not an int", "allowed: int in [1, 1024]",
+      "attention heads"]),  # the parameter's help text
+    ("bool for an int", ("batch: 1", "batch: true"), ["fixed.batch: True is not an int"]),
+    ("out of range", ("batch: 1", "batch: 0"),
+     ["line 4: fixed.batch: 0 is out of range; allowed: int in [1, 4096]"]),
+    ("outside choices", ("batch: 1", "dtype: float64"),
+     ["fixed.dtype: 'float64' is not allowed; allowed: one of 'float32', 'bfloat16', 'float16'"]),
+    ("bad device", ("batch: 1", "device: gpu0"),
+     ["fixed.device: 'gpu0' is not a device; allowed: cpu, cuda, cuda:N, mps or auto"]),
+    ("empty sweep list", ("heads: [2, 4]", "heads: []"),
+     ["line 7: sweep.heads: empty list: nothing to sweep"]),
+    ("list in fixed", ("batch: 1", "batch: [1, 2]"),
+     ["fixed.batch: [1, 2] is a list", "move batch to `sweep`"]),
+    ("reference not a method", ("reference: sdpa", "reference: sdpaa"),
+     ["line 3: reference: reference method 'sdpaa' is not one of this suite's methods",
+      "did you mean 'sdpa'?"]),
+    ("duplicate key", ("append", "fixed: {batch: 2}\n"), ["line 11: fixed: duplicate key 'fixed'"]),
+    ("min above max samples", ("append", "timing: {min_samples: 9, max_samples: 3}\n"),
+     ["min_samples (9) is larger than max_samples (3)"]),
+]
 
 
-def test_unknown_workload_suggests_a_registered_one(tmp_path):
-    msg = one_problem(tmp_path, ATTN.replace("workload: attention", "workload: attenton"))
-    assert "line 2" in msg and "workload:" in msg
-    assert "unknown workload 'attenton'" in msg and "did you mean 'attention'?" in msg
-
-
-def test_unknown_method_suggests_a_registered_one(tmp_path):
-    msg = one_problem(tmp_path, ATTN.replace("  math: {}", "  maths: {}"))
-    assert "line 10" in msg and "methods.maths" in msg
-    assert "unknown method 'maths'" in msg and "did you mean 'math'?" in msg
+@pytest.mark.parametrize(("edit", "fragments"), [c[1:] for c in ONE_PROBLEM_CASES],
+                         ids=[c[0] for c in ONE_PROBLEM_CASES])
+def test_one_bad_field_gives_one_problem_naming_line_field_and_allowed_values(tmp_path, edit, fragments):
+    old, new = edit
+    text = ATTN + new if old == "append" else ATTN.replace(old, new)
+    assert text != ATTN
+    msg = one_problem(tmp_path, text)
+    missing = [f for f in fragments if f not in msg]
+    assert not missing, msg
 
 
 def test_unknown_parameter_names_path_line_and_suggestion(tmp_path):
@@ -89,54 +112,10 @@ def test_unknown_method_parameter_lists_that_methods_parameters(tmp_path, fake_w
     assert "for method 'knob'" in msg and "did you mean 'level'?" in msg
 
 
-def test_wrong_type_shows_value_type_and_allowed_range(tmp_path):
-    msg = one_problem(tmp_path, ATTN.replace("heads: [2, 4]", "heads: [2, ten]"))
-    assert "line 7: sweep.heads[1]:" in msg
-    assert "'ten' is not an int" in msg
-    assert "allowed: int in [1, 1024]" in msg
-    assert "attention heads" in msg  # the parameter's help text
-
-
-def test_bool_is_not_accepted_for_an_int(tmp_path):
-    msg = one_problem(tmp_path, ATTN.replace("batch: 1", "batch: true"))
-    assert "fixed.batch: True is not an int" in msg
-
-
 def test_int_is_accepted_for_a_float_and_stored_as_float(tmp_path, fake_workload):
     suite = parse_suite("name: f\nworkload: fake\nfixed: {scale: 2}\nmethods: {plain: {}}\n")
     (point,) = suite.points()
     assert point.params["scale"] == 2.0 and isinstance(point.params["scale"], float)
-
-
-def test_out_of_range_value_names_the_range(tmp_path):
-    msg = one_problem(tmp_path, ATTN.replace("batch: 1", "batch: 0"))
-    assert "line 4: fixed.batch: 0 is out of range; allowed: int in [1, 4096]" in msg
-
-
-def test_value_outside_choices_lists_the_choices(tmp_path):
-    msg = one_problem(tmp_path, ATTN.replace("batch: 1", "dtype: float64"))
-    assert "fixed.dtype: 'float64' is not allowed; allowed: one of 'float32', 'bfloat16', 'float16'" in msg
-
-
-def test_bad_device_string_is_rejected(tmp_path):
-    msg = one_problem(tmp_path, ATTN.replace("batch: 1", "device: gpu0"))
-    assert "fixed.device: 'gpu0' is not a device; allowed: cpu, cuda, cuda:N, mps or auto" in msg
-
-
-def test_empty_sweep_list_is_an_error(tmp_path):
-    msg = one_problem(tmp_path, ATTN.replace("heads: [2, 4]", "heads: []"))
-    assert "line 7: sweep.heads: empty list: nothing to sweep" in msg
-
-
-def test_list_in_fixed_is_pointed_to_sweep(tmp_path):
-    msg = one_problem(tmp_path, ATTN.replace("batch: 1", "batch: [1, 2]"))
-    assert "fixed.batch: [1, 2] is a list" in msg and "move batch to `sweep`" in msg
-
-
-def test_reference_must_be_one_of_the_methods(tmp_path):
-    msg = one_problem(tmp_path, ATTN.replace("reference: sdpa", "reference: sdpaa"))
-    assert "line 3: reference: reference method 'sdpaa' is not one of this suite's methods" in msg
-    assert "did you mean 'sdpa'?" in msg
 
 
 def test_nonexistent_checkpoint_path_is_reported_before_running(tmp_path, fake_workload):
@@ -162,16 +141,6 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert any("timing.max_sample" in p and "did you mean 'max_samples'?" in p for p in found)
     assert any("sweep.heads[1]" in p for p in found)
     assert any("fixed.batch" in p for p in found)
-
-
-def test_duplicate_keys_are_reported(tmp_path):
-    msg = one_problem(tmp_path, ATTN + "fixed: {batch: 2}\n")
-    assert "line 11: fixed: duplicate key 'fixed'" in msg
-
-
-def test_min_samples_above_max_samples_is_rejected(tmp_path):
-    msg = one_problem(tmp_path, ATTN + "timing: {min_samples: 9, max_samples: 3}\n")
-    assert "min_samples (9) is larger than max_samples (3)" in msg
 
 
 def test_missing_suite_file_is_a_file_not_found_error(tmp_path):

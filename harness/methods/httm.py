@@ -23,7 +23,7 @@ One call of the ``attention_fn`` seam (q, k, v: [B, H, N, d], N = S * P frame-ma
    output row back (one gather by the slot map, which is indexed by original token position,
    so it also undoes the temporal permutation).
 
-Choices for the paper's open questions (see /work/shared/spec/httm.md section 7):
+Choices for what the paper leaves open:
 - Ratios. ``query_merge`` is the fraction of each block's queries merged away BEFORE filtering,
   ``outlier_frac`` the fraction of N un-merged again, ``kv_merge`` the fraction of K/V merged
   away: final Q ~ (1 - query_merge + outlier_frac) N per head on average, K/V ~ (1 - kv_merge) N
