@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from harness.params import did_you_mean
-from harness.workloads.base import Workload
+from harness.workloads.base import CommonParams, Workload
 
 
 @dataclass(frozen=True)
@@ -55,18 +56,44 @@ def _check_param_names(owner: str, cls: type) -> None:
         )
 
 
+def _check_clash(workload: type[Workload], spec: MethodSpec) -> None:
+    """A method parameter named like a workload or common parameter would be ambiguous in a suite."""
+    taken = set(param_names(workload.Params)) | set(param_names(CommonParams))
+    clash = sorted(set(param_names(spec.params)) & taken)
+    if clash:
+        raise ValueError(
+            f"method {spec.name!r}: parameters {clash} clash with parameters of workload {workload.name!r} "
+            "or the common ones; rename them"
+        )
+
+
 def register_workload(cls: type[Workload]) -> type[Workload]:
-    """Class decorator: register a workload under ``cls.name``."""
+    """Class decorator: register a workload under ``cls.name`` (a different class under a
+    registered name replaces it, with a warning)."""
     _check_param_names(f"workload {cls.name!r}", cls.Params)
+    for (w, _), spec in _METHODS.items():
+        if w == cls.name:
+            _check_clash(cls, spec)
+    old = _WORKLOADS.get(cls.name)
+    if old is not None and old is not cls:
+        warnings.warn(f"workload {cls.name!r} registered again: {cls.__qualname__} replaces "
+                      f"{old.__qualname__}", stacklevel=2)
     _WORKLOADS[cls.name] = cls
     return cls
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
-    """Register a method for each workload it names; its parameter names must not clash
-    with the workload's own parameters."""
+    """Register a method for each workload it names. Its parameter names must not clash with
+    the workload's or the common parameters; a different spec under a registered name replaces
+    it, with a warning."""
     _check_param_names(f"method {spec.name!r}", spec.params)
     for w in spec.workloads:
+        if w in _WORKLOADS:
+            _check_clash(_WORKLOADS[w], spec)
+        old = _METHODS.get((w, spec.name))
+        if old is not None and old is not spec:
+            warnings.warn(f"method {spec.name!r} of workload {w!r} registered again: the new spec replaces "
+                          "the old one", stacklevel=2)
         _METHODS[(w, spec.name)] = spec
     return spec
 
@@ -74,11 +101,7 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 def load_builtins() -> None:
     """Import every built-in workload module (each registers itself and its methods)."""
     for mod in BUILTIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a workload not written yet
-            if e.name != mod:
-                raise
+        importlib.import_module(mod)
 
 
 def workload_names() -> list[str]:

@@ -40,9 +40,11 @@ from typing import Any
 
 from harness import __version__, registry
 from harness import columns as C
+from harness.env import fingerprint
 from harness.results import RunWriter, write_json
 from harness.suite import Suite
-from harness.timing import Measurement, TimingConfig
+from harness.telemetry import TelemetrySampler
+from harness.timing import Timer, summarize
 from harness.workloads.base import Bench, Point, RunContext, Workload
 
 ORDERS = ("grid", "shuffle", "interleave")
@@ -94,30 +96,6 @@ class RunSummary:
 # (module-level so tests can substitute them; each imports lazily)
 
 
-def _make_timer(cfg: TimingConfig) -> Any:
-    from harness.timing import Timer
-
-    return Timer(cfg)
-
-
-def _summarize(m: Measurement) -> dict[str, Any]:
-    from harness.timing import summarize
-
-    return summarize(m)
-
-
-def _make_sampler(device: str) -> Any:
-    from harness.telemetry import TelemetrySampler
-
-    return TelemetrySampler(device)
-
-
-def _fingerprint(argv: list[str] | None, seed: int | None) -> dict[str, Any]:
-    from harness.env import fingerprint
-
-    return fingerprint(argv=argv, seed=seed)
-
-
 # ---------------------------------------------------------------- helpers
 
 
@@ -133,26 +111,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-INJECT_DELAY_ENV = "HARNESS_INJECT_DELAY_MS"
-
-
-def _with_injected_delay(fn: Any) -> Any:
-    """Wrap ``fn`` with a host sleep of ``$HARNESS_INJECT_DELAY_MS`` per call, if set.
-
-    Only for validating the regression gate end to end (an injected slowdown that leaves
-    every config hash unchanged); never set it for real measurements.
-    """
-    delay_ms = float(os.environ.get(INJECT_DELAY_ENV, "0") or 0)
-    if delay_ms <= 0:
-        return fn
-
-    def delayed() -> Any:
-        time.sleep(delay_ms / 1e3)
-        return fn()
-
-    return delayed
 
 
 def _free_caches(device: str) -> None:
@@ -340,7 +298,7 @@ def run_suite(
             "allow_failures": allow_failures,
             "n_points": len(points),
         }
-        env = _fingerprint(argv, _common_seed(points))
+        env = fingerprint(argv=argv, seed=_common_seed(points))
         metrics = {k: asdict(v) for k, v in wl.metrics().items()}
         writer = RunWriter.create(out, manifest, suite.resolved, env, metrics)
         done = set()
@@ -505,13 +463,12 @@ class _Loop:
         model = self.ensure_model(point)
         seed_everything(point.seed)
         bench: Bench = self.wl.bench(model, point, self.ctx)
-        bench.fn = _with_injected_delay(bench.fn)
-        timer = _make_timer(self.suite.timing)
+        timer = Timer(self.suite.timing)
         with torch.no_grad():
-            sampler = _make_sampler(point.device)
+            sampler = TelemetrySampler(point.device)
             with sampler:
                 m = timer.measure(bench.fn, device=point.device)
-            row.update(_summarize(m))
+            row.update(summarize(m))
             row.update(sampler.summary())
             row.update(bench.counters)
             row.update(bench.info)

@@ -57,7 +57,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import re
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -68,6 +67,7 @@ from typing import Any
 import yaml
 
 from harness import registry
+from harness.devices import device_problem, resolve_device
 from harness.params import ParamInfo, describe, did_you_mean, param
 from harness.timing import TimingConfig
 from harness.workloads.base import CommonParams, Point
@@ -81,7 +81,6 @@ TOP_LEVEL_KEYS = (
 PRESET_KEYS = tuple(k for k in TOP_LEVEL_KEYS if k not in ("presets", "default_preset"))
 REGRESSION_KEYS = ("threshold", "alpha", "per_metric")
 HASH_HEX_CHARS = 16
-DEVICE_PATTERN = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 SUITES_DIR = "suites"
 
 
@@ -185,15 +184,6 @@ def point_hash(workload: str, method: str, params: dict[str, Any]) -> str:
     """Stable id of a configuration: sha256 (first 16 hex) of canonical JSON."""
     blob = _canonical({"workload": workload, "method": method, "params": params})
     return hashlib.sha256(blob.encode()).hexdigest()[:HASH_HEX_CHARS]
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def dotted(path: KeyPath) -> str:
@@ -373,8 +363,9 @@ class _Field:
             if (lo is not None and v < lo) or (hi is not None and v > hi):
                 return v, f"{v!r} is out of range; allowed: {info.allowed()}"
         if info.name == "device" and self.owner == "common" and isinstance(v, str):
-            if not DEVICE_PATTERN.match(v):
-                return v, f"{v!r} is not a device; allowed: cpu, cuda, cuda:N, mps or auto"
+            problem = device_problem(v)
+            if problem:
+                return v, problem
         return v, None
 
 
@@ -957,8 +948,6 @@ class _Builder:
             ckw["device"] = resolve_device(ckw["device"])
         try:
             common = CommonParams(**ckw)
-            if common.device == "auto":
-                common = dataclasses.replace(common, device=resolve_device("auto"))
             wparams = wcls.Params(**wkw)
             mparams = registry.get_method(wname, method).params(**mkw)
         except (TypeError, ValueError) as e:

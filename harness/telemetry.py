@@ -17,8 +17,8 @@ sensor samples only part of the time. Use windows of a second or more.
 
 Missing NVML (no library, no driver, init error) never raises: the GPU columns stay None and
 one warning is logged per process. The NVML access is a small injectable backend
-(:class:`NVMLBackend`): :class:`PynvmlBackend` is the real one, :class:`FakeNVML` replays
-scripted readings for tests.
+(:class:`NVMLBackend`): :class:`PynvmlBackend` is the real one; the tests replay scripted readings
+through a fake of the same interface (``tests/fake_nvml.py``).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import resource
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from harness import columns as C
-from harness.timing import parse_device
+from harness.devices import parse_device
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,6 @@ class NVMLBackend(Protocol):
     def power_mw(self, h: Any) -> float: ...
     def energy_mj(self, h: Any) -> float: ...
     def sm_clock_mhz(self, h: Any) -> float: ...
-    def mem_clock_mhz(self, h: Any) -> float: ...
     def temperature_c(self, h: Any) -> float: ...
     def gpu_util_pct(self, h: Any) -> float: ...
     def mem_used_bytes(self, h: Any) -> float: ...
@@ -116,9 +115,6 @@ class PynvmlBackend:
     def sm_clock_mhz(self, h: Any) -> float:
         return float(self._nv.nvmlDeviceGetClockInfo(h, self._nv.NVML_CLOCK_SM))
 
-    def mem_clock_mhz(self, h: Any) -> float:
-        return float(self._nv.nvmlDeviceGetClockInfo(h, self._nv.NVML_CLOCK_MEM))
-
     def temperature_c(self, h: Any) -> float:
         return float(self._nv.nvmlDeviceGetTemperature(h, self._nv.NVML_TEMPERATURE_GPU))
 
@@ -161,122 +157,6 @@ class PynvmlBackend:
 
     def mig_mode(self, h: Any) -> bool:
         return bool(self._nv.nvmlDeviceGetMigMode(h)[0])
-
-
-class FakeNVMLError(Exception):
-    """Raised by :class:`FakeNVML` for readings it was told are unsupported."""
-
-
-class FakeNVML:
-    """A scripted NVML for tests.
-
-    readings: reading name (a :class:`NVMLBackend` method, e.g. ``"power_mw"``) -> values
-        returned by successive calls; the last value repeats once the script runs out; an
-        Exception instance in the script is raised instead. Readings not given raise
-        FakeNVMLError (unsupported).
-    static: static facts by method name (``"name"``, ``"uuid"``, ``"driver_version"``, ...).
-    init_error: raised by ``init()`` (simulates a missing driver).
-    uuids: device UUIDs in NVML index order (``handle_by_uuid`` looks them up).
-    """
-
-    def __init__(self, readings: Mapping[str, Sequence[Any]] | None = None,
-                 static: Mapping[str, Any] | None = None, init_error: Exception | None = None,
-                 uuids: Sequence[str] = ("GPU-fake-0",)) -> None:
-        self.readings = {k: list(v) for k, v in (readings or {}).items()}
-        self.static = dict(static or {})
-        self.init_error = init_error
-        self.uuids = list(uuids)
-        self.calls: dict[str, int] = {}
-        self.initialized = False
-        self.shut_down = False
-        self._lock = threading.Lock()
-
-    def init(self) -> None:
-        if self.init_error is not None:
-            raise self.init_error
-        self.initialized = True
-
-    def shutdown(self) -> None:
-        self.shut_down = True
-
-    def handle_by_index(self, index: int) -> Any:
-        if not 0 <= index < len(self.uuids):
-            raise FakeNVMLError(f"no device at index {index}")
-        return index
-
-    def handle_by_uuid(self, uuid: str) -> Any:
-        if uuid not in self.uuids:
-            raise FakeNVMLError(f"no device with UUID {uuid}")
-        return self.uuids.index(uuid)
-
-    def _next(self, name: str) -> Any:
-        with self._lock:
-            i = self.calls.get(name, 0)
-            self.calls[name] = i + 1
-            script = self.readings.get(name)
-        if not script:
-            raise FakeNVMLError(f"{name} not supported")
-        value = script[min(i, len(script) - 1)]
-        if isinstance(value, BaseException):
-            raise value
-        return value
-
-    def _static(self, name: str) -> Any:
-        if name not in self.static:
-            raise FakeNVMLError(f"{name} not supported")
-        return self.static[name]
-
-    def power_mw(self, h: Any) -> float:
-        return self._next("power_mw")
-
-    def energy_mj(self, h: Any) -> float:
-        return self._next("energy_mj")
-
-    def sm_clock_mhz(self, h: Any) -> float:
-        return self._next("sm_clock_mhz")
-
-    def mem_clock_mhz(self, h: Any) -> float:
-        return self._next("mem_clock_mhz")
-
-    def temperature_c(self, h: Any) -> float:
-        return self._next("temperature_c")
-
-    def gpu_util_pct(self, h: Any) -> float:
-        return self._next("gpu_util_pct")
-
-    def mem_used_bytes(self, h: Any) -> float:
-        return self._next("mem_used_bytes")
-
-    def clock_event_reasons(self, h: Any) -> int:
-        return self._next("clock_event_reasons")
-
-    def name(self, h: Any) -> str:
-        return self._static("name")
-
-    def uuid(self, h: Any) -> str:
-        return self._static("uuid")
-
-    def driver_version(self) -> str:
-        return self._static("driver_version")
-
-    def power_limit_mw(self, h: Any) -> float:
-        return self._static("power_limit_mw")
-
-    def max_sm_clock_mhz(self, h: Any) -> float:
-        return self._static("max_sm_clock_mhz")
-
-    def memory_total_bytes(self, h: Any) -> float:
-        return self._static("memory_total_bytes")
-
-    def persistence_mode(self, h: Any) -> bool:
-        return self._static("persistence_mode")
-
-    def mig_mode(self, h: Any) -> bool:
-        return self._static("mig_mode")
-
-
-# ---------------------------------------------------------------------------------------------
-# device mapping
 
 
 def _torch_uuid(index: int) -> str | None:
@@ -383,7 +263,6 @@ class TelemetrySample:
     t_s: float
     power_w: float | None = None
     sm_clock_mhz: float | None = None
-    mem_clock_mhz: float | None = None
     temp_c: float | None = None
     gpu_util_pct: float | None = None
     mem_used_mb: float | None = None
@@ -562,7 +441,6 @@ class TelemetrySampler:
             fields.update(
                 power_w=None if power_mw is None else power_mw / 1e3,
                 sm_clock_mhz=_safe(lambda: be.sm_clock_mhz(h)),
-                mem_clock_mhz=_safe(lambda: be.mem_clock_mhz(h)),
                 temp_c=_safe(lambda: be.temperature_c(h)),
                 gpu_util_pct=_safe(lambda: be.gpu_util_pct(h)),
                 mem_used_mb=None if mem_b is None else mem_b / MIB,

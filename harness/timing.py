@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from harness import columns as C
+from harness.devices import parse_device
 from harness.params import did_you_mean, param
 
 log = logging.getLogger(__name__)
@@ -170,31 +171,6 @@ def summarize(m: Measurement) -> dict[str, float | int | str]:
 # devices
 
 
-def parse_device(device: Any) -> Any:
-    """``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a torch.device -> torch.device.
-
-    ``"cuda"`` without an index means the current CUDA device. Raises ValueError for other
-    device types and RuntimeError when CUDA is asked for but unavailable.
-    """
-    import torch
-
-    if isinstance(device, str) and device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device {device!r} is not a device name; "
-                         "use 'cpu', 'cuda', 'cuda:N' or 'auto'") from e
-    if dev.type == "cpu":
-        return dev
-    if dev.type != "cuda":
-        raise ValueError(f"device {device!r}: the timer supports 'cpu' and 'cuda[:N]', not {dev.type!r}")
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} asked for, but torch.cuda.is_available() is False")
-    index = torch.cuda.current_device() if dev.index is None else dev.index
-    if index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return torch.device("cuda", index)
 
 
 def _warn_once(msg: str) -> None:

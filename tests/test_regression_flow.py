@@ -2,7 +2,8 @@
 
 Specification:
 - two runs of identical code pass the gate (exit 0);
-- an injected host delay (``HARNESS_INJECT_DELAY_MS``, 5x the slowest median: every point
+- an injected host delay (a test double of each method that sleeps 5x the slowest median per
+  call, under the same name and parameters, so every config hash is unchanged: every point
   becomes at least ~6x slower, beyond the CPU preset's 3x threshold even when the machine's
   load changes between runs) fails it (exit 1) and the markdown names the regression;
 - the same slowdown passes when ``--threshold`` exceeds it (the gate needs an effect size,
@@ -16,6 +17,8 @@ These tests assert the gate's verdicts, never a wall-clock time.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +26,9 @@ import pytest
 import torch
 
 from harness import columns as C
+from harness import registry
 from harness.cli import main
 from harness.results import load
-from harness.runner import INJECT_DELAY_ENV
 from harness.suite import load_suite
 from harness.workloads.attention import AttentionWorkload
 from harness.workloads.base import Bench
@@ -50,6 +53,21 @@ def _run(out: Path, *extra: str) -> int:
         torch.set_num_threads(n)
 
 
+def _sleeping(build, delay_ms: float):
+    """A method builder whose attention_fn sleeps ``delay_ms`` on the host before each call."""
+
+    def slowed_build(params):
+        fn = build(params)
+
+        def attention_fn(*args, **kwargs):
+            time.sleep(delay_ms / 1e3)
+            return fn(*args, **kwargs)
+
+        return attention_fn
+
+    return slowed_build
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """base and new: two runs of identical code; slow: the same with an injected delay per call."""
@@ -59,7 +77,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     assert _run(dirs["new"]) == 0
     slowest_ms = float(load(dirs["base"]).points[C.LAT_MEDIAN].max())
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(INJECT_DELAY_ENV, f"{max(5.0 * slowest_ms, 1.0):.3f}")
+        for name in ("sdpa", "math"):
+            spec = registry.get_method("attention", name)
+            slowed = dataclasses.replace(spec, build=_sleeping(spec.build, max(5.0 * slowest_ms, 1.0)))
+            mp.setitem(registry._METHODS, ("attention", name), slowed)
         assert _run(dirs["slow"]) == 0
     yield dirs
 

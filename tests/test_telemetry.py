@@ -7,10 +7,11 @@ import time
 
 import pytest
 import torch
+from fake_nvml import FakeNVML, FakeNVMLError
 
 from harness import columns as C
 from harness import telemetry as T
-from harness.telemetry import FakeNVML, FakeNVMLError, TelemetrySample, TelemetrySampler, summarize_samples
+from harness.telemetry import TelemetrySample, TelemetrySampler, summarize_samples
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 SLOW_HZ = 1e-3  # the background thread never fires within a test: samples come from enter/sample_now/exit

@@ -347,18 +347,15 @@ def _slot_deviation(q: torch.Tensor, q_mean: torch.Tensor, sm: SlotMap) -> torch
     return dev.square_()
 
 
-def ragged_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[list[int]]
-) -> torch.Tensor:
+def ragged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, used_q: int) -> torch.Tensor:
     """Attention when head groups keep different numbers of queries, in ONE call.
 
-    q: [B, H, Mq, d]; k, v: [B, H, Mk, d]; lengths[b][g] <= Mq: query slots used by the heads of
-    group g. Every group is padded to the longest used length m (rows of Q are independent, so
-    padding rows need no mask: they are computed and never read back). Returns [B, H, m, d].
-    No Python loop over heads or groups; the padding is what the recorder counts as ``pad_q``.
+    q: [B, H, Mq, d]; k, v: [B, H, Mk, d]; used_q <= Mq: the most query slots any head group
+    uses. Every group is padded to ``used_q`` (rows of Q are independent, so padding rows need
+    no mask: they are computed and never read back). Returns [B, H, used_q, d]. No Python loop
+    over heads or groups; the padding is what the recorder counts as ``pad_q``.
     """
-    m = max(max(row) for row in lengths)
-    return F.scaled_dot_product_attention(q[:, :, :m], k, v)
+    return F.scaled_dot_product_attention(q[:, :, :used_q], k, v)
 
 
 def check_heads(H: int, groups: int) -> None:
@@ -408,9 +405,9 @@ def httm_attention(
         k_m, v_m = sm_k.merge(k), sm_k.merge(v)
         sm_q = SlotMap(a_q.slot_of.view(B, G, N), part_q.n_slots)
         sm_q, q_m = filter_outliers(q, sm_q.merge(q), sm_q, p.outlier_frac)
-        lengths = sm_q.slot_of.amax(-1).add_(1).tolist()  # [B][G] used query slots
+        used_q = int(sm_q.slot_of.amax()) + 1  # query slots of the longest head group
     with phase(rec, "attention"):
-        o_m = ragged_attention(q_m, k_m, v_m, lengths)
+        o_m = ragged_attention(q_m, k_m, v_m, used_q)
     with phase(rec, "aggregate"):
         out = sm_q.unmerge(o_m)
     if rec is not None:

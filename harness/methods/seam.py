@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -64,11 +64,6 @@ class Recorder:
         finally:
             self._sync()
             self.phases_ms[name] += (time.perf_counter() - t0) * 1e3
-
-    def reset(self) -> None:
-        self.counters.clear()
-        self.phases_ms.clear()
-        self.values.clear()
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,5 +122,3 @@ def attention_flops(batch: int, heads: int, n_q: int, n_k: int, head_dim: int) -
     """FLOPs of the two attention matmuls (q k^T and p v), 2 FLOPs per multiply-add."""
     return 2.0 * 2.0 * batch * heads * n_q * n_k * head_dim
 
-
-AttentionFactory = Callable[[object], AttentionFn]

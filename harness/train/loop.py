@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.devices import resolve_device
 from harness.train.base import Proxy, TrainConfig
 from harness.train.card import write_card
 
@@ -51,13 +52,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     t = min(1.0, (step - cfg.warmup_steps) / span)
     floor = cfg.lr * cfg.min_lr_frac
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def pick_device(device: str) -> torch.device:
-    """``auto``: CUDA when present, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -145,7 +139,7 @@ def train(
     except OSError as e:
         raise TrainError(f"cannot write to the output folder {out}: {e.strerror or e}") from e
 
-    dev = pick_device(device)
+    dev = torch.device(resolve_device(device))
     if dev.type == "cpu":
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -283,5 +277,5 @@ def with_overrides(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
     return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
 
 
-__all__ = ["TrainError", "evaluate", "lr_at", "pick_device", "read_curves", "train", "with_overrides",
+__all__ = ["TrainError", "evaluate", "lr_at", "read_curves", "train", "with_overrides",
            "write_curves"]

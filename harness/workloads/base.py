@@ -19,6 +19,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from harness.devices import DEVICE_NAMES, DTYPE_NAMES
 from harness.params import param
 
 
@@ -26,11 +27,11 @@ from harness.params import param
 class CommonParams:
     """Parameters every point has, whatever the workload."""
 
-    device: str = param("cpu", "where to run: cpu, cuda, cuda:N, or auto (cuda when available)")
+    device: str = param("cpu", f"where to run: {DEVICE_NAMES} (auto: cuda when available)")
     dtype: str = param(
         "float32",
         "compute dtype; bfloat16/float16 run under autocast on cuda",
-        choices=("float32", "bfloat16", "float16"),
+        choices=DTYPE_NAMES,
     )
     seed: int = param(0, "seed for weights, inputs and random merge patterns", range=(0, None))
     threads: int = param(0, "torch CPU threads for this point (0: leave torch's default)", range=(0, 1024))
