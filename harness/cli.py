@@ -32,10 +32,12 @@ class _UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from harness.results import RunDirError
     from harness.runner import RunError
     from harness.train.loop import TrainError
 
-    errors: list[type[BaseException]] = [SuiteError, RunError, FileNotFoundError, _UserError, TrainError]
+    errors: list[type[BaseException]] = [SuiteError, RunError, RunDirError, FileNotFoundError, _UserError,
+                                         TrainError]
     try:
         from reports.compare import CompareError
 

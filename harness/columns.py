@@ -14,11 +14,10 @@ Metrics: ``q_*`` quality vs ground truth, ``fid_*`` fidelity vs the reference me
     the run directory's ``metrics.json``.
 
 ``samples.parquet``: run_id, point_hash, sample (index), device_ms, host_ms.
+The run directory's files and ``run.json`` belong to :mod:`harness.results`.
 """
 
 from __future__ import annotations
-
-SCHEMA_VERSION = 1
 
 # identity / bookkeeping
 RUN_ID = "run_id"
@@ -97,17 +96,11 @@ QUALITY_PREFIX = "q_"
 FIDELITY_PREFIX = "fid_"
 WORK_PREFIX = "work_"
 BREAKDOWN_PREFIX = "bd_"
+#: every metric column starts with one of these (a parameter may not: it would read as a metric)
+METRIC_PREFIXES = (QUALITY_PREFIX, FIDELITY_PREFIX, WORK_PREFIX, BREAKDOWN_PREFIX)
 
 # samples.parquet
 SAMPLE = "sample"
 DEVICE_MS = "device_ms"
 HOST_MS = "host_ms"
 SAMPLE_COLUMNS = (RUN_ID, HASH, SAMPLE, DEVICE_MS, HOST_MS)
-
-# run directory files
-POINTS_FILE = "points.parquet"
-SAMPLES_FILE = "samples.parquet"
-SUITE_FILE = "suite.resolved.yaml"
-ENV_FILE = "env.json"
-METRICS_FILE = "metrics.json"
-MANIFEST_FILE = "run.json"  # schema version, run id, suite name + hash, command line, created_at

@@ -19,6 +19,17 @@ from pathlib import Path
 from typing import Any
 
 FINGERPRINT_VERSION = 1
+
+# env.json keys that reports read (the fingerprint has more; these are the stable ones)
+TORCH = "torch"
+CUDA = "cuda"
+TORCH_THREADS = "torch_threads"
+DEVICE_KIND = "device_kind"
+GPU_NAME = "gpu_name"
+GPU_DRIVER = "gpu_driver"
+CPU_MODEL = "cpu_model"
+GIT_COMMIT = "git_commit"
+GIT_DIRTY = "git_dirty"
 GIT_TIMEOUT_S = 5.0
 ENV_VARS = (
     "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -53,14 +64,14 @@ def git_info(path: str | Path) -> dict[str, Any]:
     (untracked files do not count, as with ``git describe --dirty``).
     """
     path = Path(path)
-    info: dict[str, Any] = {"git_commit": None, "git_dirty": None, "git_root": None}
+    info: dict[str, Any] = {GIT_COMMIT: None, GIT_DIRTY: None, "git_root": None}
     root = _git(path, "rev-parse", "--show-toplevel")
     if not root:
         return info
     info["git_root"] = root
-    info["git_commit"] = _git(path, "rev-parse", "--verify", "--quiet", "HEAD") or None
+    info[GIT_COMMIT] = _git(path, "rev-parse", "--verify", "--quiet", "HEAD") or None
     status = _git(path, "status", "--porcelain", "--untracked-files=no")
-    info["git_dirty"] = None if status is None else bool(status)
+    info[GIT_DIRTY] = None if status is None else bool(status)
     return info
 
 
@@ -85,21 +96,21 @@ def _cpu_governor() -> str | None:
 
 
 def _torch_facts() -> dict[str, Any]:
-    facts: dict[str, Any] = {"torch": None, "cuda": None, "cudnn": None, "torch_threads": None,
-                             "device_kind": "cpu", "gpu_count": 0}
+    facts: dict[str, Any] = {TORCH: None, CUDA: None, "cudnn": None, TORCH_THREADS: None,
+                             DEVICE_KIND: "cpu", "gpu_count": 0}
     try:
         import torch
     except Exception:
         return facts
-    facts["torch"] = torch.__version__
-    facts["cuda"] = torch.version.cuda
+    facts[TORCH] = torch.__version__
+    facts[CUDA] = torch.version.cuda
     try:
         facts["cudnn"] = torch.backends.cudnn.version()
     except Exception:
         pass
-    facts["torch_threads"] = torch.get_num_threads()
+    facts[TORCH_THREADS] = torch.get_num_threads()
     if torch.cuda.is_available():
-        facts["device_kind"] = "cuda"
+        facts[DEVICE_KIND] = "cuda"
         facts["gpu_count"] = torch.cuda.device_count()
     return facts
 
@@ -127,9 +138,9 @@ def fingerprint(argv: list[str] | None = None, seed: int | None = None) -> dict[
     for name in ("timm", "numpy", "pandas"):
         fp[name] = _version(name)
     fp.update(dict.fromkeys(GPU_STATIC_KEYS))
-    if fp["device_kind"] == "cuda":
+    if fp[DEVICE_KIND] == "cuda":
         fp.update(gpu_static_info("cuda"))
-    fp["cpu_model"] = cpu_model()
+    fp[CPU_MODEL] = cpu_model()
     fp["cpu_count"] = os.cpu_count()
     fp["cpu_governor"] = _cpu_governor()
     fp["env_vars"] = {k: os.environ.get(k) for k in ENV_VARS}
@@ -161,15 +172,15 @@ def comparable(a: dict[str, Any], b: dict[str, Any], *, torch_parts: int = 1) ->
         va, vb = a.get(key), b.get(key)
         return va is not None and vb is not None and va != vb
 
-    kind_a, kind_b = a.get("device_kind"), b.get("device_kind")
-    if differ("device_kind"):
+    kind_a, kind_b = a.get(DEVICE_KIND), b.get(DEVICE_KIND)
+    if differ(DEVICE_KIND):
         diffs.append(f"device kind differs: {kind_a} vs {kind_b}")
-    elif kind_a == "cuda" and differ("gpu_name"):
-        diffs.append(f"GPU model differs: {a['gpu_name']} vs {b['gpu_name']}")
-    elif kind_a == "cpu" and differ("cpu_model"):
-        diffs.append(f"CPU model differs: {a['cpu_model']} vs {b['cpu_model']}")
-    ta, tb = _version_parts(a.get("torch"), torch_parts), _version_parts(b.get("torch"), torch_parts)
+    elif kind_a == "cuda" and differ(GPU_NAME):
+        diffs.append(f"GPU model differs: {a[GPU_NAME]} vs {b[GPU_NAME]}")
+    elif kind_a == "cpu" and differ(CPU_MODEL):
+        diffs.append(f"CPU model differs: {a[CPU_MODEL]} vs {b[CPU_MODEL]}")
+    ta, tb = _version_parts(a.get(TORCH), torch_parts), _version_parts(b.get(TORCH), torch_parts)
     if ta is not None and tb is not None and ta != tb:
         level = "major" if torch_parts == 1 else "major.minor" if torch_parts == 2 else f"{torch_parts}-part"
-        diffs.append(f"torch {level} version differs: {a['torch']} vs {b['torch']}")
+        diffs.append(f"torch {level} version differs: {a[TORCH]} vs {b[TORCH]}")
     return diffs

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from harness import columns as C
 from harness.params import did_you_mean
 from harness.workloads.base import CommonParams, Workload
 
@@ -43,16 +44,14 @@ BUILTIN_MODULES = (
 )
 
 
-#: Result-column prefixes of metrics; a parameter named like one would be mistaken for a metric.
-RESERVED_PREFIXES = ("q_", "fid_", "work_", "bd_")
 
 
 def _check_param_names(owner: str, cls: type) -> None:
-    bad = [n for n in param_names(cls) if n.startswith(RESERVED_PREFIXES)]
+    bad = [n for n in param_names(cls) if n.startswith(C.METRIC_PREFIXES)]
     if bad:
         raise ValueError(
             f"{owner}: parameter names {bad} start with a metric-column prefix "
-            f"({', '.join(RESERVED_PREFIXES)}); rename them"
+            f"({', '.join(C.METRIC_PREFIXES)}); rename them"
         )
 
 
@@ -129,6 +128,13 @@ def get_method(workload: str, name: str) -> MethodSpec:
             f"known: {', '.join(known)}"
         )
     return _METHODS[(workload, name)]
+
+
+def create_method(workload: str, name: str, params: Any = None) -> Any:
+    """Build method ``name`` of ``workload`` with ``params`` (the method's defaults when None):
+    an ``attention_fn`` for VGGT and the attention workload, a model transform for Swin."""
+    spec = get_method(workload, name)
+    return spec.build(spec.params() if params is None else params)
 
 
 def param_names(cls: type) -> list[str]:

@@ -29,8 +29,61 @@ import yaml
 
 from harness import columns as C
 
+#: version of the run-directory layout and columns; :func:`load` refuses other versions
+SCHEMA_VERSION = 1
+
+# run directory files
+MANIFEST_FILE = "run.json"
+SUITE_FILE = "suite.resolved.yaml"
+ENV_FILE = "env.json"
+METRICS_FILE = "metrics.json"
 POINTS_LOG = "points.jsonl"
+POINTS_FILE = "points.parquet"
 SAMPLES_LOG = "samples.jsonl"
+SAMPLES_FILE = "samples.parquet"
+
+
+class RunDirError(ValueError):
+    """A path that is not a readable run directory of this harness's schema (one paragraph)."""
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a run (its manifest exists)."""
+    return (Path(path) / MANIFEST_FILE).exists()
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``run.json`` of a run directory, its schema version checked.
+
+    Raises RunDirError naming the path and what to do when it is missing, unreadable, or
+    written by a harness with another results schema."""
+    run_dir = Path(run_dir)
+    path = run_dir / MANIFEST_FILE
+    if not path.exists():
+        raise RunDirError(f"{run_dir} is not a run directory: {MANIFEST_FILE} is missing "
+                          "(a run directory is what `harness run` writes under --out)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        msg = f"{path} cannot be read as JSON ({e}); it is not a run this harness wrote"
+        raise RunDirError(msg) from None
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        wrote = manifest.get("harness_version", "an unknown version")
+        raise RunDirError(
+            f"{run_dir} was written with results schema version {version} (harness {wrote}); this harness "
+            f"reads version {SCHEMA_VERSION}. Re-run its suite with this harness (the suite is in "
+            f"{run_dir / SUITE_FILE}), or read it with the harness version that wrote it."
+        )
+    return manifest
+
+
+def note_resume(run_dir: str | os.PathLike, at: str, argv: list[str]) -> dict[str, Any]:
+    """Record one resumption (time, command line) in ``run.json``; returns the manifest."""
+    manifest = read_manifest(run_dir)
+    manifest.setdefault("resumed", []).append({"at": at, "argv": argv})
+    write_json(Path(run_dir) / MANIFEST_FILE, manifest)
+    return manifest
 
 
 def _jsonable(v: Any) -> Any:
@@ -88,12 +141,10 @@ class RunWriter:
     ) -> RunWriter:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / C.MANIFEST_FILE, {"schema_version": C.SCHEMA_VERSION, **manifest})
-        _atomic_write_bytes(
-            run_dir / C.SUITE_FILE, yaml.safe_dump(suite_resolved, sort_keys=False).encode()
-        )
-        write_json(run_dir / C.ENV_FILE, env)
-        write_json(run_dir / C.METRICS_FILE, metrics)
+        write_json(run_dir / MANIFEST_FILE, {"schema_version": SCHEMA_VERSION, **manifest})
+        _atomic_write_bytes(run_dir / SUITE_FILE, yaml.safe_dump(suite_resolved, sort_keys=False).encode())
+        write_json(run_dir / ENV_FILE, env)
+        write_json(run_dir / METRICS_FILE, metrics)
         return cls(run_dir)
 
     @classmethod
@@ -118,7 +169,7 @@ class RunWriter:
         self.flush_tables()
 
     def update_metrics(self, metrics: dict[str, Any]) -> None:
-        path = self.run_dir / C.METRICS_FILE
+        path = self.run_dir / METRICS_FILE
         current = json.loads(path.read_text()) if path.exists() else {}
         current.update(metrics)
         write_json(path, current)
@@ -126,9 +177,9 @@ class RunWriter:
     def flush_tables(self) -> None:
         """Regenerate points.parquet and samples.parquet from the JSONL logs."""
         points = _points_frame(_read_jsonl(self.run_dir / POINTS_LOG))
-        _write_parquet(points, self.run_dir / C.POINTS_FILE)
+        _write_parquet(points, self.run_dir / POINTS_FILE)
         samples = pd.DataFrame(_read_jsonl(self.run_dir / SAMPLES_LOG), columns=list(C.SAMPLE_COLUMNS))
-        _write_parquet(samples, self.run_dir / C.SAMPLES_FILE)
+        _write_parquet(samples, self.run_dir / SAMPLES_FILE)
 
 
 def _points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -174,20 +225,17 @@ class RunData:
 def load(path: str | os.PathLike) -> RunData:
     """Load a run directory into DataFrames (``points``, ``samples``) and its metadata.
 
-    Raises FileNotFoundError naming the missing file when ``path`` is not a run directory.
+    Raises RunDirError (see :func:`read_manifest`) when ``path`` is not a run directory of
+    this schema version.
     """
     run_dir = Path(path)
-    if not (run_dir / C.MANIFEST_FILE).exists():
-        raise FileNotFoundError(
-            f"{run_dir} is not a run directory: {C.MANIFEST_FILE} is missing "
-            "(a run directory is what `harness run` writes under --out)"
-        )
-    if (run_dir / C.POINTS_FILE).exists():
-        points = pd.read_parquet(run_dir / C.POINTS_FILE)
+    manifest = read_manifest(run_dir)
+    if (run_dir / POINTS_FILE).exists():
+        points = pd.read_parquet(run_dir / POINTS_FILE)
     else:
         points = _points_frame(_read_jsonl(run_dir / POINTS_LOG))
-    if (run_dir / C.SAMPLES_FILE).exists():
-        samples = pd.read_parquet(run_dir / C.SAMPLES_FILE)
+    if (run_dir / SAMPLES_FILE).exists():
+        samples = pd.read_parquet(run_dir / SAMPLES_FILE)
     else:
         samples = pd.DataFrame(_read_jsonl(run_dir / SAMPLES_LOG), columns=list(C.SAMPLE_COLUMNS))
 
@@ -195,14 +243,14 @@ def load(path: str | os.PathLike) -> RunData:
         p = run_dir / name
         return json.loads(p.read_text()) if p.exists() else {}
 
-    suite_path = run_dir / C.SUITE_FILE
+    suite_path = run_dir / SUITE_FILE
     suite = yaml.safe_load(suite_path.read_text()) if suite_path.exists() else {}
     return RunData(
         path=run_dir,
         points=points,
         samples=samples,
-        manifest=_json(C.MANIFEST_FILE),
+        manifest=manifest,
         suite=suite or {},
-        env=_json(C.ENV_FILE),
-        metrics=_json(C.METRICS_FILE),
+        env=_json(ENV_FILE),
+        metrics=_json(METRICS_FILE),
     )

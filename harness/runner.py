@@ -41,14 +41,13 @@ from typing import Any
 from harness import __version__, registry
 from harness import columns as C
 from harness.env import fingerprint
-from harness.results import RunWriter, write_json
+from harness.results import MANIFEST_FILE, RunDirError, RunWriter, is_run_dir, note_resume, read_manifest
 from harness.suite import Suite
 from harness.telemetry import TelemetrySampler
 from harness.timing import Timer, summarize
 from harness.workloads.base import Bench, Point, RunContext, Workload
 
 ORDERS = ("grid", "shuffle", "interleave")
-_MEASURED_PREFIXES = (C.QUALITY_PREFIX, C.FIDELITY_PREFIX, C.WORK_PREFIX, C.BREAKDOWN_PREFIX)
 _MEASURED_TIMING = (C.LAT_MEDIAN, C.LAT_MEAN, C.LAT_IQR, C.LAT_P10, C.LAT_P90, C.LAT_MIN, C.LAT_MAX,
                     C.HOST_MEDIAN)
 
@@ -181,7 +180,7 @@ def _nonfinite_tensors(out: Any, path: str = "output") -> str | None:
 def _nonfinite_metrics(row: dict[str, Any]) -> list[str]:
     bad = []
     for k, v in row.items():
-        if k in _MEASURED_TIMING or k.startswith(_MEASURED_PREFIXES):
+        if k in _MEASURED_TIMING or k.startswith(C.METRIC_PREFIXES):
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
                 bad.append(k)
     return bad
@@ -273,14 +272,13 @@ def run_suite(
     ordered = order_points(points, wl.model_key, order, suite.hash)
     _check_devices(points)
 
-    manifest_path = out / C.MANIFEST_FILE
     if resume:
         writer, run_id = _open_for_resume(out, suite, argv)
         done = writer.finished_hashes()
     else:
-        if manifest_path.exists():
+        if is_run_dir(out):
             raise RunError(
-                f"{out} already holds a run ({C.MANIFEST_FILE} exists). Pass --resume {out} to finish it, "
+                f"{out} already holds a run ({MANIFEST_FILE} exists). Pass --resume {out} to finish it, "
                 "or choose a new --out directory."
             )
         _check_writable(out)
@@ -325,15 +323,15 @@ def _check_devices(points: Iterable[Point]) -> None:
 
 
 def _open_for_resume(out: Path, suite: Suite, argv: list[str]) -> tuple[RunWriter, str]:
-    import json
-
-    manifest_path = out / C.MANIFEST_FILE
-    if not manifest_path.exists():
+    if not is_run_dir(out):
         raise RunError(
-            f"cannot resume {out}: it is not a run directory ({C.MANIFEST_FILE} is missing); "
+            f"cannot resume {out}: it is not a run directory ({MANIFEST_FILE} is missing); "
             "start a new run with --out instead"
         )
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = read_manifest(out)
+    except RunDirError as e:
+        raise RunError(f"cannot resume: {e}") from None
     if manifest.get("suite_hash") != suite.hash:
         raise RunError(
             f"cannot resume {out}: it holds a run of suite {manifest.get('suite')!r} with suite hash "
@@ -342,8 +340,7 @@ def _open_for_resume(out: Path, suite: Suite, argv: list[str]) -> tuple[RunWrite
             "--preset and --set options, or start a new run with --out."
         )
     _check_writable(out)
-    manifest.setdefault("resumed", []).append({"at": _now(), "argv": argv})
-    write_json(manifest_path, manifest)
+    note_resume(out, _now(), argv)
     return RunWriter.open_existing(out), str(manifest.get("run_id"))
 
 
@@ -369,7 +366,7 @@ class _Loop:
         ref = self.suite.reference
         if ref is None:
             return
-        self.ctx.reference = ref
+        self.ctx.reference_method = ref
         first = next((p for p in self.suite.points() if p.method == ref), None)
         if first is not None:
             self.ctx.reference_params = first.method_params

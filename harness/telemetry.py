@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from harness import columns as C
+from harness import env as E
 from harness.devices import parse_device
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ ENERGY_COUNTER = "counter"
 ENERGY_INTEGRATED = "integrated_power"
 
 GPU_STATIC_KEYS = (
-    "gpu_name", "gpu_uuid", "gpu_driver", "gpu_capability", "gpu_memory_total_mb", "gpu_power_limit_w",
+    E.GPU_NAME, "gpu_uuid", E.GPU_DRIVER, "gpu_capability", "gpu_memory_total_mb", "gpu_power_limit_w",
     "gpu_max_sm_clock_mhz", "gpu_persistence_mode", "gpu_mig_mode",
 )
 
@@ -483,7 +484,7 @@ def gpu_static_info(device: Any = "cuda", backend: NVMLBackend | None = None) ->
 
     props = _safe(lambda: torch.cuda.get_device_properties(dev))
     if props is not None:
-        info["gpu_name"] = props.name
+        info[E.GPU_NAME] = props.name
         info["gpu_capability"] = f"{props.major}.{props.minor}"
         info["gpu_memory_total_mb"] = props.total_memory / MIB
     info["gpu_uuid"] = _torch_uuid(dev.index)
@@ -494,9 +495,9 @@ def gpu_static_info(device: Any = "cuda", backend: NVMLBackend | None = None) ->
     limit_mw = _safe(lambda: be.power_limit_mw(h))
     mem_total = _safe(lambda: be.memory_total_bytes(h))
     nvml_info = {
-        "gpu_name": _safe(lambda: be.name(h)),
+        E.GPU_NAME: _safe(lambda: be.name(h)),
         "gpu_uuid": _safe(lambda: be.uuid(h)),
-        "gpu_driver": _safe(be.driver_version),
+        E.GPU_DRIVER: _safe(be.driver_version),
         "gpu_memory_total_mb": None if mem_total is None else mem_total / MIB,
         "gpu_power_limit_w": None if limit_mw is None else limit_mw / 1e3,
         "gpu_max_sm_clock_mhz": _safe(lambda: be.max_sm_clock_mhz(h)),

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from harness import columns as C
+from harness import env as E
 from harness.results import RunData, load
 from reports import tables as T
 
@@ -32,56 +33,27 @@ _TIMER_NOTES = {
 # ---------------------------------------------------------------------------- env summary
 
 
-def flatten_env(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts (and lists of dicts) as one dict with dotted keys (``gpu.name``)."""
-    out: dict[str, Any] = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(flatten_env(v, f"{prefix}{k}."))
-    elif isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
-        for i, v in enumerate(obj):
-            out.update(flatten_env(v, f"{prefix}{i}."))
-    else:
-        out[prefix[:-1]] = obj
-    return out
-
-
-def env_field(flat: dict[str, Any], *names: str) -> Any:
-    """First value whose dotted key is one of ``names`` or ends with ``.name`` (in order given)."""
-    for name in names:
-        for key, v in flat.items():
-            if (key == name or key.endswith("." + name)) and not T.is_missing(v) and v != "":
-                return v
-    return None
-
-
 def env_summary(env: dict[str, Any], points: pd.DataFrame | None = None) -> str:
-    """One line: device, GPU name, torch/CUDA versions, CPU model and threads.
+    """One line: device, GPU name, torch/CUDA versions, CPU model and threads, commit.
 
-    Reads ``env.json`` by well-known key names wherever they sit in it; fields that are
-    absent are left out.
+    Reads ``env.json`` by the keys :mod:`harness.env` writes; absent fields are left out.
     """
-    flat = flatten_env(env or {})
+    env = env or {}
+
+    def get(key: str) -> Any:
+        v = env.get(key)
+        return None if T.is_missing(v) or v == "" else v
+
     parts = []
     devices = []
     if points is not None and "device" in points.columns:
         devices = sorted({str(d) for d in points["device"].dropna()})
     if devices:
         parts.append("device " + ", ".join(devices))
-    gpu = env_field(flat, "gpu_name", "gpu.name", "gpus.0.name", "cuda.device_name", "device_name")
-    if gpu is not None:
-        parts.append(f"GPU {gpu}")
-    torch_v = env_field(flat, "torch_version", "torch", "versions.torch", "packages.torch")
-    if torch_v is not None:
-        parts.append(f"torch {torch_v}")
-    cuda_v = env_field(flat, "cuda_version", "torch_cuda", "cuda.version", "versions.cuda", "cuda")
-    if cuda_v is not None:
-        parts.append(f"CUDA {cuda_v}")
-    driver = env_field(flat, "gpu_driver", "driver_version", "gpu.driver", "nvidia_driver")
-    if driver is not None:
-        parts.append(f"driver {driver}")
-    cpu = env_field(flat, "cpu_model", "cpu.model", "cpu_name", "processor")
-    threads = env_field(flat, "torch_threads", "num_threads", "cpu.threads", "threads")
+    for label, key in (("GPU", E.GPU_NAME), ("torch", E.TORCH), ("CUDA", E.CUDA), ("driver", E.GPU_DRIVER)):
+        if get(key) is not None:
+            parts.append(f"{label} {get(key)}")
+    cpu, threads = get(E.CPU_MODEL), get(E.TORCH_THREADS)
     if threads is None and points is not None and C.THREADS in points.columns:
         vals = sorted({int(t) for t in points[C.THREADS].dropna()})
         threads = ", ".join(map(str, vals)) if vals else None
@@ -90,10 +62,8 @@ def env_summary(env: dict[str, Any], points: pd.DataFrame | None = None) -> str:
         cpu_text += f", {threads} threads"
     if cpu is not None or threads is not None:
         parts.append(cpu_text)
-    commit = env_field(flat, "git_commit", "git.commit", "commit")
-    if commit is not None:
-        dirty = env_field(flat, "git_dirty", "git.dirty", "dirty")
-        parts.append(f"commit {str(commit)[:10]}{' (dirty)' if dirty else ''}")
+    if get(E.GIT_COMMIT) is not None:
+        parts.append(f"commit {str(get(E.GIT_COMMIT))[:10]}{' (dirty)' if get(E.GIT_DIRTY) else ''}")
     return " · ".join(parts) if parts else "(no environment fingerprint recorded)"
 
 

@@ -21,7 +21,6 @@ from harness.results import RunData
 
 # columns that describe the row, not its configuration
 BOOKKEEPING = (C.RUN_ID, C.SUITE, C.HASH, C.STATUS, C.ERROR, C.STARTED_AT, C.ELAPSED_S)
-METRIC_PREFIXES = (C.QUALITY_PREFIX, C.FIDELITY_PREFIX, C.WORK_PREFIX, C.BREAKDOWN_PREFIX)
 _NOT_CONFIG = set(BOOKKEEPING) | set(C.TIMING) | set(C.TELEMETRY) | set(C.PROVENANCE) | {C.SPEEDUP}
 
 # telemetry columns shown in the summary when any ok point has them
@@ -116,7 +115,7 @@ def config_columns(points: pd.DataFrame) -> list[str]:
     """Columns that hold configuration (workload, method, preset and every resolved param)."""
     return [
         c for c in points.columns
-        if c not in _NOT_CONFIG and not str(c).startswith(METRIC_PREFIXES)
+        if c not in _NOT_CONFIG and not str(c).startswith(C.METRIC_PREFIXES)
     ]
 
 

@@ -11,10 +11,10 @@ from merge_refs import fastvggt_labels, groups_of, merged_attention, tome_labels
 
 from baselines.fastvggt import FastVGGTParams, cell_dst_mask, fastvggt_partition, make_fastvggt
 from baselines.tome import ToMeParams, make_tome, tome_partition
+from harness.columns import METRIC_PREFIXES
 from harness.methods.merging import SlotMap, assign, rows_gather
 from harness.methods.seam import AttentionLayout, Recorder
 from harness.params import describe
-from harness.registry import RESERVED_PREFIXES
 
 S, PH, PW, PS = 4, 3, 5, 5  # odd patch grid; P = 20 is even (clean A/B pairs for ToMe)
 P = PS + PH * PW
@@ -46,7 +46,7 @@ def test_param_names_are_distinct_and_documented():
     assert {"fv_ratio", "salient_frac", "merge_seed", "start_layer"} <= fv
     assert not (tome | fv) & {"frames", "preset", "height", "width", "seed", "layer", "heads"}
     assert all(i.help for i in describe(ToMeParams) + describe(FastVGGTParams))
-    assert not [n for n in tome | fv if n.startswith(RESERVED_PREFIXES)]
+    assert not [n for n in tome | fv if n.startswith(METRIC_PREFIXES)]
 
 
 # ------------------------------------------------------------------------- ToMe

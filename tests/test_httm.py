@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from merge_refs import httm_reference
 
+from harness.columns import METRIC_PREFIXES
 from harness.methods.httm import (
     HTTMParams,
     block_partition,
@@ -20,7 +21,6 @@ from harness.methods.httm import (
 from harness.methods.merging import SlotMap, assign
 from harness.methods.seam import AttentionLayout, Recorder
 from harness.params import describe
-from harness.registry import RESERVED_PREFIXES
 
 # small VGGT-like shape with ragged tails: P' = 42 = 16 + 16 + 10, S = 6 = 4 + 2
 S, PH, PW, PS = 6, 6, 7, 5
@@ -107,7 +107,7 @@ def test_params_have_help_and_do_not_clash_with_workload_names():
     assert {"query_merge", "outlier_frac", "kv_merge", "head_groups", "n_s", "n_t", "dst_rule"} <= names
     assert not names & {"frames", "preset", "height", "width", "seed", "device", "dtype", "layer", "heads"}
     assert all(i.help for i in describe(HTTMParams))
-    assert not [n for n in names if n.startswith(RESERVED_PREFIXES)]  # would read as metric columns
+    assert not [n for n in names if n.startswith(METRIC_PREFIXES)]  # would read as metric columns
 
 
 def test_ratio_zero_equals_plain_sdpa():

@@ -51,3 +51,13 @@ def test_registering_a_different_workload_under_a_taken_name_warns():
     with pytest.warns(UserWarning, match="workload 'attention' registered again: AttentionTwin replaces"):
         registry.register_workload(twin)
     assert registry.get_workload("attention") is twin
+
+
+def test_create_method_fills_the_defaults_and_passes_given_params():
+    seen = []
+    registry.register_method(MethodSpec("mine", FineParams, lambda p: seen.append(p) or p, ("attention",)))
+    assert registry.create_method("attention", "mine") == FineParams()
+    assert registry.create_method("attention", "mine", FineParams(strength=0.9)).strength == 0.9
+    assert seen == [FineParams(), FineParams(strength=0.9)]
+    with pytest.raises(KeyError, match="unknown method 'mien'.*did you mean 'mine'"):
+        registry.create_method("attention", "mien")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from harness import columns as C
-from harness.results import RunWriter, load
+from harness.results import METRICS_FILE, RunWriter, load
 from reports import tables as T
 from reports.plots import pareto_front, plot_run
 from reports.summary import env_summary, report
@@ -258,7 +258,7 @@ def test_plot_run_writes_png_and_svg_for_every_figure(run_dir: Path) -> None:
 def test_plot_run_draws_quality_against_a_declared_cost_axis(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path / "run")
     metrics = {**METRICS, "work_flops": {**METRICS["work_flops"], "cost_axis": True}}
-    (run_dir / C.METRICS_FILE).write_text(json.dumps(metrics))
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics))
     names = {p.name for p in plot_run(run_dir)}
     assert {"fid_cos_vs_work_flops.png", "q_err_vs_work_flops.svg"} <= names
 

@@ -257,3 +257,22 @@ def test_rows_are_appended_as_json_lines_while_running(tmp_path, fake_workload):
         run_suite(suite, tmp_path / "run", progress=False)
     lines = (tmp_path / "run" / "points.jsonl").read_text().splitlines()
     assert [json.loads(x)["size"] for x in lines] == [2]
+
+
+def test_a_run_of_another_results_schema_is_refused_with_what_to_do(tmp_path, fake_workload, capsys):
+    from harness.cli import main
+    from harness.results import MANIFEST_FILE, SCHEMA_VERSION, RunDirError
+
+    run_suite(fake_suite("methods: {plain: {}}\n"), tmp_path / "run", progress=False)
+    manifest_path = tmp_path / "run" / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    manifest["schema_version"] = SCHEMA_VERSION + 1
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(RunDirError, match=rf"results schema version {SCHEMA_VERSION + 1} .* reads version "
+                                          rf"{SCHEMA_VERSION}\. Re-run its suite"):
+        load(tmp_path / "run")
+    assert main(["report", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "schema version" in err and "Traceback" not in err
+    with pytest.raises(RunError, match="cannot resume: .* schema version"):
+        run_suite(fake_suite("methods: {plain: {}}\n"), tmp_path / "run", resume=True, progress=False)

@@ -222,7 +222,7 @@ def test_folder_images_give_top1_and_disjoint_calibration(tmp_path):
         "methods: {fp32: {}, uniform: {a_bits: 8}}\n"
     )
     wl = SwinWorkload()
-    ctx = RunContext(reference="fp32", reference_params=suite.points()[0].method_params)
+    ctx = RunContext(reference_method="fp32", reference_params=suite.points()[0].method_params)
     rows = []
     for point in suite.points():
         bench = wl.bench(wl.build_model(point), point, ctx)
@@ -250,7 +250,7 @@ def test_cuda_points_run_and_ratio_zero_matches_uniform_exactly():
         "mixaq: {a_bits_high: 8, a_bits_low: 4, ratio: [0.0, 0.5], importance: [l2, random]}}\n"
     )
     wl = SwinWorkload()
-    ctx = RunContext(reference="fp32", reference_params=suite.points()[0].method_params)
+    ctx = RunContext(reference_method="fp32", reference_params=suite.points()[0].method_params)
     model = wl.build_model(suite.points()[0])
     outs, rows = {}, {}
     for point in suite.points():

@@ -22,10 +22,8 @@ import torch.nn.functional as F
 from harness.devices import torch_dtype
 from harness.methods.seam import AttentionLayout, Recorder, attention_flops, sdpa_attention
 from harness.params import param
-from harness.registry import MethodSpec, get_method, register_method, register_workload
+from harness.registry import MethodSpec, create_method, register_method, register_workload
 from harness.workloads.base import Bench, MetricInfo, Point, RunContext, Workload
-
-_REF_CACHE_KEY = "attention.reference_output"
 
 
 @dataclass(frozen=True)
@@ -64,8 +62,9 @@ class AttentionWorkload(Workload):
     def bench(self, model: AttentionInputs, point: Point, ctx: RunContext) -> Bench:
         p: AttentionParams = point.workload_params
         layout = _layout(p.seq_len)
-        attn = get_method(self.name, point.method).build(point.method_params)
-        q, k, v = model.q, model.k, model.v
+        attn = create_method(self.name, point.method, point.method_params)
+        inputs = ctx.inputs((point.workload_params, point.common), lambda: model)
+        q, k, v = inputs.q, inputs.k, inputs.v
 
         def fn() -> torch.Tensor:
             return attn(q, k, v, layout)
@@ -88,19 +87,16 @@ class AttentionWorkload(Workload):
     def _reference(
         self, model: AttentionInputs, point: Point, ctx: RunContext, layout: AttentionLayout
     ) -> torch.Tensor | None:
-        """The reference method's output on these inputs; one cached at a time (inputs change rarely)."""
-        if ctx.reference is None:
+        """The reference method's output on these inputs (cached with them), None without one."""
+        if ctx.reference_method is None:
             return None
-        key = (point.workload_params, point.common)
-        cached = ctx.cache.get(_REF_CACHE_KEY)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        spec = get_method(self.name, ctx.reference)
-        ref_params = ctx.reference_params if ctx.reference_params is not None else spec.params()
-        with torch.no_grad():
-            out = spec.build(ref_params)(model.q, model.k, model.v, layout)
-        ctx.cache[_REF_CACHE_KEY] = (key, out)
-        return out
+
+        def make() -> torch.Tensor:
+            with torch.no_grad():
+                ref = create_method(self.name, ctx.reference_method, ctx.reference_params)
+                return ref(model.q, model.k, model.v, layout)
+
+        return ctx.reference("output", make)
 
     def metrics(self) -> dict[str, MetricInfo]:
         return {

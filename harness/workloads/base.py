@@ -91,24 +91,45 @@ class Point:
 
 @dataclass
 class RunContext:
-    """State shared by all points of one run: a cache for inputs and reference outputs.
+    """State shared by the points of one run: which method is the reference, and a cache.
 
-    Workloads store inputs and reference-method outputs here, keyed by whatever makes
-    them reusable (e.g. the input config), so the reference is computed once per input.
-    ``reference`` / ``reference_params`` say which method (with which parameters) that is.
+    The cache holds ONE input at a time: :meth:`inputs` with a new key drops everything cached
+    for the previous input (its reference outputs and derived data too), because points run
+    grouped by input and one input's activations can take gigabytes (VGGT at 1000 frames).
+    ``reference_method`` / ``reference_params``: the suite's reference (fidelity columns compare
+    against its output), None when the suite names none.
     """
 
-    cache: dict[Hashable, Any] = field(default_factory=dict)
     breakdown: bool = False
-    # the suite's reference method (fidelity columns compare against its output) and its
-    # parameters as configured in the suite; None when the suite names no reference
-    reference: str | None = None
+    reference_method: str | None = None
     reference_params: Any = None
+    _input_key: Hashable = None
+    _cache: dict[Hashable, Any] = field(default_factory=dict)
 
-    def get_or_create(self, key: Hashable, make: Callable[[], Any]) -> Any:
-        if key not in self.cache:
-            self.cache[key] = make()
-        return self.cache[key]
+    def is_reference(self, point: Point) -> bool:
+        """Whether ``point`` runs the suite's reference method with its reference parameters."""
+        return (self.reference_method is not None and point.method == self.reference_method
+                and point.method_params == self.reference_params)
+
+    def inputs(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """The input of ``key`` (made once); a new key first drops the previous input's cache."""
+        if key != self._input_key:
+            self._cache.clear()
+            self._input_key = key
+        return self._get(("inputs",), make)
+
+    def reference(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """The reference output ``key`` (e.g. model and scene) for the current input, made once."""
+        return self._get(("reference", key), make)
+
+    def derived(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """Other data computed from the current input (calibration images, captured q/k/v ...)."""
+        return self._get(("derived", key), make)
+
+    def _get(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
 
 @dataclass

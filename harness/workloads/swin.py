@@ -59,7 +59,7 @@ from harness.models.weights import Weights, check_weights, resolve_weights
 from harness.params import param
 from harness.quant.qswin import LOW, PRUNED, window_bits, window_scores
 from harness.quant.sensitivity import importance_sensitivity, score_cv, spearman
-from harness.registry import MethodSpec, get_method, register_method, register_workload
+from harness.registry import MethodSpec, create_method, register_method, register_workload
 from harness.workloads.base import (
     Bench,
     MetricInfo,
@@ -365,11 +365,10 @@ class SwinWorkload(Workload):
     def bench(self, model: nn.Module, point: Point, ctx: RunContext) -> Bench:
         p: SwinParams = point.workload_params
         dev, dtype = point.device, point.dtype
-        inputs: SwinInputs = ctx.get_or_create(
-            _input_key(p, point.seed, dev), lambda: load_inputs(p, point.seed, dev)
-        )
-        calib = ctx.get_or_create(_calib_key(p, point.seed, dev), lambda: load_calib(p, point.seed, dev))
-        transform = get_method(self.name, point.method).build(point.method_params)
+        inputs: SwinInputs = ctx.inputs(_input_key(p, point.seed, dev),
+                                        lambda: load_inputs(p, point.seed, dev))
+        calib = ctx.derived(_calib_key(p, point.seed, dev), lambda: load_calib(p, point.seed, dev))
+        transform = create_method(self.name, point.method, point.method_params)
         qmodel = transform(model, calib, seed=point.seed)
         windows = [tuple(stage.blocks[0].window_size) for stage in qmodel.layers]
 
@@ -388,10 +387,9 @@ class SwinWorkload(Workload):
             row.update(score_spread(test, windows))
             if p.diag_images and point.method == "mixaq":
                 row.update(self._sensitivity(model, point, ctx, inputs, calib))
-            if ctx.reference is None:
+            if ctx.reference_method is None:
                 return row
-            is_reference = point.method == ctx.reference and point.method_params == ctx.reference_params
-            if is_reference and dtype == "float32":
+            if ctx.is_reference(point) and dtype == "float32":
                 return row  # identical to itself: no fidelity columns
             ref = self._reference(model, point, ctx, inputs, calib)
             row.update(fidelity_metrics(ref, test, windows))
@@ -412,8 +410,7 @@ class SwinWorkload(Workload):
             mp, ratio=0.0, pair_ratios=(), prune_ratio=0.0, pair_prune_ratios=(), importance="l2",
             calib="whole",
         )
-        key = ("swin.sensitivity", self.model_key(point), _input_key(p, point.seed, point.device), probe,
-               p.diag_images)
+        key = ("sensitivity", self.model_key(point), probe, p.diag_images)
 
         def make() -> dict[str, float]:
             qm = make_mixaq(probe)(model, calib, seed=point.seed)
@@ -429,28 +426,20 @@ class SwinWorkload(Workload):
                 row["fid_imp_sens_spearman"] = sum(vals) / len(vals)
             return row
 
-        return dict(ctx.get_or_create(key, make))
+        return dict(ctx.derived(key, make))
 
     def _reference(
         self, model: nn.Module, point: Point, ctx: RunContext, inputs: SwinInputs, calib: torch.Tensor
     ) -> Captured:
         """The reference method's outputs on the evaluation images, in float32, cached per input."""
         p: SwinParams = point.workload_params
-        key = (
-            "swin.reference",
-            self.model_key(point),
-            _input_key(p, point.seed, point.device),
-            ctx.reference,
-            repr(ctx.reference_params),
-        )
 
         def make() -> Captured:
-            spec = get_method(self.name, ctx.reference)
-            params = ctx.reference_params if ctx.reference_params is not None else spec.params()
-            ref_model = spec.build(params)(model, calib, seed=point.seed)
+            transform = create_method(self.name, ctx.reference_method, ctx.reference_params)
+            ref_model = transform(model, calib, seed=point.seed)
             return capture(ref_model, inputs.eval_images, p.batch, point.device, "float32")
 
-        return ctx.get_or_create(key, make)
+        return ctx.reference(self.model_key(point), make)
 
     def metrics(self) -> dict[str, MetricInfo]:
         def fid(help_: str, up: bool, tol: float | None = None, unit: str = "") -> MetricInfo:

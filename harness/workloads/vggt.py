@@ -43,7 +43,7 @@ from harness.metrics import fidelity, geometry
 from harness.models.vggt import PRESETS, build_vggt, load_checkpoint, pose_encoding_to_extri_intri
 from harness.models.weights import check_weights, resolve_weights
 from harness.params import param
-from harness.registry import MethodSpec, get_method, register_method, register_workload
+from harness.registry import MethodSpec, create_method, register_method, register_workload
 from harness.workloads.base import (
     Bench,
     MetricInfo,
@@ -165,19 +165,6 @@ def load_inputs(p: VGGTParams, seed: int, device: str) -> Inputs:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _evict_other_inputs(ctx: RunContext, input_key: tuple) -> None:
-    """Drop cached inputs, reference outputs and captured q/k/v of other inputs.
-
-    Only one input's activations stay alive (at 1000 frames they take gigabytes); points are
-    run grouped by input in grid order, so each input is prepared once.
-    """
-    stale = [k for k in ctx.cache
-             if isinstance(k, tuple) and k and str(k[0]).startswith("vggt.")
-             and k != input_key and input_key not in k]
-    for k in stale:
-        del ctx.cache[k]
-
-
 class _Captured(Exception):
     """Raised by a capturing attention_fn to stop the forward once a layer was seen."""
 
@@ -282,10 +269,9 @@ class VGGTWorkload(Workload):
     def bench(self, model: torch.nn.Module, point: Point, ctx: RunContext) -> Bench:
         p: VGGTParams = point.workload_params
         seed = scene_seed(p, point.seed)
-        input_key = _input_key(p, seed, point.device)
-        _evict_other_inputs(ctx, input_key)
-        inputs: Inputs = ctx.get_or_create(input_key, lambda: load_inputs(p, seed, point.device))
-        method_fn = get_method("vggt", point.method).build(point.method_params)
+        inputs: Inputs = ctx.inputs(_input_key(p, seed, point.device),
+                                    lambda: load_inputs(p, seed, point.device))
+        method_fn = create_method("vggt", point.method, point.method_params)
         ref_fn = self._reference_fn(ctx)
         if p.scope == "attention":
             return self._bench_attention(model, point, ctx, inputs, method_fn, ref_fn)
@@ -293,9 +279,9 @@ class VGGTWorkload(Workload):
 
     @staticmethod
     def _reference_fn(ctx: RunContext) -> AttentionFn:
-        if ctx.reference is None:
+        if ctx.reference_method is None:
             return sdpa_attention
-        return get_method("vggt", ctx.reference).build(ctx.reference_params)
+        return create_method("vggt", ctx.reference_method, ctx.reference_params)
 
     def _forward(self, model, point: Point, images: torch.Tensor, fn: AttentionFn,
                  recorder: Recorder | None = None) -> dict:
@@ -323,11 +309,11 @@ class VGGTWorkload(Workload):
         # also warms the model up); for the reference method it doubles as the reference output
         rec = Recorder()
         out, tokens = run_with_tokens(method_fn, rec)
-        input_key = _input_key(p, scene_seed(p, point.seed), point.device)
-        ref_key = ("vggt.reference", self.model_key(point), input_key, p.heads)
-        if point.method == ctx.reference and point.method_params == ctx.reference_params:
-            ctx.cache.setdefault(ref_key, (out, tokens))
-        ref_out, ref_tokens = ctx.get_or_create(ref_key, lambda: run_with_tokens(ref_fn, None))
+        # the reference point's own output is the reference (unless another one came first)
+        own = ctx.is_reference(point)
+        ref_out, ref_tokens = ctx.reference(
+            (self.model_key(point), p.heads),
+            (lambda o=(out, tokens): o) if own else (lambda: run_with_tokens(ref_fn, None)))
         del out
         counters = _summarize_recorder(rec, cfg.depth, cfg.num_heads, n_tokens)
         merge_sim = rec.values.get("merge_sim_p10")
@@ -335,7 +321,7 @@ class VGGTWorkload(Workload):
 
         def evaluate(out: dict) -> dict[str, float]:
             rows = [{**self._quality(out, inputs), **self._fidelity(out, ref_out, inputs.hw)}]
-            rows += [self._evaluate_extra_scene(model, point, ctx, input_key, j, method_fn, ref_fn)
+            rows += [self._evaluate_extra_scene(model, point, ctx, j, method_fn, ref_fn)
                      for j in range(1, p.eval_scenes)]
             row = {k: statistics.fmean(r[k] for r in rows) for k in rows[0]}
             row["fid_token_cos"] = token_cos
@@ -356,19 +342,15 @@ class VGGTWorkload(Workload):
             info=weights_info(model),
         )
 
-    def _evaluate_extra_scene(self, model, point: Point, ctx: RunContext, input_key: tuple, j: int,
+    def _evaluate_extra_scene(self, model, point: Point, ctx: RunContext, j: int,
                               method_fn: AttentionFn, ref_fn: AttentionFn) -> dict[str, float]:
-        """Quality and fidelity on the j-th extra synthetic scene (seed + j), untimed.
-
-        Its inputs and reference output are cached under keys that contain the timed input's
-        key, so they live exactly as long as it does.
-        """
+        """Quality and fidelity on the j-th extra synthetic scene (seed + j), untimed; its inputs
+        and reference output live as long as the timed input (they derive from it)."""
         p: VGGTParams = point.workload_params
         seed = scene_seed(p, point.seed) + j
-        inputs: Inputs = ctx.get_or_create(("vggt.extra", input_key, j),
-                                           lambda: load_inputs(p, seed, point.device))
-        ref_out = ctx.get_or_create(("vggt.extra.reference", input_key, j, self.model_key(point), p.heads),
-                                    lambda: self._forward(model, point, inputs.images, ref_fn))
+        inputs: Inputs = ctx.derived(("extra scene", j), lambda: load_inputs(p, seed, point.device))
+        ref_out = ctx.reference(("extra scene", j, self.model_key(point), p.heads),
+                                lambda: self._forward(model, point, inputs.images, ref_fn))
         out = self._forward(model, point, inputs.images, method_fn)
         return {**self._quality(out, inputs), **self._fidelity(out, ref_out, inputs.hw)}
 
@@ -379,16 +361,15 @@ class VGGTWorkload(Workload):
         if p.layer >= cfg.depth:
             raise ValueError(f"layer={p.layer} but preset {p.preset!r} has {cfg.depth} global layers "
                              f"(allowed: 0..{cfg.depth - 1})")
-        key = ("vggt.qkv", self.model_key(point), _input_key(p, scene_seed(p, point.seed), point.device),
-               p.layer)
-        q, k, v, layout = ctx.get_or_create(key, lambda: self._capture_qkv(model, point, inputs, p.layer))
+        key = ("qkv", self.model_key(point), p.layer)
+        q, k, v, layout = ctx.derived(key, lambda: self._capture_qkv(model, point, inputs, p.layer))
         rec = Recorder()
         out = self._call(point, method_fn, q, k, v, dataclasses.replace(layout, recorder=rec))
         counters = _summarize_recorder(rec, 1, q.shape[1], q.shape[2])
         merge_sim = rec.values.get("merge_sim_p10")
-        if point.method == ctx.reference and point.method_params == ctx.reference_params:
-            ctx.cache.setdefault(key + ("ref",), out)
-        ref_out = ctx.get_or_create(key + ("ref",), lambda: self._call(point, ref_fn, q, k, v, layout))
+        own = ctx.is_reference(point)
+        ref_out = ctx.reference(
+            key, (lambda o=out: o) if own else (lambda: self._call(point, ref_fn, q, k, v, layout)))
         del out
 
         def evaluate(out: torch.Tensor) -> dict[str, float]:
