@@ -66,7 +66,7 @@ from harness.methods.merging import (
     shared_merge_attention,
     static_partition,
 )
-from harness.methods.seam import AttentionFn, AttentionLayout, sdpa_attention
+from harness.models.seam import AttentionFn, AttentionLayout, sdpa_attention
 from harness.params import param
 
 SALIENT_RULES = ("stride", "dissimilar")

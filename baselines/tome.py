@@ -40,7 +40,7 @@ from harness.methods.merging import (
     shared_merge_attention,
     static_partition,
 )
-from harness.methods.seam import AttentionFn, AttentionLayout
+from harness.models.seam import AttentionFn, AttentionLayout
 from harness.params import param
 
 

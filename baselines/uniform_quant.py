@@ -1,6 +1,7 @@
 """Uniform post-training fake quantization of a timm Swin: W{w_bits}A{a_bits}.
 
-The same machinery as MixA-Q (``harness.quant.qswin``) with every window in the high branch:
+Literally MixA-Q (:mod:`harness.methods.mixaq`) with every window in the high branch and both
+branches at ``a_bits``, calibrated on the whole tensor:
 
 - weights of qkv, proj, fc1, fc2: symmetric per output channel at ``w_bits``;
 - activations, per tensor, asymmetric, at ``a_bits``: qkv input, q, k, v, softmax output
@@ -15,26 +16,25 @@ The same machinery as MixA-Q (``harness.quant.qswin``) with every window in the 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from harness.methods import mixaq
+from harness.methods.mixaq import BITS_HELP, BITS_RANGE
 from harness.params import param
-from harness.quant.qswin import SOFTMAX_QUANT, QuantSpec, RoutingSpec, pairs_per_stage, quantize_swin
+from harness.quant.qswin import SOFTMAX_QUANT
 from harness.quant.quantizers import ACT_CALIB_METHODS
-
-BITS_RANGE = (2, 32)
 
 
 @dataclass(frozen=True)
 class UniformQuantParams:
     """Uniform quantization knobs (names are what suites sweep)."""
 
-    w_bits: int = param(4, "weight bits, per-channel symmetric (32: float)", range=BITS_RANGE)
-    a_bits: int = param(8, "activation bits of every block activation (32: float)", range=BITS_RANGE)
+    w_bits: int = param(4, "weight bits, per-channel symmetric" + BITS_HELP, range=BITS_RANGE)
+    a_bits: int = param(8, "activation bits of every block activation" + BITS_HELP, range=BITS_RANGE)
     act_calib: str = param(
         "percentile", "activation range: minmax, or percentile (MSE-best clipping)", choices=ACT_CALIB_METHODS
     )
@@ -42,7 +42,7 @@ class UniformQuantParams:
         "uniform", "attention-probability quantizer: uniform or log2", choices=SOFTMAX_QUANT
     )
     embed_bits: int = param(
-        8, "bits of patch embedding, patch merging and head, W and A (32: float)", range=BITS_RANGE
+        8, "bits of patch embedding, patch merging and head, W and A" + BITS_HELP, range=BITS_RANGE
     )
     ref_a_bits: int = param(
         0,
@@ -54,26 +54,13 @@ class UniformQuantParams:
 
 def apply(model: nn.Module, params: UniformQuantParams, calib_images: torch.Tensor | None, seed: int = 0):
     """A W{w_bits}A{a_bits} fake-quantized copy of a timm Swin. calib_images: [N, 3, H, W]."""
-    n_pairs = sum(pairs_per_stage([len(s.blocks) for s in model.layers]))
-    spec = QuantSpec(
-        w_bits=params.w_bits,
-        a_bits_high=params.a_bits,
-        a_bits_low=params.a_bits,
-        embed_bits=params.embed_bits,
-        softmax_quant=params.softmax_quant,
-        act_calib=params.act_calib,
-        calib="whole",
+    mix = mixaq.all_high(
+        params.w_bits, params.a_bits, params.embed_bits, params.act_calib, params.softmax_quant,
+        min_active_windows=0,  # nothing is pruned; 0 keeps quant_info.routing as it always was
     )
-    routing = RoutingSpec((0.0,) * n_pairs, (0.0,) * n_pairs, "l2", seed)
-    return quantize_swin(model, spec, routing, calib_images, ref_a_bits=params.ref_a_bits or params.a_bits)
+    return mixaq.apply(model, mix, calib_images, seed, ref_a_bits=params.ref_a_bits or params.a_bits)
 
 
 def make_uniform(params: UniformQuantParams) -> Any:
-    """MethodSpec.build: the transform ``(model, calib_images, seed=0) -> quantized copy``."""
-    return functools.partial(_transform, params)
-
-
-def _transform(
-    params: UniformQuantParams, model: nn.Module, calib_images: torch.Tensor | None, seed: int = 0
-):
-    return apply(model, params, calib_images, seed)
+    """MethodSpec.build for ``uniform``."""
+    return mixaq.make_transform(apply, params)

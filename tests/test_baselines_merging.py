@@ -13,7 +13,7 @@ from baselines.fastvggt import FastVGGTParams, cell_dst_mask, fastvggt_partition
 from baselines.tome import ToMeParams, make_tome, tome_partition
 from harness.columns import METRIC_PREFIXES
 from harness.methods.merging import SlotMap, assign, rows_gather
-from harness.methods.seam import AttentionLayout, Recorder
+from harness.models.seam import AttentionLayout, Recorder
 from harness.params import describe
 
 S, PH, PW, PS = 4, 3, 5, 5  # odd patch grid; P = 20 is even (clean A/B pairs for ToMe)

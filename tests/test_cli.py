@@ -9,7 +9,7 @@ import pytest
 
 from harness import columns as C
 from harness.cli import main
-from harness.methods.seam import attention_flops
+from harness.models.seam import attention_flops
 from harness.results import load
 
 pytestmark = pytest.mark.usefixtures("one_thread", "clean_registry")

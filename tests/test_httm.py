@@ -19,7 +19,7 @@ from harness.methods.httm import (
     temporal_blocks,
 )
 from harness.methods.merging import SlotMap, assign
-from harness.methods.seam import AttentionLayout, Recorder
+from harness.models.seam import AttentionLayout, Recorder
 from harness.params import describe
 
 # small VGGT-like shape with ragged tails: P' = 42 = 16 + 16 + 10, S = 6 = 4 + 2

@@ -18,7 +18,7 @@ from harness.methods.merging import (
     static_partition,
     with_extra_candidates,
 )
-from harness.methods.seam import Recorder
+from harness.models.seam import Recorder
 
 
 def test_slot_map_merge_is_plain_mean_per_slot():

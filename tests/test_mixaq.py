@@ -6,9 +6,9 @@ import pytest
 import torch
 from timm.models.swin_transformer import SwinTransformer
 
-from baselines.uniform_quant import UniformQuantParams
+from baselines.uniform_quant import UniformQuantParams, make_uniform
 from baselines.uniform_quant import apply as uniform_apply
-from harness.methods.mixaq import MixAQParams, SparseViTParams, apply, apply_sparsevit
+from harness.methods.mixaq import MixAQParams, SparseViTParams, apply, apply_sparsevit, make_mixaq
 from harness.models.swin import set_fused_attn, synthetic_images
 from harness.quant.qswin import (
     HIGH,
@@ -24,7 +24,9 @@ from harness.quant.qswin import (
     window_order,
     window_scores,
 )
-from harness.workloads.swin import capture, fidelity_metrics
+from harness.quant.quantizers import ActQuantizer
+from harness.suite import SuiteError, load_suite
+from harness.workloads.swin import capture, fidelity_metrics, work_counters
 
 FLOAT = QuantSpec(w_bits=32, a_bits_high=32, a_bits_low=32, embed_bits=32)
 
@@ -104,6 +106,39 @@ def test_all_windows_low_equals_uniform_low_bits_exactly(calib):
         out_mix, out_uni = mix(x), uni(x)
     assert torch.equal(out_mix, out_uni)
     assert all(r.counts[LOW] == r.n_windows for st in mix.layers for r in st.last_routes)
+
+
+UNIFORM_CASES = [
+    dict(w_bits=4, a_bits=3),
+    dict(w_bits=6, a_bits=5, embed_bits=32, act_calib="minmax", softmax_quant="log2"),
+]
+
+
+@pytest.mark.parametrize("knobs", UNIFORM_CASES, ids=["w4a3", "w6a5-minmax-log2-float-embed"])
+def test_uniform_is_mixaq_with_every_window_high(knobs):
+    """uniform at a_bits=b is MixA-Q at a_bits_high = a_bits_low = b, ratio 0, calib whole, bit for bit
+    (outputs, quantizer grids, BOPs); and not MixA-Q at another width (the mapping is not ignored)."""
+    model = tiny_swin(depths=(2, 2, 3, 2))  # odd depth: the last pair of stage 3 is a single block
+    x, cal = synthetic_images(2, 112, seed=1), synthetic_images(2, 112, seed=2)
+    b, other = knobs["a_bits"], {k: v for k, v in knobs.items() if k != "a_bits"}
+
+    def as_mixaq(bits: int) -> MixAQParams:
+        return MixAQParams(a_bits_high=bits, a_bits_low=bits, ratio=0.0, calib="whole", **other)
+
+    uni = make_uniform(UniformQuantParams(**knobs))(model, cal, seed=3)
+    mix = make_mixaq(as_mixaq(b))(model, cal, seed=3)
+    wrong = make_mixaq(as_mixaq(b + 1))(model, cal, seed=3)
+    with torch.no_grad():
+        y_uni, y_mix, y_wrong = uni(x), mix(x), wrong(x)
+
+    def grids(q):
+        return [(m.bits, m.kind, m.lo, m.hi, m.scale) for m in q.modules() if isinstance(m, ActQuantizer)]
+
+    assert torch.equal(y_uni, y_mix)
+    assert grids(uni) == grids(mix)
+    assert work_counters(uni, "linear") == work_counters(mix, "linear")
+    assert uni.quant_info.spec == mix.quant_info.spec and uni.quant_info.ref_a_bits == b
+    assert not torch.equal(y_uni, y_wrong) and grids(uni) != grids(wrong)
 
 
 def test_quantized_copy_leaves_the_float_model_untouched():
@@ -213,9 +248,32 @@ def test_routed_calibration_observes_only_the_routed_windows():
     assert aq_w[LOW]["fc1_in"].observer is aq_w[HIGH]["fc1_in"].observer
 
 
-def test_low_bits_above_high_bits_are_rejected():
+def test_low_bits_above_high_bits_are_rejected_by_the_params():
     with pytest.raises(ValueError, match="a_bits_low=8 must not exceed a_bits_high=4"):
-        apply(tiny_swin(), MixAQParams(a_bits_high=4, a_bits_low=8), None)
+        MixAQParams(a_bits_high=4, a_bits_low=8)
+    MixAQParams(a_bits_high=4, a_bits_low=4)  # equal is allowed (uniform as MixA-Q)
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_suite_with_low_bits_above_high_bits_is_refused_at_load_with_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: bad\n"
+        "workload: swin\n"
+        "reference: fp32\n"
+        "fixed: {model: swin_micro, img_size: 64, batch: 1, calib_images: 1}\n"
+        "methods:\n"
+        "  fp32: {}\n"
+        "  mixaq:\n"
+        "    a_bits_low: 8\n"
+        "    a_bits_high: 4\n"
+    )
+    with pytest.raises(SuiteError) as ei:
+        load_suite(path)
+    (msg,) = ei.value.problems
+    assert msg.startswith(f"{path}, line 7: methods.mixaq: invalid combination for method 'mixaq'"), msg
+    assert "a_bits_low=8 must not exceed a_bits_high=4" in msg
+    assert "before running anything" in str(ei.value)
 
 
 def test_log2_softmax_quantizer_is_used_when_asked():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.methods.seam import AttentionLayout, Recorder, sdpa_attention
+from harness.models.seam import AttentionLayout, Recorder, sdpa_attention
 from harness.models.vggt import (
     PRESETS,
     CheckpointError,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import harness.train.vggt_proxy as vp
 from harness.data.scenes import SceneConfig, render_scene
-from harness.methods.seam import AttentionLayout
+from harness.models.seam import AttentionLayout
 from harness.models.weights import PROXY_ROOT
 from harness.train.vggt_proxy import (
     VGGTProxy,

@@ -77,7 +77,7 @@ from harness.methods.merging import (
     static_partition,
     with_extra_candidates,
 )
-from harness.methods.seam import AttentionFn, AttentionLayout, attention_flops
+from harness.models.seam import AttentionFn, AttentionLayout, attention_flops
 from harness.params import param
 
 DST_RULES = ("strided", "random", "first_frame")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from harness.methods.seam import AttentionFn, AttentionLayout, Recorder, attention_flops, sdpa_attention
+from harness.models.seam import AttentionFn, AttentionLayout, Recorder, attention_flops, sdpa_attention
 
 SIM_CHUNK_ELEMS = {"cpu": 1 << 18, "cuda": 1 << 28}
 """Most similarity entries held at once by :func:`best_match`, per device type (CPU: 1 MiB in

@@ -48,21 +48,23 @@ from harness.quant.qswin import (
     quantize_swin,
     window_counts,
 )
-from harness.quant.quantizers import ACT_CALIB_METHODS
+from harness.quant.quantizers import ACT_CALIB_METHODS, FLOAT_BITS
 
-BITS_RANGE = (2, 32)
+BITS_RANGE = (2, FLOAT_BITS)
+"""Allowed bit widths of every Swin quantization knob (mixaq, sparsevit, uniform)."""
+BITS_HELP = f" ({FLOAT_BITS}: float, no quantization)"
+"""Suffix of the help text of every bits knob."""
 PAIRING_REL_TOL = 0.005
 """Relative BOPs error within which :func:`prune_ratios_for_speedup` prefers uniform prune ratios."""
-_BITS_HELP = " (32: float, no quantization)"
 
 
 @dataclass(frozen=True)
 class MixAQParams:
     """MixA-Q knobs (names are what suites sweep)."""
 
-    w_bits: int = param(4, "weight bits, both branches, per-channel symmetric" + _BITS_HELP, range=BITS_RANGE)
+    w_bits: int = param(4, "weight bits, both branches, per-channel symmetric" + BITS_HELP, range=BITS_RANGE)
     a_bits_high: int = param(
-        8, "activation bits of the high-importance branch" + _BITS_HELP, range=BITS_RANGE
+        8, "activation bits of the high-importance branch" + BITS_HELP, range=BITS_RANGE
     )
     a_bits_low: int = param(
         4, "activation bits of the low-importance branch (<= a_bits_high)", range=BITS_RANGE
@@ -99,16 +101,21 @@ class MixAQParams:
         "uniform", "attention-probability quantizer: uniform or log2", choices=SOFTMAX_QUANT
     )
     embed_bits: int = param(
-        8, "bits of patch embedding, patch merging and head (W and A)" + _BITS_HELP, range=BITS_RANGE
+        8, "bits of patch embedding, patch merging and head (W and A)" + BITS_HELP, range=BITS_RANGE
     )
+
+    def __post_init__(self) -> None:
+        # cross-field: a suite setting this is refused at load, with file and line
+        if self.a_bits_low > self.a_bits_high:
+            raise ValueError(f"a_bits_low={self.a_bits_low} must not exceed a_bits_high={self.a_bits_high}")
 
 
 @dataclass(frozen=True)
 class SparseViTParams:
     """Window pruning on the uniform W{w_bits}A{a_bits} base (SparseViT-style baseline)."""
 
-    w_bits: int = param(4, "weight bits" + _BITS_HELP, range=BITS_RANGE)
-    a_bits: int = param(8, "activation bits of every kept window" + _BITS_HELP, range=BITS_RANGE)
+    w_bits: int = param(4, "weight bits" + BITS_HELP, range=BITS_RANGE)
+    a_bits: int = param(8, "activation bits of every kept window" + BITS_HELP, range=BITS_RANGE)
     prune_ratio: float = param(
         0.0, "fraction of each image's windows pruned, every block pair", range=(0.0, 1.0)
     )
@@ -130,7 +137,7 @@ class SparseViTParams:
         "uniform", "attention-probability quantizer: uniform or log2", choices=SOFTMAX_QUANT
     )
     embed_bits: int = param(
-        8, "bits of patch embedding, patch merging and head" + _BITS_HELP, range=BITS_RANGE
+        8, "bits of patch embedding, patch merging and head" + BITS_HELP, range=BITS_RANGE
     )
 
 
@@ -147,22 +154,27 @@ def as_ratios(value: Any, name: str) -> tuple[float, ...]:
 def per_pair(model: nn.Module, values: Any, default: float, name: str) -> tuple[float, ...]:
     """Per-pair values for ``model``: ``values`` when given (checked against the pair count), else
     ``default`` for every pair."""
-    n_pairs = sum(pairs_per_stage([len(s.blocks) for s in model.layers]))
+    per_stage = pairs_per_stage([len(s.blocks) for s in model.layers])
+    n_pairs = sum(per_stage)
     vals = as_ratios(values, name)
     if not vals:
         return (float(default),) * n_pairs
     if len(vals) != n_pairs:
-        per_stage = pairs_per_stage([len(s.blocks) for s in model.layers])
         raise ValueError(f"{name} has {len(vals)} values; this model has {n_pairs} block pairs {per_stage}")
     return vals
 
 
 def apply(
-    model: nn.Module, params: MixAQParams, calib_images: torch.Tensor | None, seed: int = 0
+    model: nn.Module,
+    params: MixAQParams,
+    calib_images: torch.Tensor | None,
+    seed: int = 0,
+    *,
+    ref_a_bits: int | None = None,
 ) -> nn.Module:
-    """A MixA-Q quantized copy of a timm Swin. calib_images: [N, 3, H, W] on the model's device."""
-    if params.a_bits_low > params.a_bits_high:
-        raise ValueError(f"a_bits_low={params.a_bits_low} must not exceed a_bits_high={params.a_bits_high}")
+    """A MixA-Q quantized copy of a timm Swin. calib_images: [N, 3, H, W] on the model's device.
+    ref_a_bits: activation bits of the uniform model BOPs speedup is measured against (default
+    ``a_bits_high``)."""
     spec = QuantSpec(
         w_bits=params.w_bits,
         a_bits_high=params.a_bits_high,
@@ -179,7 +191,7 @@ def apply(
         seed=seed,
         min_active=params.min_active_windows,
     )
-    return quantize_swin(model, spec, routing, calib_images)
+    return quantize_swin(model, spec, routing, calib_images, ref_a_bits=ref_a_bits)
 
 
 def apply_sparsevit(
@@ -193,21 +205,32 @@ def apply_sparsevit(
             params.target_bops_speedup, params.w_bits, params.a_bits, params.embed_bits,
             min_active=params.min_active_windows,
         )
-    mix = MixAQParams(
-        w_bits=params.w_bits,
-        a_bits_high=params.a_bits,
-        a_bits_low=params.a_bits,
-        ratio=0.0,
+    mix = all_high(
+        params.w_bits, params.a_bits, params.embed_bits, params.act_calib, params.softmax_quant,
         importance=params.importance,
-        calib="whole",
         prune_ratio=params.prune_ratio,
         pair_prune_ratios=pair_prune,
         min_active_windows=params.min_active_windows,
-        act_calib=params.act_calib,
-        softmax_quant=params.softmax_quant,
-        embed_bits=params.embed_bits,
     )
     return apply(model, mix, calib_images, seed)
+
+
+def all_high(
+    w_bits: int, a_bits: int, embed_bits: int, act_calib: str, softmax_quant: str, **pruning: Any
+) -> MixAQParams:
+    """Uniform W{w_bits}A{a_bits} as MixA-Q: every (kept) window in the high branch, both branches at
+    ``a_bits``, calibrated on the whole tensor. ``pruning``: further MixAQParams fields (sparsevit)."""
+    return MixAQParams(
+        w_bits=w_bits,
+        a_bits_high=a_bits,
+        a_bits_low=a_bits,
+        ratio=0.0,
+        calib="whole",
+        act_calib=act_calib,
+        softmax_quant=softmax_quant,
+        embed_bits=embed_bits,
+        **pruning,
+    )
 
 
 def pruned_bops(
@@ -273,14 +296,20 @@ def prune_ratios_for_speedup(
     return min(cands, key=lambda c: (c[0], c[1]))[2]
 
 
+def make_transform(fn: Any, params: Any) -> Any:
+    """The transform ``(model, calib_images, seed=0) -> quantized copy`` of ``fn(model, params,
+    calib_images, seed)``: what MethodSpec.build returns for mixaq, sparsevit and uniform."""
+    return functools.partial(_transform, fn, params)
+
+
 def make_mixaq(params: MixAQParams) -> Any:
-    """MethodSpec.build: the transform ``(model, calib_images, seed=0) -> quantized copy``."""
-    return functools.partial(_transform, apply, params)
+    """MethodSpec.build for ``mixaq``."""
+    return make_transform(apply, params)
 
 
 def make_sparsevit(params: SparseViTParams) -> Any:
     """MethodSpec.build for ``sparsevit``."""
-    return functools.partial(_transform, apply_sparsevit, params)
+    return make_transform(apply_sparsevit, params)
 
 
 def _transform(fn: Any, params: Any, model: nn.Module, calib_images: torch.Tensor | None, seed: int = 0):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.devices import torch_dtype
-from harness.methods.seam import AttentionLayout, Recorder, attention_flops, sdpa_attention
+from harness.models.seam import AttentionLayout, Recorder, attention_flops, sdpa_attention
 from harness.params import param
 from harness.registry import MethodSpec, create_method, register_method, register_workload
 from harness.workloads.base import Bench, MetricInfo, Point, RunContext, Workload
@@ -45,22 +45,25 @@ class AttentionInputs:
     v: torch.Tensor
 
 
+AttentionPoint = Point[AttentionParams, Any]
+
+
 @register_workload
-class AttentionWorkload(Workload):
+class AttentionWorkload(Workload[AttentionParams, AttentionInputs]):
     name = "attention"
     Params = AttentionParams
     doc = "scaled-dot-product attention on random q/k/v [batch, heads, seq_len, head_dim]"
 
-    def build_model(self, point: Point) -> AttentionInputs:
-        p: AttentionParams = point.workload_params
+    def build_model(self, point: AttentionPoint) -> AttentionInputs:
+        p = point.workload_params
         gen = torch.Generator(device="cpu").manual_seed(point.seed)
         shape = (p.batch, p.heads, p.seq_len, p.head_dim)
         dtype = torch_dtype(point.dtype)
         q, k, v = (torch.randn(shape, generator=gen).to(device=point.device, dtype=dtype) for _ in range(3))
         return AttentionInputs(q, k, v)
 
-    def bench(self, model: AttentionInputs, point: Point, ctx: RunContext) -> Bench:
-        p: AttentionParams = point.workload_params
+    def bench(self, model: AttentionInputs, point: AttentionPoint, ctx: RunContext) -> Bench:
+        p = point.workload_params
         layout = _layout(p.seq_len)
         attn = create_method(self.name, point.method, point.method_params)
         inputs = ctx.inputs((point.workload_params, point.common), lambda: model)
@@ -85,7 +88,7 @@ class AttentionWorkload(Workload):
         return Bench(fn=fn, evaluate=evaluate, counters={"work_attn_flops": flops}, breakdown=breakdown)
 
     def _reference(
-        self, model: AttentionInputs, point: Point, ctx: RunContext, layout: AttentionLayout
+        self, model: AttentionInputs, point: AttentionPoint, ctx: RunContext, layout: AttentionLayout
     ) -> torch.Tensor | None:
         """The reference method's output on these inputs (cached with them), None without one."""
         if ctx.reference_method is None:

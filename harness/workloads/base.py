@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from harness.devices import DEVICE_NAMES, DTYPE_NAMES
 from harness.params import param
@@ -57,8 +57,13 @@ class MetricInfo:
     cost_axis: bool = False
 
 
+WP = TypeVar("WP")  #: a workload's Params dataclass
+MP = TypeVar("MP")  #: a method's params dataclass
+Model = TypeVar("Model")  #: what a workload's build_model returns
+
+
 @dataclass(frozen=True)
-class Point:
+class Point(Generic[WP, MP]):
     """One fully resolved configuration of a sweep.
 
     params: every resolved parameter by name (workload + method + common), exactly the
@@ -70,8 +75,8 @@ class Point:
     workload: str
     method: str
     params: dict[str, Any]
-    workload_params: Any
-    method_params: Any
+    workload_params: WP
+    method_params: MP
     common: CommonParams
     preset: str | None
     hash: str
@@ -163,23 +168,24 @@ def attach_weights(model: Any, weights: Any) -> Any:
     return model
 
 
-class Workload(ABC):
-    """A named benchmark target. Subclasses set ``name`` and ``Params`` and register themselves."""
+class Workload(ABC, Generic[WP, Model]):
+    """A named benchmark target. Subclasses set ``name`` and ``Params`` (the WP type) and register
+    themselves; ``build_model`` returns a Model, which ``bench`` receives."""
 
     name: ClassVar[str]
     Params: ClassVar[type]
     doc: ClassVar[str] = ""
 
-    def model_key(self, point: Point) -> Hashable:
+    def model_key(self, point: Point[WP, Any]) -> Hashable:
         """Points with equal keys share one built model (default: all workload params)."""
         return (self.name, point.workload_params, point.common.device, point.common.dtype, point.common.seed)
 
     @abstractmethod
-    def build_model(self, point: Point) -> Any:
+    def build_model(self, point: Point[WP, Any]) -> Model:
         """Build (or load) the model for ``point``."""
 
     @abstractmethod
-    def bench(self, model: Any, point: Point, ctx: RunContext) -> Bench:
+    def bench(self, model: Model, point: Point[WP, Any], ctx: RunContext) -> Bench:
         """Prepare inputs, apply the method, and return the callable to time."""
 
     def metrics(self) -> dict[str, MetricInfo]:
@@ -191,7 +197,7 @@ class Workload(ABC):
         """Named model shapes this workload offers (shown by ``harness list``): name -> summary."""
         return {}
 
-    def check_paths(self, params: Any) -> list[str]:
+    def check_paths(self, params: WP) -> list[str]:
         """Problems with local paths in ``params`` (checkpoint, dataset), as error strings.
 
         Called by the suite loader for every point before anything runs.

@@ -319,8 +319,11 @@ def work_counters(model: nn.Module, act_act_convention: str) -> dict[str, float]
     }
 
 
+SwinPoint = Point[SwinParams, Any]
+
+
 @register_workload
-class SwinWorkload(Workload):
+class SwinWorkload(Workload[SwinParams, nn.Module]):
     name = "swin"
     Params = SwinParams
     doc = (
@@ -328,13 +331,13 @@ class SwinWorkload(Workload):
         "latency of fake quantization is not a speedup, compare work_bops"
     )
 
-    def model_key(self, point: Point) -> tuple:
-        p: SwinParams = point.workload_params
+    def model_key(self, point: SwinPoint) -> tuple:
+        p = point.workload_params
         return ("swin", p.model, p.img_size, p.checkpoint, p.pretrained, point.device, point.dtype,
                 point.seed)
 
-    def build_model(self, point: Point) -> nn.Module:
-        p: SwinParams = point.workload_params
+    def build_model(self, point: SwinPoint) -> nn.Module:
+        p = point.workload_params
         weights = resolve_weights(p.checkpoint)
         model = build_swin(p.model, p.img_size, seed=point.seed, checkpoint=weights.path,
                            pretrained=p.pretrained)
@@ -362,8 +365,8 @@ class SwinWorkload(Workload):
 
     # -- one point ---------------------------------------------------------------------
 
-    def bench(self, model: nn.Module, point: Point, ctx: RunContext) -> Bench:
-        p: SwinParams = point.workload_params
+    def bench(self, model: nn.Module, point: SwinPoint, ctx: RunContext) -> Bench:
+        p = point.workload_params
         dev, dtype = point.device, point.dtype
         inputs: SwinInputs = ctx.inputs(_input_key(p, point.seed, dev),
                                         lambda: load_inputs(p, point.seed, dev))
@@ -398,13 +401,13 @@ class SwinWorkload(Workload):
         return Bench(fn=fn, evaluate=evaluate, counters=counters, info=weights_info(model))
 
     def _sensitivity(
-        self, model: nn.Module, point: Point, ctx: RunContext, inputs: SwinInputs, calib: torch.Tensor
+        self, model: nn.Module, point: SwinPoint, ctx: RunContext, inputs: SwinInputs, calib: torch.Tensor
     ) -> dict[str, float]:
         """fid_imp_sens_* of a mixaq point: Spearman correlation, per stage, between a window's L2
         importance and the logit error it adds when it alone runs at ``a_bits_low`` (see
         :mod:`harness.quant.sensitivity`), on the first ``diag_images`` evaluated images. It depends
         on the bit widths, not on the ratio or the importance mode: cached per bit configuration."""
-        p: SwinParams = point.workload_params
+        p = point.workload_params
         mp: MixAQParams = point.method_params
         probe = dataclasses.replace(
             mp, ratio=0.0, pair_ratios=(), prune_ratio=0.0, pair_prune_ratios=(), importance="l2",
@@ -429,10 +432,10 @@ class SwinWorkload(Workload):
         return dict(ctx.derived(key, make))
 
     def _reference(
-        self, model: nn.Module, point: Point, ctx: RunContext, inputs: SwinInputs, calib: torch.Tensor
+        self, model: nn.Module, point: SwinPoint, ctx: RunContext, inputs: SwinInputs, calib: torch.Tensor
     ) -> Captured:
         """The reference method's outputs on the evaluation images, in float32, cached per input."""
-        p: SwinParams = point.workload_params
+        p = point.workload_params
 
         def make() -> Captured:
             transform = create_method(self.name, ctx.reference_method, ctx.reference_params)

@@ -4,7 +4,7 @@ One point = a model (preset + random weights, a local checkpoint, an ``hf:`` hub
 trained ``proxy:``; see :mod:`harness.models.weights`) + inputs (a synthetic scene with exact
 ground truth, or 7-Scenes / NRGBD / ScanNet frames read from a local folder) + an attention method
 plugged into every global-attention layer through the seam of
-:mod:`harness.methods.seam`. Two scopes:
+:mod:`harness.models.seam`. Two scopes:
 
 - ``scope: model`` times the whole forward (aggregator + the selected heads), as the
   papers' end-to-end "time".
@@ -38,8 +38,8 @@ from harness.data.readers import Frames, read_7scenes, read_nrgbd, read_scannet,
 from harness.data.scenes import SceneConfig, render_scene
 from harness.devices import autocast, torch_dtype
 from harness.methods.httm import HTTMParams, make_httm
-from harness.methods.seam import AttentionFn, AttentionLayout, Recorder, sdpa_attention
 from harness.metrics import fidelity, geometry
+from harness.models.seam import AttentionFn, AttentionLayout, Recorder, sdpa_attention
 from harness.models.vggt import PRESETS, build_vggt, load_checkpoint, pose_encoding_to_extri_intri
 from harness.models.weights import check_weights, resolve_weights
 from harness.params import param
@@ -218,14 +218,17 @@ def _summarize_recorder(rec: Recorder, layers: int, heads: int, n_tokens: int) -
 # ----------------------------------------------------------------------------- workload
 
 
+VGGTPoint = Point[VGGTParams, Any]
+
+
 @register_workload
-class VGGTWorkload(Workload):
+class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
     name = "vggt"
     Params = VGGTParams
     doc = "VGGT multi-view reconstruction; attention methods plug into its global attention"
 
-    def model_key(self, point: Point) -> tuple:
-        p: VGGTParams = point.workload_params
+    def model_key(self, point: VGGTPoint) -> tuple:
+        p = point.workload_params
         return ("vggt", p.preset, p.checkpoint, p.lean, point.device, point.dtype, point.seed)
 
     @classmethod
@@ -237,8 +240,8 @@ class VGGTWorkload(Workload):
             for name, c in PRESETS.items()
         }
 
-    def build_model(self, point: Point) -> torch.nn.Module:
-        p: VGGTParams = point.workload_params
+    def build_model(self, point: VGGTPoint) -> torch.nn.Module:
+        p = point.workload_params
         weights = resolve_weights(p.checkpoint)  # before building: a failed download costs no model
         model = build_vggt(p.preset, device="cpu", lean=p.lean)
         if weights.path is not None:
@@ -266,8 +269,8 @@ class VGGTWorkload(Workload):
 
     # -- one point ---------------------------------------------------------------------
 
-    def bench(self, model: torch.nn.Module, point: Point, ctx: RunContext) -> Bench:
-        p: VGGTParams = point.workload_params
+    def bench(self, model: torch.nn.Module, point: VGGTPoint, ctx: RunContext) -> Bench:
+        p = point.workload_params
         seed = scene_seed(p, point.seed)
         inputs: Inputs = ctx.inputs(_input_key(p, seed, point.device),
                                     lambda: load_inputs(p, seed, point.device))
@@ -283,15 +286,15 @@ class VGGTWorkload(Workload):
             return sdpa_attention
         return create_method("vggt", ctx.reference_method, ctx.reference_params)
 
-    def _forward(self, model, point: Point, images: torch.Tensor, fn: AttentionFn,
+    def _forward(self, model, point: VGGTPoint, images: torch.Tensor, fn: AttentionFn,
                  recorder: Recorder | None = None) -> dict:
-        p: VGGTParams = point.workload_params
+        p = point.workload_params
         with torch.inference_mode(), autocast(point.device, point.dtype):
             return model(images, attention_fn=fn, recorder=recorder, heads=HEAD_SETS[p.heads])
 
-    def _bench_model(self, model, point: Point, ctx: RunContext, inputs: Inputs,
+    def _bench_model(self, model, point: VGGTPoint, ctx: RunContext, inputs: Inputs,
                      method_fn: AttentionFn, ref_fn: AttentionFn) -> Bench:
-        p: VGGTParams = point.workload_params
+        p = point.workload_params
         cfg = model.config
         S, (H, W) = inputs.images.shape[0], inputs.hw
         n_tokens = S * cfg.tokens_per_frame(H, W)
@@ -342,11 +345,11 @@ class VGGTWorkload(Workload):
             info=weights_info(model),
         )
 
-    def _evaluate_extra_scene(self, model, point: Point, ctx: RunContext, j: int,
+    def _evaluate_extra_scene(self, model, point: VGGTPoint, ctx: RunContext, j: int,
                               method_fn: AttentionFn, ref_fn: AttentionFn) -> dict[str, float]:
         """Quality and fidelity on the j-th extra synthetic scene (seed + j), untimed; its inputs
         and reference output live as long as the timed input (they derive from it)."""
-        p: VGGTParams = point.workload_params
+        p = point.workload_params
         seed = scene_seed(p, point.seed) + j
         inputs: Inputs = ctx.derived(("extra scene", j), lambda: load_inputs(p, seed, point.device))
         ref_out = ctx.reference(("extra scene", j, self.model_key(point), p.heads),
@@ -354,9 +357,9 @@ class VGGTWorkload(Workload):
         out = self._forward(model, point, inputs.images, method_fn)
         return {**self._quality(out, inputs), **self._fidelity(out, ref_out, inputs.hw)}
 
-    def _bench_attention(self, model, point: Point, ctx: RunContext, inputs: Inputs,
+    def _bench_attention(self, model, point: VGGTPoint, ctx: RunContext, inputs: Inputs,
                          method_fn: AttentionFn, ref_fn: AttentionFn) -> Bench:
-        p: VGGTParams = point.workload_params
+        p = point.workload_params
         cfg = model.config
         if p.layer >= cfg.depth:
             raise ValueError(f"layer={p.layer} but preset {p.preset!r} has {cfg.depth} global layers "
@@ -389,11 +392,11 @@ class VGGTWorkload(Workload):
                      counters=counters, breakdown=breakdown, info=weights_info(model))
 
     @staticmethod
-    def _call(point: Point, fn: AttentionFn, q, k, v, layout: AttentionLayout) -> torch.Tensor:
+    def _call(point: VGGTPoint, fn: AttentionFn, q, k, v, layout: AttentionLayout) -> torch.Tensor:
         with torch.inference_mode():
             return fn(q, k, v, layout)
 
-    def _capture_qkv(self, model, point: Point, inputs: Inputs, layer: int) -> tuple:
+    def _capture_qkv(self, model, point: VGGTPoint, inputs: Inputs, layer: int) -> tuple:
         """Run the forward until global layer ``layer`` and keep its q, k, v (in the point's dtype)."""
         seen: dict = {}
 

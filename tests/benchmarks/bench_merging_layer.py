@@ -21,7 +21,7 @@ import torch
 from baselines.fastvggt import FastVGGTParams, make_fastvggt
 from baselines.tome import ToMeParams, make_tome
 from harness.methods.httm import HTTMParams, make_httm
-from harness.methods.seam import AttentionLayout, Recorder, sdpa_attention
+from harness.models.seam import AttentionLayout, Recorder, sdpa_attention
 
 HEADS, HEAD_DIM, WIDTH, PATCH_START = 16, 64, 1024, 5
 

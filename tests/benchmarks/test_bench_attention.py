@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from harness.methods.seam import attention_flops, sdpa_attention
+from harness.models.seam import attention_flops, sdpa_attention
 from harness.workloads.attention import math_attention
 
 IMPLS: dict[str, Callable[..., torch.Tensor]] = {"sdpa": sdpa_attention, "math": math_attention}

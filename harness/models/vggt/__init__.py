@@ -10,7 +10,7 @@ Public API::
     pose_encoding_to_extri_intri(pose_enc, image_hw) / extri_intri_to_pose_encoding(...)
 
 Global-attention seam: every global block calls ``attention_fn(q, k, v, layout)`` with q, k, v
-``[B, H, N, d]`` after qk-norm and RoPE and a :class:`harness.methods.seam.AttentionLayout`
+``[B, H, N, d]`` after qk-norm and RoPE and a :class:`harness.models.seam.AttentionLayout`
 (frames, tokens_per_frame, patch grid, patch_start=5, layer = global block index, x_norm,
 recorder). Frame blocks always use plain SDPA.
 """

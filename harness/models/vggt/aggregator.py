@@ -6,7 +6,7 @@ block i on ``[B, S*P, C]`` (attention across all frames); its output is
 ``concat(frame_out_i, global_out_i)`` of shape ``[B, S, P, 2C]``.
 
 Global blocks route their attention core through ``attention_fn(q, k, v, layout)`` (the seam
-of :mod:`harness.methods.seam`); frame blocks always use plain SDPA.
+of :mod:`harness.models.seam`); frame blocks always use plain SDPA.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Collection
 import torch
 from torch import nn
 
-from harness.methods.seam import AttentionFn, AttentionLayout, Recorder, sdpa_attention
+from harness.models.seam import AttentionFn, AttentionLayout, Recorder, sdpa_attention
 from harness.models.vggt.dino import ConvPatchEmbed, DinoViT
 from harness.models.vggt.layers import Block, RoPE2D, init_normal_, patch_positions
 from harness.models.vggt.presets import VGGTConfig

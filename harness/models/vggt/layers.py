@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.methods.seam import AttentionFn, AttentionLayout
+from harness.models.seam import AttentionFn, AttentionLayout
 
 
 def init_normal_(param: torch.Tensor, std: float = 1.0) -> None:

@@ -25,7 +25,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from harness.methods.seam import AttentionFn, Recorder
+from harness.models.seam import AttentionFn, Recorder
 from harness.models.vggt.aggregator import Aggregator
 from harness.models.vggt.camera_head import CameraHead
 from harness.models.vggt.dpt_head import DPTHead
