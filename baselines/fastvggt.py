@@ -1,50 +1,9 @@
 """FastVGGT-style token merging at VGGT's global-attention seam (arXiv 2509.02560).
 
-A clean re-implementation of ``mystorm16/FastVGGT`` ``merging/merge.py`` +
-``vggt/layers/attention.py`` (ToMeSD's random 2-D split plus a reference frame). One call
-(q, k, v: [B, H, N, d] -> out [B, H, N, d]):
-
-1. Roles (data-independent, cached per shape and seed):
-   - targets (dst, never merged away): every token of frame 0 (the reference frame) and, in
-     frames >= 1, one random patch per 2 x 2 cell of the patch grid (ToMeSD), drawn with a
-     generator seeded ``merge_seed`` (33 upstream), independently per frame and cell;
-   - kept (pass-through): the camera/register tokens of every frame;
-   - salient (protected, own slot): ``salient_frac`` of the tokens, see ``salient_rule``;
-   - src: the remaining patches of frames >= 1.
-2. Metric: ``layout.x_norm`` (the block's normed input, [B, N, C]) as upstream; when the
-   caller passes None, the keys averaged over heads ([B, N, d]) are used instead and a
-   warning says so once per factory.
-3. Every src finds its most similar target over ALL targets of all frames (global matching,
-   in chunks of src rows, never an N x N matrix); the top r src by score merge,
-   r = floor(fv_ratio * (#src - #salient)). fv_ratio = 1 is upstream's effective "merge
-   every unprotected src" (its r = 0.9 N exceeds the src count).
-4. ONE assignment shared by Q, K, V; plain mean (no size tracking, no proportional
-   attention, as upstream); SDPA on the merged tokens; unmerge by copy.
-
-Deviations from upstream's code (quirks a clean implementation should not copy):
-- S == 1 skips merging (upstream crashes: no src tokens) -- quirk 1.
-- B > 1: decisions per batch row (upstream uses row 0's protection for all) -- quirk 2.
-- The 2 x 2 cells sit in true 2-D coordinates; an odd last row / column forms 1 x 2, 2 x 1
-  or 1 x 1 cells, each with one random dst. Upstream writes its 28 x 36 pattern contiguously
-  into the 28 x 37 raster, so the pattern shears by one token per row: the last column does
-  get dst tokens, but the last 28 tokens of each frame in raster order are always src -- quirk 3.
-- ``merge_seed`` seeds this project's CPU generator; upstream draws with ``torch.randint`` on a
-  generator seeded 33 on the GPU on every call, so ``merge_seed=33`` does NOT reproduce
-  upstream's dst pattern (only its role: one fixed pattern for every layer and forward).
-- Similarities are computed in the dtype of the metric (float32 in the CPU suites); upstream
-  casts the whole model to bf16 and so matches in bf16, where near-ties can resolve differently.
-- Salient tokens are never duplicated: a salient token that is already a target or kept
-  stays where it is; only salient src become singletons (upstream appends every protected
-  token a second time, doubling its key's weight) -- quirk 4. ``salient_rule="stride"`` uses
-  upstream's fixed stride over the whole sequence (every (N // int(salient_frac N))-th token);
-  ``"dissimilar"`` protects the ``salient_frac`` share of src with the LOWEST best-match
-  similarity (a data score: the tokens merging would distort most).
-- Special tokens never absorb merges (``special_targets=False``, default); True reproduces
-  upstream, where every frame's camera/register tokens (and frame 0's) are targets -- quirk 5.
-- The patch grid comes from the layout (quirk 6); the dst pattern is drawn per frame.
-- The merge happens before SDPA and the unmerge right after it (upstream unmerges after the
-  output projection; the projection is linear per token, so a copy before or after it is the
-  same).
+A clean re-implementation of ``mystorm16/FastVGGT`` (ToMeSD's random 2-D dst split plus the
+whole first frame as targets, matching on the layer's normed input, salient tokens protected,
+one assignment shared by Q, K, V). Steps and every deviation from upstream's code (its quirks):
+docs/merging-methods.md.
 """
 
 from __future__ import annotations

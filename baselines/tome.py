@@ -1,25 +1,8 @@
 """ToMe-style uniform token merging at VGGT's global-attention seam (Bolya et al., ICLR 2023).
 
-One call (q, k, v: [B, H, N, d] -> out [B, H, N, d]):
-1. Metric: the keys averaged over heads, [B, N, d]; cosine similarity.
-2. Alternating bipartite split over the whole sequence: A = even positions, B = odd
-   positions. With ``protect_special`` the camera/register tokens of every frame are in
-   neither set: they pass through (never merged away, never absorb others).
-3. Every A token finds its most similar B token; the top r A tokens by that score merge
-   into their B token, r = floor(tome_ratio * N) capped at |A| (ToMe's cap of 50 %).
-4. ONE assignment, shared by Q, K and V: plain mean per merged token; optional
-   proportional attention (``prop_attn``: log of each key's group size added to the logits,
-   which makes merging exact duplicates lossless).
-5. Unmerge by copy: each token receives its merged token's output row.
-
-Deviations from ToMe (tome/merge.py), all forced by the seam:
-- ToMe merges the hidden state once per block and the shorter sequence persists; here every
-  global layer merges q, k, v afresh from the full sequence and unmerges after attention
-  (ToMeSD-style), so token sizes always start at 1. ToMe's size-weighted average therefore
-  equals the plain mean, and there is no ``size_weighted`` knob; sizes matter only through
-  ``prop_attn``.
-- The similarity is computed in chunks of A rows (never an N x N matrix).
-- Special tokens are protected by exclusion rather than ToMe's -inf class-token row.
+Bipartite matching of alternating tokens on the head-averaged keys, the top-r most similar A
+tokens merged into their B partner, one assignment shared by Q, K and V, optional proportional
+attention, unmerge by copy. Steps and the deviations the seam forces: docs/merging-methods.md.
 """
 
 from __future__ import annotations

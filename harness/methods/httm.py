@@ -1,59 +1,11 @@
 """HTTM: head-wise temporal token merging for VGGT's global attention (arXiv 2511.21317).
 
-One call of the ``attention_fn`` seam (q, k, v: [B, H, N, d], N = S * P frame-major):
-
-1. **Temporal blocks.** Tokens are reordered so that a block holds a chunk of ``n_s``
-   consecutive tokens (row-major) from each of ``n_t`` consecutive frames; matching happens
-   only inside blocks. The permutation depends only on the shape and is cached
-   (:func:`temporal_blocks`).
-2. **Head groups.** The H heads form ``head_groups`` groups of H/g heads; a group's heads share
-   one decision, made on the concatenation of their vectors ([B, g, N, (H/g) d]).
-   g = H is HTTM's head-wise merging, g = 1 is uniform merging.
-3. **Bipartite merge per block.** A fixed, data-independent set of dst tokens per block; every
-   src joins its most similar dst (cosine) if it is among the block's top-r by that score;
-   a merged token is the plain mean of its members. Q is merged on Q similarity, K on K
-   similarity, V follows K (``decouple_qk``).
-4. **Adaptive outlier filtering (Q only).** Each query's distance to its merged token is
-   computed per (head group, token); ONE budget of ``outlier_frac * N * g`` entries per batch
-   element is spent on the largest distances across all groups; flagged queries leave their
-   group (its mean is recomputed without them) and become singleton queries. Groups thus end
-   up with different query lengths; they are padded to the longest one (padding rows are
-   attended and discarded; rows of Q are independent, so no mask is needed).
-5. **Attention** on the merged Q and K/V, then **unmerge** by copying every query's merged
-   output row back (one gather by the slot map, which is indexed by original token position,
-   so it also undoes the temporal permutation).
-
-Choices for what the paper leaves open:
-- Ratios. ``query_merge`` is the fraction of each block's queries merged away BEFORE filtering,
-  ``outlier_frac`` the fraction of N un-merged again, ``kv_merge`` the fraction of K/V merged
-  away: final Q ~ (1 - query_merge + outlier_frac) N per head on average, K/V ~ (1 - kv_merge) N
-  (plus the pass-through tokens). The paper's setting 0.9 / 0.10 / 0.7 gives Q 0.2 N, K/V 0.3 N.
-- dst split. By default (``dst_frac = 0``) a block of n tokens gets n - round(ratio n) dst and
-  every src is merged (the only way a bipartite split reaches 90 %). ``dst_frac > 0`` fixes the
-  dst fraction instead (ToMeSD: 0.25) and merges the top-r src, r capped at the src count.
-  Every block keeps at least one dst. ``dst_rule`` places the dst inside the block (block
-  order is frame-major): "strided" spreads them evenly, "random" draws them (seeded by
-  ``dst_seed``), "first_frame" takes the leading positions (the group's first frame(s)).
-- Ragged tails. P' (tokens per frame that take part) not a multiple of n_s: each frame's last
-  chunk is shorter; frames not a multiple of n_t: the last group has fewer frames. Blocks
-  therefore come in at most 4 size classes; each class is one batched problem (no per-block
-  loops). The ratios apply per block, so small tail blocks merge the same fraction.
-- Special tokens. ``protect_special`` (default on): the patch_start camera/register tokens
-  of every frame are pass-through: never merged away, never absorb others. Off: they are
-  ordinary tokens of each frame's first chunk.
-- First-frame anchoring (HTTM*, ``anchor_first_frame``): all of frame 0 is pass-through, the
-  remaining frames form the temporal groups, and the frame-0 tokens of a block's spatial
-  chunk are extra merge targets of that block (so a frame-0 token may absorb tokens from
-  every group). With S == 1 nothing merges then.
-- S == 1 (no anchoring): blocks are spatial chunks of the single frame (n_t has no effect).
-- Merging happens on the post-qk-norm, post-RoPE q/k that the seam receives.
-- ``start_layer``: global layers with index < start_layer use plain attention.
-
-Recorder (when ``layout.recorder`` is set): counters ``tokens_q`` / ``tokens_kv`` (rows summed
-over heads, per batch element, without padding), ``pad_q`` (padding query rows, same units),
-``attn_flops`` (on the padded sizes), ``match_flops``; observations ``merge_sim_p10`` /
-``merge_sim_p10_kv`` (10th percentile of the merged pairs' cosine similarity, Q / K, on a
-subsample); phases "match", "aggregate", "attention" (the paper's Table 4 categories).
+An ``attention_fn(q, k, v, layout)`` for the seam (q, k, v: [B, H, N, d], N = S * P frame-major):
+tokens are grouped into temporal blocks (``n_s`` tokens x ``n_t`` frames), each head group
+merges Q on Q similarity and K/V on K similarity inside blocks, the queries farthest from their
+merged token are un-merged again (one outlier budget across groups), attention runs on the
+merged tokens and the output is copied back. Steps, the choices where the paper is silent, and
+the recorder's counters: docs/merging-methods.md.
 """
 
 from __future__ import annotations
