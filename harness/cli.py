@@ -68,12 +68,14 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         summary = run_suite(
             suite, out, resume=resume, order=args.order, allow_failures=args.allow_failures,
-            progress=not args.quiet, argv=["harness", *argv],
+            progress=not args.quiet, argv=["harness", *argv], allow_env_mismatch=args.allow_env_mismatch,
         )
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished points are saved. Continue with: harness run {args.suite} "
               f"--resume {out} (and the same --preset/--set options)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    for note in summary.notes:
+        print(f"resume repaired {out}: {note}", file=sys.stderr)
     print(summary.line())
     if not args.no_report:
         _report_after_run(out)
@@ -305,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid: suite order grouped by model; interleave: methods alternate; shuffle: seeded "
                         "random order")
     r.add_argument("--allow-failures", action="store_true", help="exit 0 even when points failed")
+    r.add_argument("--allow-env-mismatch", action="store_true",
+                   help="--resume on a machine or torch version other than the run's (recorded in run.json)")
     r.add_argument("--no-report", action="store_true", help="skip the tables and plots after the run")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)

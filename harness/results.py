@@ -11,11 +11,13 @@ Layout of ``RUN_DIR``::
     samples.jsonl / samples.parquet   raw per-sample timings
 
 Rows are appended the moment a point finishes, so a killed run keeps every finished
-point; ``points.parquet`` is regenerated from the JSONL log atomically.
+point; the JSONL logs are the source of truth and the parquet tables are exports built from
+them (see :class:`RunWriter`).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 import os
@@ -41,10 +43,61 @@ POINTS_LOG = "points.jsonl"
 POINTS_FILE = "points.parquet"
 SAMPLES_LOG = "samples.jsonl"
 SAMPLES_FILE = "samples.parquet"
+LOCK_FILE = ".lock"  # held by the process writing the run; says which one
 
 
 class RunDirError(ValueError):
     """A path that is not a readable run directory of this harness's schema (one paragraph)."""
+
+
+class RunLock:
+    """Exclusive lock of a run directory by one process (``flock`` on ``.lock``, released when the
+    process ends, even by kill -9); the file names the holder for the error message of others."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self._file: Any = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock or raise RunDirError naming the process that holds it."""
+        import fcntl
+        import socket
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        f = open(self.run_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunDirError(
+                f"{self.run_dir} is in use by {holder}: wait for that run to finish (or stop it), then "
+                "resume it with --resume; two processes writing one run directory would double its points"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on host {socket.gethostname()} (since "
+                f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')})\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            import fcntl
+
+            self._file.seek(0)
+            self._file.truncate()
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
@@ -78,10 +131,22 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def note_resume(run_dir: str | os.PathLike, at: str, argv: list[str]) -> dict[str, Any]:
-    """Record one resumption (time, command line) in ``run.json``; returns the manifest."""
+def read_env(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``env.json`` of a run ({} when absent); RunDirError naming the file when it is damaged."""
+    path = Path(run_dir) / ENV_FILE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{path} cannot be read as JSON ({e}); restore it from a copy of the run, "
+                          "or start a new run") from None
+
+
+def note_resume(run_dir: str | os.PathLike, at: str, argv: list[str], env: dict[str, Any]) -> dict[str, Any]:
+    """Record one resumption (time, command line, machine fingerprint) in ``run.json``."""
     manifest = read_manifest(run_dir)
-    manifest.setdefault("resumed", []).append({"at": at, "argv": argv})
+    manifest.setdefault("resumed", []).append({"at": at, "argv": argv, "env": env})
     write_json(Path(run_dir) / MANIFEST_FILE, manifest)
     return manifest
 
@@ -110,22 +175,58 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Complete JSON lines of a log; a torn (unterminated or undecodable) line is skipped."""
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         line = line.strip()
         if not line:
             continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a torn last line from a killed run
+        except json.JSONDecodeError:  # a torn line from a killed run or a full disk
             continue
     return rows
 
 
+def repair_torn_tail(path: Path) -> int:
+    """Cut an unterminated last line (a write torn by a kill or a full disk) so the next append
+    starts on a fresh line. Returns the number of bytes dropped (0: the log was whole)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        keep, end = 0, size
+        while end > 0:  # the last newline, reading backwards in blocks
+            start = max(0, end - (1 << 16))
+            f.seek(start)
+            i = f.read(end - start).rfind(b"\n")
+            if i >= 0:
+                keep = start + i + 1
+                break
+            end = start
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    return size - keep
+
+
+def _write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    _atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
 class RunWriter:
-    """Appends rows to a run directory. Create with :meth:`create` or :meth:`open_existing`."""
+    """Appends rows to a run directory. Create with :meth:`create` or :meth:`open_existing`.
+
+    A point is committed by its row in ``points.jsonl``; its samples are written just before it
+    and count only once the row exists (samples without a row are orphans: dropped on resume
+    and ignored on load). The parquet tables are exports built from the logs by
+    :meth:`flush_tables` (at the end of a run, on resume, on demand), never on every append.
+    """
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
@@ -148,15 +249,29 @@ class RunWriter:
         return cls(run_dir)
 
     @classmethod
-    def open_existing(cls, run_dir: Path) -> RunWriter:
-        return cls(Path(run_dir))
+    def open_existing(cls, run_dir: Path) -> tuple[RunWriter, list[str]]:
+        """Reopen a run for appending after repairing its logs; returns notes on what was repaired."""
+        writer = cls(Path(run_dir))
+        notes = []
+        for name in (POINTS_LOG, SAMPLES_LOG):
+            dropped = repair_torn_tail(writer.run_dir / name)
+            if dropped:
+                notes.append(f"{name}: cut a torn last line ({dropped} bytes of an unfinished write)")
+        done = writer.finished_hashes()
+        samples = _read_jsonl(writer.run_dir / SAMPLES_LOG)
+        kept = [r for r in samples if r.get(C.HASH) in done]
+        if len(kept) != len(samples):
+            _write_jsonl_atomic(writer.run_dir / SAMPLES_LOG, kept)
+            notes.append(f"{SAMPLES_LOG}: dropped {len(samples) - len(kept)} samples of points that never "
+                         "finished (they run again)")
+        return writer, notes
 
     def finished_hashes(self) -> set[str]:
         """Hashes of points already recorded (any status): a resumed run skips these."""
         return {r[C.HASH] for r in _read_jsonl(self.run_dir / POINTS_LOG) if C.HASH in r}
 
     def append(self, row: dict[str, Any], samples: Iterable[dict[str, Any]] = ()) -> None:
-        """Durably record one finished point and its raw samples, then refresh the parquet files."""
+        """Durably record one finished point: its samples, then its row (the commit)."""
         with open(self.run_dir / SAMPLES_LOG, "a") as f:
             for s in samples:
                 f.write(json.dumps({k: _jsonable(v) for k, v in s.items()}) + "\n")
@@ -166,7 +281,6 @@ class RunWriter:
             f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        self.flush_tables()
 
     def update_metrics(self, metrics: dict[str, Any]) -> None:
         path = self.run_dir / METRICS_FILE
@@ -175,11 +289,30 @@ class RunWriter:
         write_json(path, current)
 
     def flush_tables(self) -> None:
-        """Regenerate points.parquet and samples.parquet from the JSONL logs."""
-        points = _points_frame(_read_jsonl(self.run_dir / POINTS_LOG))
-        _write_parquet(points, self.run_dir / POINTS_FILE)
-        samples = pd.DataFrame(_read_jsonl(self.run_dir / SAMPLES_LOG), columns=list(C.SAMPLE_COLUMNS))
-        _write_parquet(samples, self.run_dir / SAMPLES_FILE)
+        """Build points.parquet and samples.parquet from the logs (both written, then both renamed)."""
+        points, samples = read_tables(self.run_dir)
+        staged = []
+        for df, name in ((points, POINTS_FILE), (samples, SAMPLES_FILE)):
+            tmp = self.run_dir / (name + ".tmp")
+            df.to_parquet(tmp, index=False)
+            staged.append((tmp, self.run_dir / name))
+        for tmp, final in staged:
+            os.replace(tmp, final)
+
+
+def read_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(points, samples) of a run from its logs (the source of truth), samples only of committed
+    points. Without logs (a run directory copied without them): the parquet tables."""
+    run_dir = Path(run_dir)
+    if not (run_dir / POINTS_LOG).exists() and (run_dir / POINTS_FILE).exists():
+        points = pd.read_parquet(run_dir / POINTS_FILE)
+        samples = (pd.read_parquet(run_dir / SAMPLES_FILE) if (run_dir / SAMPLES_FILE).exists()
+                   else pd.DataFrame(columns=list(C.SAMPLE_COLUMNS)))
+        return points, samples
+    rows = _read_jsonl(run_dir / POINTS_LOG)
+    done = {r.get(C.HASH) for r in rows}
+    samples = [r for r in _read_jsonl(run_dir / SAMPLES_LOG) if r.get(C.HASH) in done]
+    return _points_frame(rows), pd.DataFrame(samples, columns=list(C.SAMPLE_COLUMNS))
 
 
 def _points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -196,12 +329,6 @@ def _points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             if len(types) > 1 and not types <= {int, float}:
                 df[col] = df[col].map(lambda v: None if v is None else str(v))
     return df
-
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -230,14 +357,7 @@ def load(path: str | os.PathLike) -> RunData:
     """
     run_dir = Path(path)
     manifest = read_manifest(run_dir)
-    if (run_dir / POINTS_FILE).exists():
-        points = pd.read_parquet(run_dir / POINTS_FILE)
-    else:
-        points = _points_frame(_read_jsonl(run_dir / POINTS_LOG))
-    if (run_dir / SAMPLES_FILE).exists():
-        samples = pd.read_parquet(run_dir / SAMPLES_FILE)
-    else:
-        samples = pd.DataFrame(_read_jsonl(run_dir / SAMPLES_LOG), columns=list(C.SAMPLE_COLUMNS))
+    points, samples = read_tables(run_dir)
 
     def _json(name: str) -> dict[str, Any]:
         p = run_dir / name

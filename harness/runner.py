@@ -40,8 +40,19 @@ from typing import Any
 
 from harness import __version__, registry
 from harness import columns as C
-from harness.env import fingerprint
-from harness.results import MANIFEST_FILE, RunDirError, RunWriter, is_run_dir, note_resume, read_manifest
+from harness.env import comparable, fingerprint
+from harness.results import (
+    LOCK_FILE,
+    MANIFEST_FILE,
+    POINTS_LOG,
+    RunDirError,
+    RunLock,
+    RunWriter,
+    is_run_dir,
+    note_resume,
+    read_env,
+    read_manifest,
+)
 from harness.suite import Suite
 from harness.telemetry import TelemetrySampler
 from harness.timing import Timer, summarize
@@ -66,6 +77,8 @@ class RunSummary:
     skipped: int
     counts: dict[str, int] = field(default_factory=dict)
     allow_failures: bool = False
+    #: what resuming repaired in the run directory (torn log tails, orphan samples)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ran(self) -> int:
@@ -258,12 +271,14 @@ def run_suite(
     allow_failures: bool = False,
     progress: bool = True,
     argv: list[str] | None = None,
+    allow_env_mismatch: bool = False,
 ) -> RunSummary:
     """Run every point of ``suite`` into ``out_dir`` (a new run directory, or one to resume).
 
-    Raises RunError before running anything when the directory is unwritable, already holds
-    a run (without ``resume``), holds another suite's run (with ``resume``), or a point needs
-    a device this machine lacks.
+    Raises RunError before running anything when the directory is unwritable, in use by another
+    process, already holds a run or other files (without ``resume``), holds another suite's run
+    or was started on a different machine (with ``resume``, unless ``allow_env_mismatch``), or a
+    point needs a device this machine lacks. The directory is locked while the run writes.
     """
     out = Path(out_dir)
     argv = list(sys.argv if argv is None else argv)
@@ -272,42 +287,79 @@ def run_suite(
     ordered = order_points(points, wl.model_key, order, suite.hash)
     _check_devices(points)
 
-    if resume:
-        writer, run_id = _open_for_resume(out, suite, argv)
-        done = writer.finished_hashes()
-    else:
-        if is_run_dir(out):
-            raise RunError(
-                f"{out} already holds a run ({MANIFEST_FILE} exists). Pass --resume {out} to finish it, "
-                "or choose a new --out directory."
-            )
+    if not resume:
+        _check_new_run_dir(out)
         _check_writable(out)
-        run_id = f"{suite.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
-        manifest = {
-            "run_id": run_id,
-            "suite": suite.name,
-            "suite_hash": suite.hash,
-            "suite_source": suite.source,
-            "preset": suite.preset,
-            "argv": argv,
-            "created_at": _now(),
-            "harness_version": __version__,
-            "order": order,
-            "allow_failures": allow_failures,
-            "n_points": len(points),
-        }
-        env = fingerprint(argv=argv, seed=_common_seed(points))
-        metrics = {k: asdict(v) for k, v in wl.metrics().items()}
-        writer = RunWriter.create(out, manifest, suite.resolved, env, metrics)
-        done = set()
+    lock = _lock(out)
+    try:
+        notes: list[str] = []
+        if resume:
+            writer, run_id, notes = _open_for_resume(out, suite, argv, points, allow_env_mismatch)
+            done = writer.finished_hashes()
+        else:
+            run_id = f"{suite.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
+            manifest = {
+                "run_id": run_id,
+                "suite": suite.name,
+                "suite_hash": suite.hash,
+                "suite_source": suite.source,
+                "preset": suite.preset,
+                "argv": argv,
+                "created_at": _now(),
+                "harness_version": __version__,
+                "order": order,
+                "allow_failures": allow_failures,
+                "n_points": len(points),
+            }
+            env = fingerprint(argv=argv, seed=_common_seed(points))
+            metrics = {k: asdict(v) for k, v in wl.metrics().items()}
+            writer = RunWriter.create(out, manifest, suite.resolved, env, metrics)
+            done = set()
 
-    todo = [p for p in ordered if p.hash not in done]
-    summary = RunSummary(
-        run_dir=out, run_id=run_id, total=len(points), skipped=len(points) - len(todo),
-        allow_failures=allow_failures,
-    )
-    _Loop(suite, wl, writer, run_id, summary).run(todo, progress)
+        todo = [p for p in ordered if p.hash not in done]
+        summary = RunSummary(
+            run_dir=out, run_id=run_id, total=len(points), skipped=len(points) - len(todo),
+            allow_failures=allow_failures, notes=notes,
+        )
+        try:
+            _Loop(suite, wl, writer, run_id, summary).run(todo, progress)
+        finally:
+            writer.flush_tables()
+    finally:
+        lock.release()
     return summary
+
+
+def _lock(out: Path) -> RunLock:
+    try:
+        return RunLock(out).acquire()
+    except RunDirError as e:
+        raise RunError(str(e)) from None
+
+
+def _check_new_run_dir(out: Path) -> None:
+    """A new run goes into a new or empty directory: never into a run (in use or not), nor next
+    to files it would mix with or overwrite."""
+    if is_run_dir(out):
+        _lock(out).release()  # in use: says by whom
+        raise RunError(
+            f"{out} already holds a run ({MANIFEST_FILE} exists). Pass --resume {out} to finish it, "
+            "or choose a new --out directory."
+        )
+    if not out.is_dir():
+        if out.exists():
+            raise RunError(f"--out {out} is a file, not a directory; choose a new --out directory")
+        return
+    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+    if POINTS_LOG in entries:
+        raise RunError(
+            f"{out} holds {POINTS_LOG} but no {MANIFEST_FILE}: the remains of a run whose manifest was "
+            "lost. A new run there would mix its rows with these; move them away or choose a new --out."
+        )
+    if entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise RunError(f"{out} is not empty and is not a run directory (it holds {shown}); "
+                       "choose a new or empty --out directory")
 
 
 def _check_devices(points: Iterable[Point]) -> None:
@@ -322,7 +374,10 @@ def _check_devices(points: Iterable[Point]) -> None:
             )
 
 
-def _open_for_resume(out: Path, suite: Suite, argv: list[str]) -> tuple[RunWriter, str]:
+def _open_for_resume(out: Path, suite: Suite, argv: list[str], points: Sequence[Point],
+                     allow_env_mismatch: bool) -> tuple[RunWriter, str, list[str]]:
+    """Checks that ``out`` holds this suite's run, started on a comparable machine; records the
+    resumption (with this machine's fingerprint) and repairs the logs. Raises RunError."""
     if not is_run_dir(out):
         raise RunError(
             f"cannot resume {out}: it is not a run directory ({MANIFEST_FILE} is missing); "
@@ -330,6 +385,7 @@ def _open_for_resume(out: Path, suite: Suite, argv: list[str]) -> tuple[RunWrite
         )
     try:
         manifest = read_manifest(out)
+        stored_env = read_env(out)
     except RunDirError as e:
         raise RunError(f"cannot resume: {e}") from None
     if manifest.get("suite_hash") != suite.hash:
@@ -339,9 +395,19 @@ def _open_for_resume(out: Path, suite: Suite, argv: list[str]) -> tuple[RunWrite
             f"{suite.hash!r} (points, timing or metrics settings differ). Resume with the same suite file, "
             "--preset and --set options, or start a new run with --out."
         )
+    env = fingerprint(argv=argv, seed=_common_seed(points))
+    diffs = comparable(stored_env, env)
+    if diffs and not allow_env_mismatch:
+        raise RunError(
+            f"cannot resume {out}: this machine differs from the one that started the run "
+            f"({'; '.join(diffs)}), so its timings would not be comparable with the recorded ones. Resume "
+            "where the run started, or pass --allow-env-mismatch to mix them (each resumption's "
+            f"fingerprint is recorded in {MANIFEST_FILE})."
+        )
     _check_writable(out)
-    note_resume(out, _now(), argv)
-    return RunWriter.open_existing(out), str(manifest.get("run_id"))
+    note_resume(out, _now(), argv, env)
+    writer, notes = RunWriter.open_existing(out)
+    return writer, str(manifest.get("run_id")), notes
 
 
 class _Loop:

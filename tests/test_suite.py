@@ -86,6 +86,8 @@ ONE_PROBLEM_CASES = [
     ("duplicate key", ("append", "fixed: {batch: 2}\n"), ["line 11: fixed: duplicate key 'fixed'"]),
     ("min above max samples", ("append", "timing: {min_samples: 9, max_samples: 3}\n"),
      ["min_samples (9) is larger than max_samples (3)"]),
+    ("settings section not a mapping", ("append", "timing: 3\n"),
+     ["line 11: timing: must be a mapping (key: value lines), got 3"]),
 ]
 
 
@@ -98,6 +100,25 @@ def test_one_bad_field_gives_one_problem_naming_line_field_and_allowed_values(tm
     msg = one_problem(tmp_path, text)
     missing = [f for f in fragments if f not in msg]
     assert not missing, msg
+
+
+# (the `regression` mapping appended to the ATTN suite, a fragment of its one problem)
+REGRESSION_CASES = [
+    ("{treshold: 0.1}", "line 11: regression.treshold: unknown regression setting 'treshold' "
+                        "(did you mean 'threshold'?); allowed: threshold, alpha, per_metric"),
+    ("{alpha: 2}", "regression.alpha: 2.0 is out of range; allowed: float in [0, 1] (alpha: significance"),
+    ("{alpha: 0}", "regression.alpha: 0.0 is out of range"),  # both ends excluded
+    ("{threshold: null}", "regression.threshold: None is not a float; allowed: float in [0, inf]"),
+    ("{per_metric: {q_x: -1}}",
+     "regression.per_metric.q_x: -1.0 is out of range; allowed: float in [0, inf] (per_metric:"),
+    ("{per_metric: [1]}", "per_metric: [1] is not a dict; allowed: a mapping of names to float in [0, inf]"),
+]
+
+
+@pytest.mark.parametrize(("body", "fragment"), REGRESSION_CASES, ids=[c[0] for c in REGRESSION_CASES])
+def test_regression_settings_are_checked_like_parameters(tmp_path, body, fragment):
+    msg = one_problem(tmp_path, ATTN + f"regression: {body}\n")
+    assert fragment in msg, msg
 
 
 def test_unknown_parameter_names_path_line_and_suggestion(tmp_path):
@@ -143,6 +164,13 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert any("timing.max_sample" in p and "did you mean 'max_samples'?" in p for p in found)
     assert any("sweep.heads[1]" in p for p in found)
     assert any("fixed.batch" in p for p in found)
+
+
+def test_regression_settings_are_recorded_as_given_in_file_order(tmp_path):
+    suite = load_suite(write(tmp_path, ATTN + "regression: {per_metric: {q_x: 1}, alpha: 0.05}\n"))
+    assert list(suite.resolved["regression"].items()) == [("per_metric", {"q_x": 1.0}), ("alpha", 0.05)]
+    assert suite.regression == suite.resolved["regression"]
+    assert load_suite(write(tmp_path, ATTN)).resolved["regression"] == {}
 
 
 def test_missing_suite_file_is_a_file_not_found_error(tmp_path):

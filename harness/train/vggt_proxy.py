@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.data.scenes import SceneConfig, render_scene
-from harness.models.seam import AttentionLayout
 from harness.metrics import geometry
+from harness.models.seam import AttentionLayout
 from harness.models.vggt import build_vggt, pose_encoding_to_extri_intri
 from harness.models.vggt.pose import extri_intri_to_pose_encoding
 from harness.models.vggt.presets import VGGT_PROXY

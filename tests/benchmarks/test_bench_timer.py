@@ -81,11 +81,11 @@ def test_results_append(benchmark, tmp_path: Path, existing: int) -> None:
         counter["round"] += 1
         run = tmp_path / f"round{counter['round']}"
         shutil.copytree(template, run)
-        return (RunWriter.open_existing(run), _row(existing), _samples(existing)), {}
+        return (RunWriter.open_existing(run)[0], _row(existing), _samples(existing)), {}
 
     benchmark.group = "results writer"
     benchmark.extra_info.update({"existing_points": existing, "samples_per_point": SAMPLES_PER_POINT})
     benchmark.pedantic(lambda w, row, samples: w.append(row, samples), setup=fresh_copy,
                        rounds=APPEND_ROUNDS, iterations=1)
-    last = RunWriter.open_existing(tmp_path / f"round{counter['round']}")
+    last, _ = RunWriter.open_existing(tmp_path / f"round{counter['round']}")
     assert len(last.finished_hashes()) == existing + 1
