@@ -150,8 +150,6 @@ def fastvggt_attention(
 
 def make_fastvggt(p: FastVGGTParams) -> AttentionFn:
     """Build FastVGGT's ``attention_fn(q, k, v, layout) -> out``."""
-    if p.salient_rule not in SALIENT_RULES:
-        raise ValueError(f"FastVGGT salient_rule={p.salient_rule!r} is not one of {', '.join(SALIENT_RULES)}")
     warned = [False]
 
     return from_layer(p.start_layer, lambda q, k, v, layout: fastvggt_attention(q, k, v, layout, p, warned))

@@ -23,10 +23,14 @@ import torch
 from torch import nn
 
 from harness.methods import mixaq
-from harness.methods.mixaq import BITS_HELP, BITS_RANGE
+from harness.methods.mixaq import (
+    BITS_HELP,
+    BITS_RANGE,
+    act_calib_param,
+    embed_bits_param,
+    softmax_quant_param,
+)
 from harness.params import param
-from harness.quant.qswin import SOFTMAX_QUANT
-from harness.quant.quantizers import ACT_CALIB_METHODS
 
 
 @dataclass(frozen=True)
@@ -35,15 +39,9 @@ class UniformQuantParams:
 
     w_bits: int = param(4, "weight bits, per-channel symmetric" + BITS_HELP, range=BITS_RANGE)
     a_bits: int = param(8, "activation bits of every block activation" + BITS_HELP, range=BITS_RANGE)
-    act_calib: str = param(
-        "percentile", "activation range: minmax, or percentile (MSE-best clipping)", choices=ACT_CALIB_METHODS
-    )
-    softmax_quant: str = param(
-        "uniform", "attention-probability quantizer: uniform or log2", choices=SOFTMAX_QUANT
-    )
-    embed_bits: int = param(
-        8, "bits of patch embedding, patch merging and head, W and A" + BITS_HELP, range=BITS_RANGE
-    )
+    act_calib: str = act_calib_param()
+    softmax_quant: str = softmax_quant_param()
+    embed_bits: int = embed_bits_param()
     ref_a_bits: int = param(
         0,
         "activation bits of the uniform model work_bops_speedup is measured "

@@ -32,7 +32,7 @@ import yaml
 from harness import columns as C
 
 #: version of the run-directory layout and columns; :func:`load` refuses other versions
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: suite.resolved.yaml records which parameters belong to whom
 
 # run directory files
 MANIFEST_FILE = "run.json"

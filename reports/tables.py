@@ -146,25 +146,16 @@ def swept_axes(run: RunData | pd.DataFrame) -> list[str]:
 
 
 def method_specific_params(points: pd.DataFrame, suite: dict[str, Any]) -> list[str]:
-    """Config columns that belong to methods rather than to the workload-level config.
-
-    A column is method-specific when it is declared under ``suite["methods"]`` (and not under
-    ``fixed``/``sweep``), or when some row lacks it (a workload-level or common parameter is
-    present in every row; a method parameter is missing for methods that do not have it).
-    """
-    declared: set[str] = set()
-    for params in (suite.get("methods") or {}).values():
-        if isinstance(params, dict):
-            declared |= set(params)
-    workload_level = set(suite.get("fixed") or {}) | set(suite.get("sweep") or {})
-    out = []
-    for c in config_columns(points):
-        if c == C.METHOD:
-            continue
-        partial = bool(points[c].isna().any())
-        if partial or (c in declared and c not in workload_level):
-            out.append(c)
-    return out
+    """Config columns that belong to methods rather than to the workload-level config, as the
+    run's resolved suite records them (``parameters``: workload, common, methods)."""
+    owners = suite.get("parameters")
+    if not owners:
+        raise ValueError("the suite record has no 'parameters' section (which columns belong to the "
+                         "workload, the methods and every point); it comes from a run of an older harness: "
+                         "re-run its suite")
+    shared = set(owners.get("workload", ())) | set(owners.get("common", ()))
+    of_methods = {n for names in (owners.get("methods") or {}).values() for n in names} - shared
+    return [c for c in config_columns(points) if c in of_methods]
 
 
 def match_key_columns(points: pd.DataFrame, suite: dict[str, Any]) -> list[str]:

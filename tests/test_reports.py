@@ -25,6 +25,8 @@ SUITE = {
     "sweep": {"seq_len": [128, 256]},
     "methods": {"sdpa": {}, "httm": {"r": [0.25, 0.5]}},
     "regression": {"threshold": 0.05, "alpha": 0.01, "per_metric": {}},
+    "parameters": {"workload": ["seq_len"], "common": ["device", "dtype", "seed", "threads"],
+                   "methods": {"sdpa": [], "httm": ["r"]}},
 }
 METRICS = {
     "q_err": {"kind": "quality", "help": "depth error", "higher_is_better": False, "unit": "m",
@@ -269,3 +271,29 @@ def test_plot_run_draws_no_cost_figures_without_a_cost_axis(run_dir: Path) -> No
 
 def test_plot_run_skips_figures_when_there_is_nothing_to_plot(tmp_path: Path) -> None:
     assert plot_run(make_run(tmp_path / "one", single=True)) == []
+
+
+def test_parameter_ownership_comes_from_the_suite_record_not_from_missing_values() -> None:
+    # every row has a value for the method knob start_layer (both methods have it, neither sets it),
+    # so no pattern of missing values could tell it from a workload parameter
+    pts = pd.DataFrame([
+        {C.HASH: f"h{i}", C.METHOD: m, "seq_len": 128, "start_layer": layer, C.STATUS: C.OK,
+         C.LAT_MEDIAN: lat}
+        for i, (m, layer, lat) in enumerate([("tome", 0, 10.0), ("httm", 2, 5.0)])
+    ])
+    suite = {"reference": "tome", "parameters": {
+        "workload": ["seq_len"], "common": [], "methods": {"tome": ["start_layer"], "httm": ["start_layer"]}}}
+    assert T.match_key_columns(pts, suite) == ["seq_len"]
+    assert list(T.add_speedup(pts, suite)[C.SPEEDUP]) == [1.0, 2.0]  # paired across start_layer
+    with pytest.raises(ValueError, match="no 'parameters' section .* re-run its suite"):
+        T.match_key_columns(pts, {"reference": "tome"})
+
+
+def test_a_loaded_suite_records_who_owns_each_parameter() -> None:
+    from harness.suite import parse_suite
+
+    suite = parse_suite("name: s\nworkload: attention\nreference: sdpa\nmethods: {sdpa: {}, math: {}}\n")
+    owners = suite.resolved["parameters"]
+    assert {"seq_len", "heads", "head_dim", "batch"} <= set(owners["workload"])
+    assert set(owners["common"]) == {"device", "dtype", "seed", "threads"}
+    assert owners["methods"] == {"sdpa": [], "math": []}

@@ -381,7 +381,5 @@ def httm_attention(
 
 def make_httm(p: HTTMParams) -> AttentionFn:
     """Build HTTM's ``attention_fn(q, k, v, layout) -> out`` for the given parameters."""
-    if p.dst_rule not in DST_RULES:
-        raise ValueError(f"HTTM dst_rule={p.dst_rule!r} is not one of {', '.join(DST_RULES)}")
 
     return from_layer(p.start_layer, lambda q, k, v, layout: httm_attention(q, k, v, layout, p))

@@ -54,6 +54,24 @@ BITS_RANGE = (2, FLOAT_BITS)
 """Allowed bit widths of every Swin quantization knob (mixaq, sparsevit, uniform)."""
 BITS_HELP = f" ({FLOAT_BITS}: float, no quantization)"
 """Suffix of the help text of every bits knob."""
+
+
+def act_calib_param() -> Any:
+    """The ``act_calib`` knob of every Swin quantization method."""
+    return param("percentile", "activation range: minmax, or percentile (MSE-best clipping)",
+                 choices=ACT_CALIB_METHODS)
+
+
+def softmax_quant_param() -> Any:
+    """The ``softmax_quant`` knob of every Swin quantization method."""
+    return param("uniform", "attention-probability quantizer: uniform or log2", choices=SOFTMAX_QUANT)
+
+
+def embed_bits_param() -> Any:
+    """The ``embed_bits`` knob of every Swin quantization method."""
+    return param(8, "bits of patch embedding, patch merging and head (W and A)" + BITS_HELP, range=BITS_RANGE)
+
+
 PAIRING_REL_TOL = 0.005
 """Relative BOPs error within which :func:`prune_ratios_for_speedup` prefers uniform prune ratios."""
 
@@ -94,15 +112,9 @@ class MixAQParams:
         1, "windows a block keeps whatever the prune ratio (1: a single-window stage is never pruned; "
         "0: plain floor(nW(1-p)))", range=(0, 1_000_000),
     )
-    act_calib: str = param(
-        "percentile", "activation range: minmax, or percentile (MSE-best clipping)", choices=ACT_CALIB_METHODS
-    )
-    softmax_quant: str = param(
-        "uniform", "attention-probability quantizer: uniform or log2", choices=SOFTMAX_QUANT
-    )
-    embed_bits: int = param(
-        8, "bits of patch embedding, patch merging and head (W and A)" + BITS_HELP, range=BITS_RANGE
-    )
+    act_calib: str = act_calib_param()
+    softmax_quant: str = softmax_quant_param()
+    embed_bits: int = embed_bits_param()
 
     def __post_init__(self) -> None:
         # cross-field: a suite setting this is refused at load, with file and line
@@ -132,13 +144,9 @@ class SparseViTParams:
     importance: str = param(
         "l2", "which windows are kept: l2 (most important), random, reversed", choices=IMPORTANCE_MODES
     )
-    act_calib: str = param("percentile", "activation range: minmax or percentile", choices=ACT_CALIB_METHODS)
-    softmax_quant: str = param(
-        "uniform", "attention-probability quantizer: uniform or log2", choices=SOFTMAX_QUANT
-    )
-    embed_bits: int = param(
-        8, "bits of patch embedding, patch merging and head" + BITS_HELP, range=BITS_RANGE
-    )
+    act_calib: str = act_calib_param()
+    softmax_quant: str = softmax_quant_param()
+    embed_bits: int = embed_bits_param()
 
 
 def as_ratios(value: Any, name: str) -> tuple[float, ...]:

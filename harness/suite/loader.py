@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import registry
 from harness.suite.document import overlay, read_yaml
 from harness.suite.expansion import HASH_HEX_CHARS, canonical, expand
 from harness.suite.problems import Problems
 from harness.suite.spec import MetricsConfig, SuiteSpec, validate
 from harness.timing import TimingConfig
-from harness.workloads.base import Point
+from harness.workloads.base import CommonParams, Point
 
 SUITES_DIR = "suites"
 
@@ -144,7 +145,20 @@ def _resolved(data: dict[str, Any], spec: SuiteSpec, regression: dict[str, Any])
     resolved["timing"] = dataclasses.asdict(spec.timing)
     resolved["metrics"] = dataclasses.asdict(spec.metrics)
     resolved["regression"] = regression
+    resolved["parameters"] = parameter_owners(spec)
     return json.loads(json.dumps(resolved, default=str))
+
+
+def parameter_owners(spec: SuiteSpec) -> dict[str, Any]:
+    """Which config columns belong to the workload, to every point (common) and to each method:
+    recorded so that reports never have to infer it (e.g. which columns pair a point with its
+    reference)."""
+    return {
+        "workload": registry.param_names(registry.get_workload(spec.workload).Params),
+        "common": registry.param_names(CommonParams),
+        "methods": {m: registry.param_names(registry.get_method(spec.workload, m).params)
+                    for m in spec.methods},
+    }
 
 
 def suite_hash(spec: SuiteSpec, points: Sequence[Point]) -> str:
