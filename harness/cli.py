@@ -11,6 +11,7 @@ import argparse
 import datetime as _dt
 import json
 import os
+import signal
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -24,7 +25,15 @@ from harness.params import describe
 from harness.suite import SUITES_DIR, SuiteError, load_suite
 from harness.workloads.base import CommonParams
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_IO, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (finished points are kept, the resume hint is printed)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
 
 
 class _UserError(Exception):
@@ -70,15 +79,21 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             suite, out, resume=resume, order=args.order, allow_failures=args.allow_failures,
             progress=not args.quiet, argv=["harness", *argv], allow_env_mismatch=args.allow_env_mismatch,
         )
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; finished points are saved. Continue with: harness run {args.suite} "
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
+        print(f"\n{how}; finished points are saved. Continue with: harness run {args.suite} "
               f"--resume {out} (and the same --preset/--set options)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
     for note in summary.notes:
         print(f"resume repaired {out}: {note}", file=sys.stderr)
     print(summary.line())
     if not args.no_report:
-        _report_after_run(out)
+        try:
+            _report_after_run(out)
+        except KeyboardInterrupt as e:
+            print(f"\nreport interrupted; the run itself is complete. Make the tables and plots again with: "
+                  f"harness report {out} && harness plot {out}", file=sys.stderr)
+            return EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
     if summary.exit_code and summary.not_ok:
         print(f"{summary.not_ok} point(s) did not finish ok (see the status/error columns); "
               "pass --allow-failures to exit 0 anyway", file=sys.stderr)
@@ -232,7 +247,7 @@ def _cmd_compare(args: argparse.Namespace, argv: list[str]) -> int:
     base, new = _require_run_dir(args.base), _require_run_dir(args.new)
     try:
         result = compare_runs(base, new, threshold=args.threshold, alpha=args.alpha,
-                              allow_env_mismatch=args.allow_env_mismatch)
+                              allow_env_mismatch=args.allow_env_mismatch, allow_missing=args.allow_missing)
     except ValueError as e:  # CompareError, or a threshold/alpha out of range
         raise _UserError(str(e)) from None
     print(result.markdown)
@@ -337,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="significance level (default: the suite's regression.alpha, else 0.01)")
     cp.add_argument("--allow-env-mismatch", action="store_true",
                     help="compare even when the environment fingerprints differ")
+    cp.add_argument("--allow-missing", action="store_true",
+                    help="points ok in BASE but missing from NEW do not fail the gate")
     cp.add_argument("--markdown", metavar="FILE", help="also write the markdown summary here")
     cp.set_defaults(func=_cmd_compare)
 
@@ -362,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``harness`` console script; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(args_list)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if _main_thread() else None
     try:
         return args.func(args, args_list)
     except BrokenPipeError:  # e.g. `harness run ... --dry-run | head`
@@ -372,6 +390,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = e.args[0] if plain else str(e)
         print(f"harness {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:  # a full disk, a missing permission, an unwritable --out/--markdown
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"harness {args.command}: error: {where}{e.strerror or e} ({type(e).__name__}). The operating "
+              "system refused a read or write; free space or choose a writable location. Nothing already "
+              "recorded in a run directory is lost.", file=sys.stderr)
+        return EXIT_IO
+    except KeyboardInterrupt as e:
+        print(f"\nharness {args.command}: interrupted", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

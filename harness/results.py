@@ -359,12 +359,23 @@ def load(path: str | os.PathLike) -> RunData:
     manifest = read_manifest(run_dir)
     points, samples = read_tables(run_dir)
 
+    def damaged(path: Path, e: Exception) -> RunDirError:
+        first = (str(e).splitlines() or [""])[0]
+        return RunDirError(f"{path} is damaged ({type(e).__name__}: {first}); restore it from a copy of the "
+                           "run, or re-run its suite")
+
     def _json(name: str) -> dict[str, Any]:
         p = run_dir / name
-        return json.loads(p.read_text()) if p.exists() else {}
+        try:
+            return json.loads(p.read_text()) if p.exists() else {}
+        except (ValueError, UnicodeDecodeError) as e:
+            raise damaged(p, e) from None
 
     suite_path = run_dir / SUITE_FILE
-    suite = yaml.safe_load(suite_path.read_text()) if suite_path.exists() else {}
+    try:
+        suite = yaml.safe_load(suite_path.read_text()) if suite_path.exists() else {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise damaged(suite_path, e) from None
     return RunData(
         path=run_dir,
         points=points,

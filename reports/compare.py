@@ -178,6 +178,7 @@ def compare_runs(
     threshold: float | None = None,
     alpha: float | None = None,
     allow_env_mismatch: bool = False,
+    allow_missing: bool = False,
     n_boot: int = 2000,
     seed: int = 0,
 ) -> CompareResult:
@@ -186,8 +187,9 @@ def compare_runs(
     threshold: relative latency change that counts (0.05 = 5%); None takes the new run's suite
     ``regression.per_metric[latency_median_ms]``, then ``regression.threshold``, then 0.05.
     alpha: significance level; None takes the new suite's ``regression.alpha``, else 0.01.
-    Raises CompareError when the environments differ (unless ``allow_env_mismatch``) or when
-    no point is ok in base and present in new.
+    A point ok in base but absent from new (a crash that never became a failed row) is a
+    regression unless ``allow_missing``. Raises CompareError when the environments differ
+    (unless ``allow_env_mismatch``) or when no point is ok in base and present in new.
     """
     base, new = load(base_dir), load(new_dir)
     diffs = env_differences(base.env, new.env)
@@ -203,10 +205,10 @@ def compare_runs(
     reg = _regression_cfg(new)
     thr = latency_threshold(reg, threshold)
     a = float(alpha) if alpha is not None else float(reg.get("alpha") or DEFAULT_ALPHA)
-    if not 0 < a < 1:
+    if not 0 < a < 1:  # also refuses nan
         raise ValueError(f"compare_runs: alpha must be in (0, 1), got {a}")
-    if thr < 0:
-        raise ValueError(f"compare_runs: threshold must be >= 0 (0.05 = 5%), got {thr}")
+    if not (math.isfinite(thr) and thr >= 0):  # nan or inf would switch the gate off
+        raise ValueError(f"compare_runs: threshold must be a finite number >= 0 (0.05 = 5%), got {thr}")
 
     bp, np_ = _last_by_hash(base.points), _last_by_hash(new.points)
     both = [h for h in bp.index if h in np_.index]
@@ -248,9 +250,15 @@ def compare_runs(
             rows.append(_row(**{C.HASH: h}, config=label(h), kind=KIND_STATUS, metric=C.STATUS,
                              verdict=S.FIXED, note=f"{bp.at[h, C.STATUS]} -> ok"))
 
+    only_base = [h for h in bp.index if h not in np_.index]
+    for h in only_base:
+        if bp.at[h, C.STATUS] == C.OK:
+            rows.append(_row(**{C.HASH: h}, config=label(h), kind=KIND_STATUS, metric=C.STATUS,
+                             verdict=S.NOT_GATED if allow_missing else S.REGRESSION,
+                             note="ok in base, missing from new (its run never recorded it)"
+                                  + (" (allowed)" if allow_missing else "")))
     df = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
     regressed = bool((df["verdict"] == S.REGRESSION).any())
-    only_base = [h for h in bp.index if h not in np_.index]
     only_new = [h for h in np_.index if h not in bp.index]
     md = _markdown(base, new, df, regressed, len(common), thr, a, diffs, only_base, only_new)
     return CompareResult(rows=df, markdown=md, regressed=regressed, n_common=len(common),
@@ -407,7 +415,8 @@ def _markdown(
     if diffs:
         notes.append("Environments differ (compared anyway): " + "; ".join(diffs) + ".")
     if only_base:
-        notes.append(f"{len(only_base)} point(s) only in base (not compared).")
+        notes.append(f"{len(only_base)} point(s) only in base: missing points that were ok in base fail "
+                     "the gate unless --allow-missing (see Status changes).")
     if only_new:
         notes.append(f"{len(only_new)} point(s) only in new (not compared).")
     if notes:
