@@ -78,6 +78,7 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         summary = run_suite(
             suite, out, resume=resume, order=args.order, allow_failures=args.allow_failures,
             progress=not args.quiet, argv=["harness", *argv], allow_env_mismatch=args.allow_env_mismatch,
+            max_points=args.max_points,
         )
     except KeyboardInterrupt as e:
         how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
@@ -322,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid: suite order grouped by model; interleave: methods alternate; shuffle: seeded "
                         "random order")
     r.add_argument("--allow-failures", action="store_true", help="exit 0 even when points failed")
+    r.add_argument("--max-points", type=_positive_int, metavar="K",
+                   help="run at most K of the missing points, then stop (continue with --resume); "
+                        "lets a base and a head run alternate in slices on one machine")
     r.add_argument("--allow-env-mismatch", action="store_true",
                    help="--resume on a machine or torch version other than the run's (recorded in run.json)")
     r.add_argument("--no-report", action="store_true", help="skip the tables and plots after the run")
@@ -402,6 +406,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _main_thread() -> bool:

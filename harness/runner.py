@@ -79,6 +79,8 @@ class RunSummary:
     allow_failures: bool = False
     #: what resuming repaired in the run directory (torn log tails, orphan samples)
     notes: list[str] = field(default_factory=list)
+    #: points left for a later resume (``max_points``)
+    left: int = 0
 
     @property
     def ran(self) -> int:
@@ -101,7 +103,8 @@ class RunSummary:
     def line(self) -> str:
         parts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items())) or "nothing to run"
         skip = f" ({self.skipped} already recorded, skipped)" if self.skipped else ""
-        return f"{self.ran}/{self.total} points run: {parts}{skip}. Results: {self.run_dir}"
+        left = f"; {self.left} left for --resume {self.run_dir}" if self.left else ""
+        return f"{self.ran}/{self.total} points run: {parts}{skip}{left}. Results: {self.run_dir}"
 
 
 # ---------------------------------------------------------------- seams to the sibling modules
@@ -139,7 +142,21 @@ def _free_caches(device: str) -> None:
         pass
 
 
+_OOM_MESSAGES = (
+    "out of memory",  # CUDA (and other accelerators)
+    "can't allocate memory",  # torch's DefaultCPUAllocator
+    "cannot allocate memory",  # ENOMEM (errno 12) in an allocator's or the OS's words
+    "not enough memory",  # torch's CPU allocator on Windows, oneDNN / MKL
+    "failed to allocate memory",
+)
+
+
 def _is_oom(e: BaseException) -> bool:
+    """Whether ``e`` is running out of memory, on the accelerator or on the CPU: a torch
+    ``OutOfMemoryError``, a ``MemoryError``, or a ``RuntimeError`` worded as an allocation failure
+    (e.g. "[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(e, MemoryError):
+        return True
     try:
         import torch
 
@@ -148,9 +165,7 @@ def _is_oom(e: BaseException) -> bool:
             return True
     except ImportError:
         pass
-    return isinstance(e, (RuntimeError, MemoryError)) and (
-        "out of memory" in str(e).lower() or isinstance(e, MemoryError)
-    )
+    return isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _OOM_MESSAGES)
 
 
 def error_text(e: BaseException) -> str:
@@ -272,6 +287,7 @@ def run_suite(
     progress: bool = True,
     argv: list[str] | None = None,
     allow_env_mismatch: bool = False,
+    max_points: int | None = None,
 ) -> RunSummary:
     """Run every point of ``suite`` into ``out_dir`` (a new run directory, or one to resume).
 
@@ -279,6 +295,8 @@ def run_suite(
     process, already holds a run or other files (without ``resume``), holds another suite's run
     or was started on a different machine (with ``resume``, unless ``allow_env_mismatch``), or a
     point needs a device this machine lacks. The directory is locked while the run writes.
+    ``max_points``: run at most this many of the missing points, leaving the rest to a later
+    ``resume`` (two revisions' runs can so alternate in short slices on one machine).
     """
     out = Path(out_dir)
     argv = list(sys.argv if argv is None else argv)
@@ -317,10 +335,12 @@ def run_suite(
             done = set()
 
         todo = [p for p in ordered if p.hash not in done]
+        left = max(0, len(todo) - max_points) if max_points is not None else 0
         summary = RunSummary(
             run_dir=out, run_id=run_id, total=len(points), skipped=len(points) - len(todo),
-            allow_failures=allow_failures, notes=notes,
+            allow_failures=allow_failures, notes=notes, left=left,
         )
+        todo = todo[: len(todo) - left]
         try:
             _Loop(suite, wl, writer, run_id, summary).run(todo, progress)
         finally:

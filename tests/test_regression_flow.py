@@ -18,6 +18,7 @@ These tests assert the gate's verdicts, never a wall-clock time.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,3 +176,28 @@ def test_an_interrupted_run_resumes_and_records_every_point_once(tmp_path, monke
     assert set(run.samples[C.HASH]) == expected  # the interrupted point left no stray samples
     assert (run.samples.groupby(C.HASH).size() == 2).all()
     assert len(run.manifest["resumed"]) == 1
+
+
+def test_ab_gate_alternates_base_and_head_point_by_point_then_gates(tmp_path):
+    """.ci/ab-gate (the CI flow): both runs complete, each point once, the sides take turns."""
+    import json
+    import subprocess
+    import sys
+
+    harness = str(Path(sys.executable).parent / "harness")
+    out = tmp_path / "ab"
+    cmd = [sys.executable, str(REPO / ".ci" / "ab-gate"), "--base-harness", harness,
+           "--head-harness", harness, "--suite", SUITE, "--out", str(out), "--slice", "2",
+           "--set", "timing.min_samples=3", "--set", "timing.max_samples=3", "--set", "timing.warmup_n=0",
+           "--", "--threshold", "100"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    for side in ("base", "head"):
+        rows = [json.loads(line) for line in (out / side / "points.jsonl").read_text().splitlines()]
+        assert len(rows) == N_POINTS and len({r[C.HASH] for r in rows}) == N_POINTS
+        assert len(load(out / side).manifest["resumed"]) == 1  # two slices of 2 points
+    runs = [line.split() for line in done.stdout.splitlines() if line.startswith("+ ") and " run " in line]
+    turns = [(str(out / "base") in " ".join(r) and "base" or "head", "--resume" in r) for r in runs]
+    # turns, not one whole run after the other
+    assert turns == [("base", False), ("head", False), ("base", True), ("head", True)]
+    assert (out / "compare.md").read_text().startswith("## Benchmark comparison: no regression")

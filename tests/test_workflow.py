@@ -39,23 +39,25 @@ def workflow() -> dict[str, Any]:
 
 
 def _gate_job(workflow: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The job that runs `harness compare` (exactly one must)."""
+    """The job that runs the gate (`.ci/ab-gate`, which ends in `harness compare`); exactly one must."""
     jobs = workflow["jobs"]
     gating = [(name, job) for name, job in jobs.items()
-              if any("harness compare" in str(s.get("run", "")) for s in job.get("steps", []))]
-    assert len(gating) == 1, f"expected one job running `harness compare`, found {[n for n, _ in gating]}"
+              if any(".ci/ab-gate" in str(s.get("run", "")) for s in job.get("steps", []))]
+    assert len(gating) == 1, f"expected one job running .ci/ab-gate, found {[n for n, _ in gating]}"
     return gating[0]
 
 
-def _harness_calls(job: dict[str, Any], sub: str) -> list[tuple[int, list[str]]]:
-    """(step index, argv) of every `harness <sub> ...` command in the job's run scripts."""
+def _ab_gate_calls(job: dict[str, Any]) -> list[tuple[int, list[str]]]:
+    """(step index, argv) of every `.ci/ab-gate ...` command in the job's run scripts."""
     calls = []
     for i, step in enumerate(job.get("steps", [])):
         script = str(step.get("run", "")).replace("\\\n", " ")
-        for part in re.split(r"&&|;|\n|\(|\)", script):
-            words = shlex.split(part, posix=True) if part.strip() else []
-            if len(words) >= 2 and words[0] == "harness" and words[1] == sub:
-                calls.append((i, words))
+        for part in re.split(r"&&|;|\n", script):
+            if ".ci/ab-gate" not in part:
+                continue
+            words = shlex.split(part, posix=True)
+            if ".ci/ab-gate" in words:
+                calls.append((i, words[words.index(".ci/ab-gate"):]))
     return calls
 
 
@@ -80,31 +82,27 @@ def test_workflow_checks_out_the_base_and_the_head_in_the_gate_job(workflow):
     assert "base.sha" in str(base["with"].get("ref", ""))
 
 
-def test_workflow_runs_base_and_head_on_the_gpu_preset_then_compares_them_in_one_job(workflow):
+def test_workflow_alternates_base_and_head_on_the_gpu_preset_then_gates_in_one_job(workflow):
     _, job = _gate_job(workflow)
-    runs = _harness_calls(job, "run")
-    compares = _harness_calls(job, "compare")
-    assert len(runs) == 2 and len(compares) == 1
-    outs = []
-    for _, argv in runs:
-        assert argv[argv.index("--preset") + 1] == "gpu"
-        suite = argv[2]
-        assert (REPO / suite).is_file(), f"the workflow runs {suite}, which is not in the repository"
-        outs.append(argv[argv.index("--out") + 1])
-    assert len(set(outs)) == 2 and any("base" in o for o in outs) and any("head" in o for o in outs)
-    step, argv = compares[0]
-    assert step > max(i for i, _ in runs), "compare must run after both runs"
-    assert argv[2:4] == [o for o in outs if "base" in o] + [o for o in outs if "head" in o], \
-        "compare must take the base run first, the head run second"
+    (step, argv), = _ab_gate_calls(job)
+    opt = {argv[i]: argv[i + 1] for i in range(1, len(argv) - 1) if argv[i].startswith("--")}
+    assert opt["--preset"] == "gpu"
+    assert (REPO / opt["--suite"]).is_file(), f"the workflow runs {opt['--suite']}, which is not in the repo"
+    assert "venv-base" in opt["--base-harness"] and "venv-head" in opt["--head-harness"]
+    assert int(opt["--slice"]) >= 1
+    install = "\n".join(str(s.get("run", "")) for s in job["steps"][:step])
+    assert 'venv-$side' in install and 'install -e "$side"' in install  # each revision in its own venv
     assert not job["steps"][step].get("continue-on-error"), "the gate step must be able to fail the job"
+    assert (REPO / ".ci" / "ab-gate").stat().st_mode & 0o111, ".ci/ab-gate must be executable"
 
 
 def test_workflow_keeps_both_runs_and_the_comparison(workflow):
     _, job = _gate_job(workflow)
     uploads = [s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact@")]
     assert uploads and uploads[0].get("if") == "always()"
-    paths = uploads[0]["with"]["path"]
-    assert "base-run" in paths and "head-run" in paths and "compare.md" in paths
+    (_, argv), = _ab_gate_calls(job)
+    out = argv[argv.index("--out") + 1]
+    assert uploads[0]["with"]["path"].replace("${{ runner.temp }}", "$RUNNER_TEMP") == out
 
 
 # ---------------------------------------------------------------- nox sessions
