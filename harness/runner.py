@@ -142,19 +142,17 @@ def _free_caches(device: str) -> None:
         pass
 
 
-_OOM_MESSAGES = (
-    "out of memory",  # CUDA (and other accelerators)
-    "can't allocate memory",  # torch's DefaultCPUAllocator
-    "cannot allocate memory",  # ENOMEM (errno 12) in an allocator's or the OS's words
-    "not enough memory",  # torch's CPU allocator on Windows, oneDNN / MKL
-    "failed to allocate memory",
-)
-
-
 def _is_oom(e: BaseException) -> bool:
     """Whether ``e`` is running out of memory, on the accelerator or on the CPU: a torch
     ``OutOfMemoryError``, a ``MemoryError``, or a ``RuntimeError`` worded as an allocation failure
     (e.g. "[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory")."""
+    oom_messages = (
+        "out of memory",  # CUDA (and other accelerators)
+        "can't allocate memory",  # torch's DefaultCPUAllocator
+        "cannot allocate memory",  # ENOMEM (errno 12) in an allocator's or the OS's words
+        "not enough memory",  # torch's CPU allocator on Windows, oneDNN / MKL
+        "failed to allocate memory",
+    )
     if isinstance(e, MemoryError):
         return True
     try:
@@ -165,7 +163,7 @@ def _is_oom(e: BaseException) -> bool:
             return True
     except ImportError:
         pass
-    return isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _OOM_MESSAGES)
+    return isinstance(e, RuntimeError) and any(m in str(e).lower() for m in oom_messages)
 
 
 def error_text(e: BaseException) -> str:

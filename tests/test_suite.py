@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import textwrap
 from pathlib import Path
@@ -147,6 +148,73 @@ def test_nonexistent_checkpoint_path_is_reported_before_running(tmp_path, fake_w
     msg = one_problem(tmp_path, text)
     assert "line 4" in msg
     assert f"checkpoint file {str(missing)!r} does not exist" in msg
+
+
+FAKE_FIXED = """\
+name: f
+workload: fake
+fixed:
+  size: 3
+  mode: ok
+methods:
+  plain: {}
+  knob: {}
+"""
+
+
+def test_a_problem_of_a_set_value_names_the_set_option(tmp_path, fake_workload):
+    """Not the suite line of another parameter whose name the value happens to contain."""
+    msg = one_problem(tmp_path, FAKE_FIXED, overrides=["ckpt=/nowhere/size/mode.pt"])
+    assert msg == ("--set ckpt=/nowhere/size/mode.pt: ckpt: checkpoint file '/nowhere/size/mode.pt' does "
+                   "not exist")
+
+
+def test_a_set_checkpoint_of_a_real_workload_names_the_option(tmp_path):
+    text = ("name: v\nworkload: vggt\nfixed:\n  preset: vggt-tiny\n  height: 28\n  width: 28\n"
+            "methods: {vggt: {}}\n")
+    msg = one_problem(tmp_path, text, overrides=["checkpoint=/data/preset/vggt.pt"])
+    assert msg.startswith("--set checkpoint=/data/preset/vggt.pt: checkpoint '/data/preset/vggt.pt' does not "
+                          "exist"), msg
+
+
+def test_a_workload_parameter_in_a_method_body_is_located_there(tmp_path, fake_workload):
+    text = FAKE_FIXED.replace("  knob: {}", "  knob: {ckpt: /nowhere.pt}")
+    msg = one_problem(tmp_path, text)
+    assert msg.endswith("line 8: ckpt: checkpoint file '/nowhere.pt' does not exist"), msg
+
+
+def test_the_same_problem_of_several_points_is_reported_once(tmp_path):
+    text = ("name: v\nworkload: vggt\nfixed: {preset: vggt-tiny, height: 28, width: 28}\n"
+            "sweep: {frames: [1, 2, 3]}\nmethods: {vggt: {}, tome: {}}\n")
+    msg = one_problem(tmp_path, text, overrides=["checkpoint=/nowhere.pt"])
+    assert msg.startswith("--set checkpoint=/nowhere.pt: checkpoint '/nowhere.pt' does not exist")
+
+
+def test_workload_checks_and_refusals_are_located_at_the_parameter_line(tmp_path, fake_workload, monkeypatch):
+    """A workload's ``check_point`` (workload x method parameters) and its dataclass's refusal, each at
+    the line of the parameter it names, all reported together."""
+    @dataclasses.dataclass(frozen=True)
+    class EvenParams(fake_workload.Params):
+        def __post_init__(self) -> None:
+            if self.size % 2:
+                raise ValueError(f"size={self.size} is not even (allowed: 2, 4, 6, ...)")
+
+    def check_point(self, params, method, method_params) -> list[str]:
+        level = getattr(method_params, "level", 0)
+        return [f"level={level} exceeds size={params.size}"] if level > params.size else []
+
+    monkeypatch.setattr(fake_workload, "Params", EvenParams)
+    monkeypatch.setattr(fake_workload, "check_point", check_point, raising=False)
+    text = "name: f\nworkload: fake\nfixed: {scale: 2}\nsweep:\n  size: [2, 3]\nmethods:\n  plain: {}\n" \
+           "  knob:\n    level: [1, 4]\n"
+    found = problems(tmp_path, text)
+    path = tmp_path / "s.yaml"
+    assert found == [
+        f"{path}, line 9: level=4 exceeds size=2",
+        f"{path}, line 5: invalid workload parameters: size=3 is not even (allowed: 2, 4, 6, ...) "
+        "(parameters: {'scale': 2.0, 'size': 3})",
+        f"{path}, line 9: level=4 exceeds size=3",
+    ]
 
 
 def test_existing_checkpoint_path_passes(tmp_path, fake_workload):

@@ -131,3 +131,62 @@ def test_relocating_a_path_moves_everything_below_it():
     problems.relocate(("fixed",), "--set fixed={a: 1}")
     assert problems.where(("fixed", "a")) == "--set fixed={a: 1}"
     assert problems.where(("sweep", "b")) == "s.yaml"
+
+
+# ---------------------------------------------------------------- the workload's checks of each point
+
+
+@pytest.fixture
+def checked(fake_workload, monkeypatch):
+    """The fake workload with a ``__post_init__`` refusing odd sizes and a ``check_point`` refusing a
+    method level above the size (a constraint between workload and method parameters)."""
+
+    @dataclass(frozen=True)
+    class EvenParams(fake_workload.Params):
+        def __post_init__(self) -> None:
+            if self.size % 2:
+                raise ValueError(f"size={self.size} is not even (allowed: 2, 4, 6, ...)")
+
+    def check_point(self, params, method, method_params) -> list[str]:
+        level = getattr(method_params, "level", None)
+        if level is not None and level > params.size:
+            return [f"level={level} of method {method!r} exceeds size={params.size} "
+                    f"(allowed: 0..{params.size})"]
+        return []
+
+    monkeypatch.setattr(fake_workload, "Params", EvenParams)
+    monkeypatch.setattr(fake_workload, "check_point", check_point, raising=False)
+    return fake_workload
+
+
+def test_check_point_problems_are_issues_near_the_parameters_they_name(checked):
+    out = expand(spec(sweep={"size": [2, 4]}, methods={"plain": {}, "knob": {"level": [1, 3]}}))
+    assert keys(out.points, "size", "level") == [
+        ("plain", 2, None), ("knob", 2, 1), ("knob", 2, 3),
+        ("plain", 4, None), ("knob", 4, 1), ("knob", 4, 3),
+    ]
+    (issue,) = out.issues
+    assert issue.message == "level=3 of method 'knob' exceeds size=2 (allowed: 0..2)"
+    assert issue.path == ("methods", "knob")
+    assert issue.near == (("methods", "knob", "level"), ("fixed", "level"), ("sweep", "level"),
+                          ("fixed", "size"), ("sweep", "size"))
+
+
+def test_a_refused_point_is_still_checked_so_every_problem_comes_at_once(checked):
+    out = expand(spec(sweep={"size": [3]}, methods={"knob": {"level": [1, 4]}}))
+    assert out.points == []
+    refused, check = out.issues  # the refusal once (for both levels), the check for level 4
+    assert refused.message == ("invalid workload parameters: size=3 is not even (allowed: 2, 4, 6, ...) "
+                               "(parameters: {'size': 3})")
+    assert refused.near == (("fixed", "size"), ("sweep", "size"))
+    assert check.message == "level=4 of method 'knob' exceeds size=3 (allowed: 0..3)"
+
+
+def test_names_in_quoted_values_do_not_locate_a_problem():
+    from harness.suite.expansion import named
+
+    names = ["size", "scale", "mode", "ckpt"]
+    assert named("ckpt: checkpoint file '/data/size/mode.pt' does not exist", names) == ["ckpt"]
+    assert named("mode: raise needs ckpt (and a size above 2); scale-free", names) == ["mode", "ckpt", "size"]
+    assert named("sizes and modes are not names", names) == []
+    assert named("the preset's size can't exceed 'x' (mode 'y')", names) == ["size", "mode"]

@@ -20,7 +20,7 @@ from harness.models.swin import (
 )
 from harness.results import load
 from harness.runner import run_suite
-from harness.suite import parse_suite
+from harness.suite import SuiteError, parse_suite
 from harness.workloads.base import RunContext
 from harness.workloads.swin import SwinParams, SwinWorkload
 
@@ -138,6 +138,24 @@ def test_check_paths_reports_missing_files(tmp_path):
     assert "needs data_path" in wl.check_paths(SwinParams(images="folder"))[0]
     assert "does not exist" in wl.check_paths(SwinParams(images="folder", data_path=str(tmp_path / "x")))[0]
     assert "images is 'synthetic'" in wl.check_paths(SwinParams(data_path=str(tmp_path)))[0]
+
+
+def test_img_size_the_patches_do_not_tile_is_refused():
+    with pytest.raises(ValueError, match=r"img_size=66 is not a multiple of the Swin patch size 4"):
+        SwinParams(img_size=66)
+    assert SwinParams(img_size=68).img_size == 68
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_img_size_is_refused_at_load_at_its_line_once_for_every_method():
+    text = ("name: s\nworkload: swin\nreference: fp32\nfixed: {model: swin_micro}\nsweep:\n"
+            "  img_size: [64, 66]\nmethods:\n  fp32: {}\n  uniform: {}\n")
+    with pytest.raises(SuiteError) as err:
+        parse_suite(text, source="s.yaml")
+    (msg,) = err.value.problems
+    assert msg.startswith("s.yaml, line 6: invalid workload parameters: img_size=66 is not a multiple of the "
+                          "Swin patch size 4, so the patches do not tile the image (allowed: multiples of 4; "
+                          "nearest: 64 or 68)"), msg
 
 
 def test_build_swin_keeps_explicit_attention_and_is_seeded():

@@ -1,8 +1,10 @@
 """The ``vggt`` workload end to end: suite -> runner -> run directory, on the vggt-tiny preset.
 
 One small run (module fixture) covers every method in both scopes plus a few extra points
-(out-of-range layer, local checkpoints, a tiny 7-Scenes folder, HTTM at the paper's ratios on
-larger frames); the tests read its rows. Random weights: the ``q_*`` columns are only checked
+(the last layer, local checkpoints, a tiny 7-Scenes folder, HTTM at the paper's ratios on
+larger frames); the tests read its rows. Parameters the preset cannot take (a layer beyond its
+depth, head groups that do not divide its heads, frames not a multiple of its patch size) are
+refused at load. Random weights: the ``q_*`` columns are only checked
 for presence and finiteness, the ``fid_*`` and ``work_*`` columns for values.
 """
 
@@ -22,8 +24,9 @@ from harness import columns as C
 from harness.models.vggt import build_vggt, save_checkpoint
 from harness.results import load
 from harness.runner import run_suite
-from harness.suite import SuiteError, parse_suite
-from harness.workloads.vggt import VGGTWorkload
+from harness.suite import SuiteError, SuiteSpec, parse_suite, resolve
+from harness.workloads.base import RunContext
+from harness.workloads.vggt import VGGTParams, VGGTWorkload
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,8 +50,7 @@ include:
   # HTTM at the paper's main ratios on frames with enough patches (5 special + 64 patch tokens)
   - {{method: httm, scope: model, height: 112, width: 112,
      query_merge: 0.9, outlier_frac: 0.1, kv_merge: 0.7, head_groups: 4}}
-  # layer 4 does not exist (depth 4); the layer-3 point after it must still run
-  - {{method: vggt, scope: attention, layer: 4}}
+  # the last global layer of vggt-tiny (depth 4; layer 4 is refused at load)
   - {{method: vggt, scope: attention, layer: 3}}
   - {{method: vggt, scope: model, checkpoint: "{same_ckpt}"}}
   - {{method: vggt, scope: model, checkpoint: "{other_ckpt}"}}
@@ -201,15 +203,71 @@ def test_breakdown_gives_httm_its_match_aggregate_and_attention_phases(points, s
     assert math.isfinite(plain["bd_attention_ms"]) and pd.isna(plain["bd_match_ms"])  # nothing to match
 
 
-def test_layer_beyond_the_preset_fails_that_point_and_the_sweep_goes_on(points):
-    bad = pick(points, method="vggt", scope="attention", layer=4)
-    assert bad[C.STATUS] == C.FAILED
-    assert bad[C.ERROR].startswith("ValueError: layer=4 but preset 'vggt-tiny' has 4 global layers")
-    assert f"allowed: 0..{TINY_DEPTH - 1}" in bad[C.ERROR]
-    later = points.index[(points["scope"] == "attention") & (points["layer"] == 3)]
-    assert len(later) == 1 and later[0] > bad.name  # ran after the failure
-    assert points.loc[later[0], C.STATUS] == C.OK
-    assert (points[C.STATUS] == C.OK).sum() == len(points) - 1
+def test_last_layer_runs_and_every_point_is_ok(points):
+    last = pick(points, method="vggt", scope="attention", layer=TINY_DEPTH - 1)
+    assert last[C.STATUS] == C.OK, last[C.ERROR]
+    assert (points[C.STATUS] == C.OK).all(), points.loc[points[C.STATUS] != C.OK, C.ERROR].tolist()
+
+
+PRESET_LIMITS = """\
+name: t
+workload: vggt
+fixed:
+  preset: vggt-tiny
+  scope: attention
+  layer: 4
+  height: 30
+sweep:
+  width: [42, 50]
+methods:
+  vggt: {}
+  httm: {head_groups: 3}
+"""
+
+
+def test_parameters_the_preset_cannot_take_are_refused_at_load_each_at_its_line():
+    with pytest.raises(SuiteError) as err:
+        parse_suite(PRESET_LIMITS, source="t.yaml")
+    found = err.value.problems
+    assert len(found) == 4, found
+    height, layer, groups, both = found
+    assert height.startswith("t.yaml, line 7: invalid workload parameters: height=30 is not a multiple of "
+                             "the patch size 14 of preset 'vggt-tiny' (allowed: multiples of 14; nearest: "
+                             "height 28 or 42)")
+    assert layer.startswith("t.yaml, line 6: layer=4 but preset 'vggt-tiny' has 4 global layers "
+                            "(allowed: 0..3;")
+    assert groups == ("t.yaml, line 12: head_groups=3 of method 'httm' must divide the head count of preset "
+                      "'vggt-tiny', H=4 (allowed: 1, 2, 4)")
+    assert both.startswith("t.yaml, line 7: invalid workload parameters: height=30 and width=50 are not "
+                           "multiples of the patch size 14")
+    assert "nearest: height 28 or 42; width 42 or 56" in both
+
+
+def test_layer_is_checked_only_where_it_is_timed_and_via_set_at_the_option():
+    ok = PRESET_LIMITS.replace("height: 30", "height: 28").replace("[42, 50]", "[42]").replace(
+        "head_groups: 3", "head_groups: 2")
+    assert len(parse_suite(ok, overrides=["scope=model"]).points()) == 2  # layer is not used there
+    with pytest.raises(SuiteError) as err:
+        parse_suite(ok, source="t.yaml", overrides=["layer=9"])
+    (msg,) = err.value.problems
+    assert msg.startswith("--set layer=9: layer=9 but preset 'vggt-tiny' has 4 global layers")
+
+
+def test_vggt_params_refuse_frames_that_the_patches_do_not_tile():
+    with pytest.raises(ValueError, match=r"width=50 is not a multiple of the patch size 14"):
+        VGGTParams(preset="vggt-tiny", height=28, width=50)
+    assert VGGTParams(height=28, width=42).width == 42
+
+
+def test_layer_beyond_the_preset_still_fails_at_run_time_when_no_loader_checked_it():
+    """The runtime check stays as the last line of defence (a point built without the loader)."""
+    spec = SuiteSpec(name="t", workload="vggt", methods={"vggt": {}})
+    point = resolve(spec, "vggt", {"preset": "vggt-tiny", "scope": "attention", "layer": 4, "frames": 1,
+                                   "height": 28, "width": 28})
+    wl = VGGTWorkload()
+    refused = r"layer=4 but preset 'vggt-tiny' has 4 global layers \(allowed: 0..3\)"
+    with pytest.raises(ValueError, match=refused):
+        wl.bench(wl.build_model(point), point, RunContext())
 
 
 def test_nonexistent_checkpoint_is_reported_before_anything_runs(tmp_path):

@@ -128,6 +128,72 @@ def test_folder_given_as_checkpoint_is_refused(tmp_path: Path):
         resolve_weights(str(tmp_path))
 
 
+def test_folder_is_called_a_directory_not_a_missing_file_and_its_weight_files_are_named(tmp_path: Path):
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    (problem,) = check_weights(str(tmp_path))
+    assert problem.startswith(f"checkpoint {str(tmp_path)!r} is a folder (directory), not a checkpoint file; "
+                              "give a weight file (allowed suffixes: .pt, .pth, .bin, .safetensors)")
+    assert problem.endswith("weight files in it: model.safetensors") and "does not exist" not in problem
+
+
+def test_empty_checkpoint_file_is_refused_with_the_reason(tmp_path: Path):
+    empty = tmp_path / "model.pt"
+    empty.write_bytes(b"")
+    (problem,) = check_weights(str(empty))
+    assert problem.startswith(f"checkpoint {str(empty)!r} is empty (0 bytes);")
+    with pytest.raises(WeightsError, match=r"is empty \(0 bytes\)"):
+        resolve_weights(str(empty))
+
+
+def test_checkpoint_of_an_unknown_format_is_refused_before_running(tmp_path: Path):
+    odd = tmp_path / "model.ckpt"
+    odd.write_bytes(b"x")
+    (problem,) = check_weights(str(odd))
+    assert problem == (f"checkpoint {str(odd)!r} has an unknown format suffix '.ckpt'; give a weight file "
+                       "(allowed suffixes: .pt, .pth, .bin, .safetensors)")
+
+
+def test_an_empty_checkpoint_in_a_suite_is_refused_at_load_naming_the_set_option(tmp_path: Path):
+    empty = tmp_path / "model.pt"
+    empty.write_bytes(b"")
+    text = "name: t\nworkload: vggt\nfixed: {preset: vggt-tiny, height: 28, width: 28}\nmethods: {vggt: {}}\n"
+    with pytest.raises(SuiteError) as err:
+        parse_suite(text, overrides=[f"checkpoint={empty}"])
+    (msg,) = err.value.problems
+    assert msg.startswith(f"--set checkpoint={empty}: checkpoint {str(empty)!r} is empty (0 bytes)")
+
+
+def _cut(path: Path) -> Path:
+    torch.manual_seed(0)
+    save_checkpoint(build_vggt("vggt-tiny"), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+# (file name, how to make it, the one-line reason load_checkpoint gives)
+UNREADABLE = [
+    ("empty.pt", lambda p: p.write_bytes(b""), "is empty (0 bytes)"),
+    ("junk.pt", lambda p: p.write_bytes(b"not a checkpoint"), ": UnpicklingError: Unsupported operand"),
+    ("junk.safetensors", lambda p: p.write_bytes(b"not a checkpoint"),
+     ": SafetensorError: Error while deserializing header"),
+    ("cut.pt", _cut, ": RuntimeError: PytorchStreamReader failed reading zip archive"),
+    ("folder.pt", lambda p: p.mkdir(), "is a folder (directory), not a checkpoint file"),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "reason"), UNREADABLE, ids=[c[0] for c in UNREADABLE])
+def test_vggt_load_checkpoint_says_in_one_line_why_a_file_cannot_be_read(tmp_path, name, make, reason):
+    from harness.models.vggt import CheckpointError, load_checkpoint
+
+    path = tmp_path / name
+    make(path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(build_vggt("vggt-tiny"), path)
+    msg = str(err.value)
+    assert reason in msg and str(path) in msg and "\n" not in msg, msg
+
+
 # ----------------------------------------------------------------------------- proxy:
 
 

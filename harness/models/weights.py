@@ -123,20 +123,46 @@ def _proxy_path(spec: str) -> Path:
     return path
 
 
-def _local_problem(spec: str) -> str | None:
-    path = Path(spec).expanduser()
+def weight_file_problem(path: str | Path, label: str | None = None) -> str | None:
+    """Why the local file ``path`` cannot be a weight file, in one sentence naming it as ``label``
+    (default: the path); None when it may be one. Only what the file system tells (it exists, is a
+    file, is not empty, can be opened, has a known suffix): its content is read when it is loaded.
+    """
+    shown = repr(str(path) if label is None else label)
+    path = Path(path).expanduser()
+    suffixes = TORCH_SUFFIXES + SAFETENSORS_SUFFIXES
+    allowed = f"a weight file (allowed suffixes: {', '.join(suffixes)})"
     if path.is_dir():
-        return f"checkpoint {spec!r} is a folder; expected a weight file (.pt, .pth, .bin or .safetensors)"
+        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in suffixes)
+        hint = f"; weight files in it: {', '.join(inside[:5])}{' ...' * (len(inside) > 5)}" if inside else ""
+        return f"checkpoint {shown} is a folder (directory), not a checkpoint file; give {allowed}{hint}"
     if not path.is_file():
-        return (f"checkpoint {spec!r} does not exist (expected a local .pt/.pth/.safetensors file, "
+        if path.exists():
+            return f"checkpoint {shown} is not a regular file; give {allowed}"
+        return (f"checkpoint {shown} does not exist (expected a local .pt/.pth/.safetensors file, "
                 "hf:ORG/NAME[/FILE] or proxy:NAME)")
+    if path.suffix.lower() not in suffixes:
+        return f"checkpoint {shown} has an unknown format suffix {path.suffix or '(none)'!r}; give {allowed}"
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        return f"checkpoint {shown} cannot be read: {e.strerror or type(e).__name__}"
+    if size == 0:
+        return (f"checkpoint {shown} is empty (0 bytes); a weight file holds the tensors (an interrupted "
+                "download or copy leaves an empty file: fetch or save it again)")
     return None
+
+
+def _local_problem(spec: str) -> str | None:
+    return weight_file_problem(spec, spec)
 
 
 def check_weights(spec: str) -> list[str]:
     """Problems of ``spec`` for the suite loader, without downloading anything.
 
-    A local path that does not exist or is a folder, an unknown proxy, a malformed ``hf:`` spec.
+    A local path that does not exist, is a folder, is empty, cannot be opened or has an unknown
+    suffix (:func:`weight_file_problem`), an unknown proxy, a malformed ``hf:`` spec.
     ``hf:`` specs are checked for syntax only (whether the repo and file exist is known only by
     asking the Hub or the cache, which happens when the point's model is built).
     """
@@ -290,4 +316,5 @@ __all__ = [
     "hf_offline",
     "list_proxies",
     "resolve_weights",
+    "weight_file_problem",
 ]

@@ -25,6 +25,8 @@ A suite is a YAML file read with ``yaml.safe_load`` (nothing in it is executed):
       cpu: {timing: {max_samples: 5}}
       gpu: {fixed: {device: cuda, dtype: bfloat16}, sweep: {seq_len: [4096, 16384]}}
     default_preset: cpu              # applied when no --preset is given
+    point_limit: 100000              # optional; the most points the suite may expand to
+                                     #   (counted before `exclude`; default 100000)
 
 Order of application: the file, then the preset (``--preset`` or ``default_preset``;
 mappings merge key by key, anything else is replaced), then each ``--set key=value``
@@ -38,7 +40,14 @@ For a parameter whose type is a tuple, a list of lists is a sweep and a flat lis
 
 Validation happens before anything runs and reports every problem at once, each naming the
 file and line (or ``--set``/``--preset``), the field path, the bad value and what is allowed:
-one :class:`SuiteError`.
+one :class:`SuiteError`. A suite file is read as bytes and must be UTF-8, at most 1 MiB
+(``MAX_SUITE_BYTES``) and at most 100000 values once YAML aliases are expanded
+(``MAX_DOCUMENT_VALUES``; a recursive alias is refused). A suite of more than ``point_limit``
+points is refused from the sizes of its sweep and grids, before any point is built; raise the
+limit in the file or with ``--set point_limit=N``. Constraints between parameters are checked at
+load too: a dataclass's ``__post_init__`` (e.g. VGGT ``height`` a multiple of the patch size) and
+the workload's optional ``check_point(workload_params, method, method_params)`` (e.g. VGGT
+``layer`` below the preset's depth), each problem at the line of a parameter it names.
 
 Expansion (:meth:`Suite.points`): for each combination of the ``sweep`` axes (in file order),
 for each method (in file order), for each combination of that method's grid; then the
@@ -58,11 +67,29 @@ chains them into a :class:`Suite`. :class:`Problems` (:mod:`~harness.suite.probl
 locations and words every problem.
 """
 
-from harness.suite.document import PRESET_KEYS, TOP_LEVEL_KEYS, Overlaid, overlay, read_yaml
-from harness.suite.expansion import HASH_HEX_CHARS, Expansion, Rejected, expand, point_hash, resolve
+from harness.suite.document import (
+    MAX_DOCUMENT_VALUES,
+    MAX_SUITE_BYTES,
+    PRESET_KEYS,
+    TOP_LEVEL_KEYS,
+    Overlaid,
+    decode_suite,
+    overlay,
+    read_yaml,
+)
+from harness.suite.expansion import (
+    HASH_HEX_CHARS,
+    Expansion,
+    Rejected,
+    count_points,
+    expand,
+    point_hash,
+    resolve,
+)
 from harness.suite.loader import SUITES_DIR, Suite, find_suite_file, load_suite, parse_suite
 from harness.suite.problems import Issue, KeyPath, Problems, SuiteError, dotted
 from harness.suite.spec import (
+    DEFAULT_POINT_LIMIT,
     REGRESSION_KEYS,
     Include,
     MetricsConfig,
@@ -72,9 +99,10 @@ from harness.suite.spec import (
 )
 
 __all__ = [
-    "HASH_HEX_CHARS", "PRESET_KEYS", "REGRESSION_KEYS", "SUITES_DIR", "TOP_LEVEL_KEYS",
+    "DEFAULT_POINT_LIMIT", "HASH_HEX_CHARS", "MAX_DOCUMENT_VALUES", "MAX_SUITE_BYTES", "PRESET_KEYS",
+    "REGRESSION_KEYS", "SUITES_DIR", "TOP_LEVEL_KEYS",
     "Expansion", "Include", "Issue", "KeyPath", "MetricsConfig", "Overlaid", "Problems",
     "RegressionConfig", "Rejected", "Suite", "SuiteError", "SuiteSpec",
-    "dotted", "expand", "find_suite_file", "load_suite", "overlay", "parse_suite", "point_hash",
-    "read_yaml", "resolve", "validate",
+    "count_points", "decode_suite", "dotted", "expand", "find_suite_file", "load_suite", "overlay",
+    "parse_suite", "point_hash", "read_yaml", "resolve", "validate",
 ]

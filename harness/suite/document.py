@@ -1,9 +1,13 @@
 """Stage 1: the suite document, read from YAML, with the preset and ``--set`` overrides laid over it.
 
-:func:`read_yaml` gives the values (``yaml.safe_load``) and records the line of every mapping
-key and list item in :class:`~harness.suite.problems.Problems`; :func:`overlay` deep-merges
-the chosen preset, then applies each ``--set``, moving the locations of what they replace so
-that later problems point at the preset line or the option. Nothing here knows parameters.
+:func:`decode_suite` turns the file's bytes into text (UTF-8, at most :data:`MAX_SUITE_BYTES`);
+:func:`read_yaml` gives the values (the safe loader: nothing is executed) and records the line of
+every mapping key and list item in :class:`~harness.suite.problems.Problems`, after refusing a
+document that aliases would blow up (more than :data:`MAX_DOCUMENT_VALUES` values once every
+``*alias`` is counted as a copy of its ``&anchor``, or an alias inside its own anchor);
+:func:`overlay` deep-merges the chosen preset, then applies each ``--set``, moving the locations
+of what they replace so that later problems point at the preset line or the option. Nothing here
+knows parameters.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from harness.suite.problems import KeyPath, Problems, dotted
 
 TOP_LEVEL_KEYS = (
     "name", "description", "workload", "reference", "fixed", "sweep", "methods", "include",
-    "exclude", "timing", "metrics", "regression", "presets", "default_preset",
+    "exclude", "timing", "metrics", "regression", "point_limit", "presets", "default_preset",
 )
 PRESET_KEYS = tuple(k for k in TOP_LEVEL_KEYS if k not in ("presets", "default_preset"))
 
@@ -33,21 +37,77 @@ class Overlaid:
     preset: str | None
 
 
-# ---------------------------------------------------------------- YAML + locations
+#: Largest suite file read (suites are a few kilobytes; anything this big is not a suite).
+MAX_SUITE_BYTES = 1 << 20
+#: Most values (mapping keys, mapping values, list items) a suite document may hold, counting
+#: every ``*alias`` as a full copy of its ``&anchor``: a "billion laughs" of nested aliases is
+#: refused from its node graph, before anything expands it.
+MAX_DOCUMENT_VALUES = 100_000
+
+
+# ---------------------------------------------------------------- bytes, YAML + locations
+
+
+def decode_suite(raw: bytes, problems: Problems, *, size: int | None = None) -> str | None:
+    """The text of a suite file's bytes; None (reported) when it is too large or not UTF-8.
+
+    size: the file's size when ``raw`` holds only its start (default ``len(raw)``).
+    """
+    if _too_large(len(raw) if size is None else size, problems):
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        bad = raw[e.start:e.end]
+        problems.add_at(
+            f"{problems.source}, line {line}",
+            f"the suite file is not UTF-8 text: byte {', '.join(f'0x{b:02x}' for b in bad)} at byte offset "
+            f"{e.start} (line {line}, byte {column} of the line) is not valid UTF-8 ({e.reason}; in "
+            f"Latin-1 it would be {bad.decode('latin-1')!r}). Save the file as UTF-8 (e.g. `iconv -f "
+            f"latin1 -t utf-8 OLD > NEW`, or your editor's encoding setting).",
+        )
+        return None
+
+
+def _too_large(size: int, problems: Problems) -> bool:
+    """Whether a suite of ``size`` bytes is over :data:`MAX_SUITE_BYTES` (reported)."""
+    if size <= MAX_SUITE_BYTES:
+        return False
+    problems.add_at(
+        problems.source,
+        f"the suite file has {size:,} bytes; a suite file may have at most {MAX_SUITE_BYTES:,} bytes "
+        f"({MAX_SUITE_BYTES >> 20} MiB). Is it the right file? A suite lists parameters and their "
+        "values; many points come from `sweep` and method grids, not from writing them out.",
+    )
+    return True
 
 
 def read_yaml(text: str, problems: Problems) -> dict[str, Any] | None:
     """The suite mapping of ``text``, recording key lines in ``problems``.
 
-    None when the text is not YAML or not a mapping (reported; nothing further can be checked).
-    Duplicate keys are reported, and loading goes on (YAML keeps the last one).
+    None when the text is too large, not YAML, expands too far through its aliases, or is not a
+    mapping (reported; nothing further can be checked). Duplicate keys are reported, and loading
+    goes on (YAML keeps the last one).
     """
+    if _too_large(len(text.encode("utf-8", "surrogatepass")), problems):
+        return None
+    loader = yaml.SafeLoader(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = loader.get_single_node()
+        if root is not None and not _bounded(root, problems):
+            return None
+        data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as e:
         problems.add_at(*_malformed(e, problems.source))
         return None
+    except RecursionError:
+        problems.add_at(problems.source, "the YAML is nested too deeply to read (hundreds of levels of "
+                        "lists or mappings); a suite needs a handful of levels")
+        return None
+    finally:
+        loader.dispose()
     if root is not None:
         _record_lines(root, (), problems)
     if not isinstance(data, dict):
@@ -71,6 +131,74 @@ def _malformed(e: yaml.YAMLError, source: str) -> tuple[str, str]:
         f"malformed YAML: {detail}. Fix the syntax there (indentation, a missing "
         "':' or an unclosed bracket/quote are the usual causes)."
     )
+
+
+class _Recursive(Exception):
+    """An alias inside the node its anchor names (a value that contains itself)."""
+
+    def __init__(self, node: yaml.Node) -> None:
+        self.node = node
+
+
+def _bounded(root: yaml.Node, problems: Problems) -> bool:
+    """Whether the document, aliases expanded, holds at most :data:`MAX_DOCUMENT_VALUES` values and
+    no value contains itself (reported otherwise). Counts over the node graph, where an alias is a
+    second reference to its anchor's node, so the cost is the size of the file, not of the expansion."""
+    sizes: dict[int, int] = {}
+    shared: list[yaml.Node] = []  # nodes reached again: the anchors of aliases
+    try:
+        total = _expanded_size(root, sizes, set(), shared)
+    except _Recursive as e:
+        problems.add_at(
+            f"{problems.source}, line {e.node.start_mark.line + 1}",
+            "this value contains an alias to its own anchor (`&name` ... `*name` inside it), so it "
+            "would contain itself without end; a suite value cannot be recursive. Remove the alias.",
+        )
+        return False
+    if total <= MAX_DOCUMENT_VALUES:
+        return True
+    if shared:
+        first = min(shared, key=lambda n: n.start_mark.index)
+        problems.add_at(
+            f"{problems.source}, line {first.start_mark.line + 1}",
+            f"the YAML expands to more than {MAX_DOCUMENT_VALUES:,} values once its aliases are expanded "
+            "(each `*name` is a full copy of the value anchored `&name`; the first anchor used is on this "
+            f"line); a suite document may hold at most {MAX_DOCUMENT_VALUES:,}. Write the values out, or "
+            "use fewer (nested) aliases.",
+        )
+    else:
+        problems.add_at(
+            problems.source,
+            f"the YAML holds more than {MAX_DOCUMENT_VALUES:,} values (keys, values and list items); a "
+            f"suite document may hold at most {MAX_DOCUMENT_VALUES:,}. Many points come from `sweep` and "
+            "method grids, not from writing them out.",
+        )
+    return False
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], active: set[int], shared: list[yaml.Node]) -> int:
+    """Values under ``node`` with aliases expanded, capped just above the limit (memoized per node)."""
+    key = id(node)
+    if key in active:
+        raise _Recursive(node)
+    if key in sizes:
+        shared.append(node)
+        return sizes[key]
+    if isinstance(node, yaml.MappingNode):
+        children: list[yaml.Node] = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    else:
+        children = []
+    active.add(key)
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, active, shared)
+        if total > MAX_DOCUMENT_VALUES:
+            break
+    active.discard(key)
+    sizes[key] = total = min(total, MAX_DOCUMENT_VALUES + 1)
+    return total
 
 
 def _record_lines(node: yaml.Node, path: KeyPath, problems: Problems) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness import registry
-from harness.suite.document import overlay, read_yaml
+from harness.suite.document import MAX_SUITE_BYTES, decode_suite, overlay, read_yaml
 from harness.suite.expansion import HASH_HEX_CHARS, canonical, expand
 from harness.suite.problems import Problems
 from harness.suite.spec import MetricsConfig, SuiteSpec, validate
@@ -88,9 +89,20 @@ def find_suite_file(path: str | Path) -> Path:
 def load_suite(
     path: str | Path, *, preset: str | None = None, overrides: Sequence[str] = ()
 ) -> Suite:
-    """Read, validate and expand a suite file. Raises SuiteError listing every problem."""
+    """Read, validate and expand a suite file. Raises SuiteError listing every problem.
+
+    The file is read as bytes, at most :data:`~harness.suite.document.MAX_SUITE_BYTES` (one more
+    tells that it is larger), and must be UTF-8.
+    """
     file = find_suite_file(path)
-    return parse_suite(file.read_text(), source=str(file), preset=preset, overrides=overrides)
+    problems = Problems(str(file))
+    with open(file, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        raw = f.read(MAX_SUITE_BYTES + 1)
+    text = decode_suite(raw, problems, size=max(size, len(raw)))
+    if text is None:
+        raise problems.error()
+    return parse_suite(text, source=str(file), preset=preset, overrides=overrides)
 
 
 def parse_suite(

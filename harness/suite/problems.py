@@ -8,7 +8,7 @@ its location and field path. The loader raises them together as one :class:`Suit
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +42,8 @@ class Issue:
     """A problem found without the line map (while expanding points), to be located later.
 
     path: the suite entry it comes from (``("methods", m)``, ``("include", i)`` or ``()``);
-    near: instead of a path, key paths whose own line best locates the message (the first
-    that has one wins; none: the file); the message then carries no field path.
+    near: key paths whose own line best locates the message (the first that has one wins; the
+    message then carries no field path); when none has one, ``path`` locates it.
     """
 
     message: str
@@ -63,6 +63,7 @@ class Problems:
         self.source = source
         self.locs: dict[KeyPath, str] = dict(locs or {})
         self.messages: list[str] = []
+        self._said: set[str] = set()
 
     def __bool__(self) -> bool:
         return bool(self.messages)
@@ -78,18 +79,27 @@ class Problems:
     def add(self, path: KeyPath, message: str) -> None:
         """A problem with the value at ``path`` (``()``: the suite as a whole)."""
         field = f"{dotted(path)}: " if path else ""
-        self.messages.append(f"{self.where(path)}: {field}{message}")
+        self.add_at(self.where(path), f"{field}{message}")
 
     def add_at(self, where: str, message: str) -> None:
-        """A problem located by the caller (a command-line option, the file itself)."""
-        self.messages.append(f"{where}: {message}")
+        """A problem located by the caller (a command-line option, the file itself). A paragraph
+        already reported (the same problem found again, e.g. for another point) is kept once."""
+        text = f"{where}: {message}"
+        if text not in self._said:
+            self._said.add(text)
+            self.messages.append(text)
 
     def report(self, issue: Issue) -> None:
-        """Locate an :class:`Issue` and add it."""
-        if issue.near:
-            self.add_at(self._first_located(issue.near), issue.message)
-        else:
+        """Locate an :class:`Issue` and add it: at the first of ``near`` set in the suite (or by
+        ``--set``/``--preset``); when none is, at ``path`` (with its field path) if it has one,
+        else where the first of ``near`` would be (its nearest located ancestor, or the file)."""
+        located = next((self.locs[p] for p in issue.near if p in self.locs), None)
+        if located is not None:
+            self.add_at(located, issue.message)
+        elif issue.path or not issue.near:
             self.add(issue.path, issue.message)
+        else:
+            self.add_at(self.where(issue.near[0]), issue.message)
 
     def record(self, path: KeyPath, loc: str) -> None:
         """``path`` was set at ``loc`` (a line of the file)."""
@@ -108,6 +118,3 @@ class Problems:
     def error(self) -> SuiteError:
         """Everything reported so far, as one exception for the caller."""
         return SuiteError(self.messages, self.source)
-
-    def _first_located(self, paths: Iterable[KeyPath]) -> str:
-        return next((self.locs[p] for p in paths if p in self.locs), self.source)

@@ -34,6 +34,10 @@ from harness.workloads.base import CommonParams, Workload
 
 Grid = dict[str, list[Any]]  # parameter -> the values it takes (one value: a list of one)
 
+DEFAULT_POINT_LIMIT = 100_000
+"""Most points a suite may expand to unless it sets ``point_limit`` (in the file, a preset or
+``--set point_limit=N``): a sweep larger than that is refused at load, before any point is built."""
+
 
 @dataclass(frozen=True)
 class MetricsConfig:
@@ -97,6 +101,10 @@ class SuiteSpec:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     regression: RegressionConfig = field(default_factory=RegressionConfig)
     preset: str | None = None
+    point_limit: int = param(
+        DEFAULT_POINT_LIMIT, "most points the suite may expand to (counted before `exclude`); a larger "
+        "suite is refused at load", range=(1, None),
+    )
 
 
 def validate(data: dict[str, Any], preset: str | None, problems: Problems) -> SuiteSpec | None:
@@ -107,6 +115,7 @@ def validate(data: dict[str, Any], preset: str | None, problems: Problems) -> Su
     timing = _timing(data, problems)
     metrics = check_settings(problems, data, "metrics", MetricsConfig)
     regression = _regression(data, problems)
+    point_limit = _point_limit(data, problems)
     wcls = _workload(data, problems)
     if wcls is None:
         return None
@@ -123,7 +132,7 @@ def validate(data: dict[str, Any], preset: str | None, problems: Problems) -> Su
     return SuiteSpec(
         name=name, workload=wcls.name, methods=grids, fixed=fixed, sweep=sweep, include=include,
         exclude=exclude, reference=reference, description=description, timing=timing,
-        metrics=metrics, regression=regression, preset=preset,
+        metrics=metrics, regression=regression, preset=preset, point_limit=point_limit,
     )
 
 
@@ -183,6 +192,17 @@ def _regression(data: dict[str, Any], problems: Problems) -> RegressionConfig:
         f = settings_fields(RegressionConfig, "regression")["alpha"]
         problems.add(("regression", "alpha"), f.out_of_range(regression.alpha) + f.help_suffix())
     return regression
+
+
+def _point_limit(data: dict[str, Any], problems: Problems) -> int:
+    """``point_limit``: optional, the most points the suite may expand to."""
+    if "point_limit" not in data:
+        return DEFAULT_POINT_LIMIT
+    f = fields_of(SuiteSpec, "suite")["point_limit"]
+    value, found = f.check(data["point_limit"])
+    for sub, msg in found:
+        problems.add(("point_limit",) + sub, msg + f.help_suffix())
+    return DEFAULT_POINT_LIMIT if found else value
 
 
 def _workload(data: dict[str, Any], problems: Problems) -> type[Workload] | None:

@@ -68,8 +68,9 @@ class Proxy(ABC):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Held-out metrics of ``model`` (eval mode, no grad) on data disjoint from training."""
 
-    def prepare(self) -> None:
-        """Expensive set-up before the first step (e.g. render a data pool); default: nothing."""
+    def prepare(self, progress: bool = True) -> None:
+        """Expensive set-up before the first step (e.g. render a data pool; a progress bar only
+        when ``progress``); default: nothing."""
         return None
 
     def baselines(self) -> dict[str, dict[str, float]]:

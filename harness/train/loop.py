@@ -167,7 +167,7 @@ def train(
         _atomic_save({"model": model.state_dict(), "optim": optim.state_dict(), "step": step,
                       "config": _config_dict(cfg), "train_s": trained_s}, state_path)
 
-    proxy.prepare()  # e.g. render a data pool (not counted as training time)
+    proxy.prepare(progress)  # e.g. render a data pool (not counted as training time)
     bar = None
     if progress:
         from tqdm import tqdm

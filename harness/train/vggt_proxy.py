@@ -171,18 +171,19 @@ class VGGTProxy(Proxy):
 
     # -- data ------------------------------------------------------------------------------
 
-    def pool(self) -> list[Any]:
+    def pool(self, progress: bool = False) -> list[Any]:
         """Rendered training scenes (video first, then sparse); built once per process."""
         if self._pool is None:
             from tqdm import tqdm
 
             jobs = [(i, POOL_FRAMES, "video") for i in range(POOL_VIDEO_SCENES)]
             jobs += [(POOL_VIDEO_SCENES + i, CLIP_FRAMES[1], "sparse") for i in range(POOL_SPARSE_SCENES)]
-            self._pool = [_render(*job) for job in tqdm(jobs, desc="render training scenes", leave=False)]
+            bar = tqdm(jobs, desc="render training scenes", leave=False, disable=not progress)
+            self._pool = [_render(*job) for job in bar]
         return self._pool
 
-    def prepare(self) -> None:
-        self.pool()
+    def prepare(self, progress: bool = True) -> None:
+        self.pool(progress)
 
     def batch(self, step: int, size: int, seed: int) -> dict[str, Any]:
         """``{"clips": [Clip] * size, "camera_weight": float}`` of ``step`` (see SWITCH_STEP)."""

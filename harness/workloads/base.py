@@ -203,3 +203,11 @@ class Workload(ABC, Generic[WP, Model]):
         Called by the suite loader for every point before anything runs.
         """
         return []
+
+    def check_point(self, params: WP, method: str, method_params: Any) -> list[str]:
+        """Problems of one point that need the workload's and the method's parameters together
+        (e.g. a layer index beyond the model preset), as error strings naming the parameter.
+
+        Called by the suite loader for every point before anything runs; default: none.
+        """
+        return []

@@ -71,6 +71,8 @@ from harness.workloads.base import (
 )
 
 N_STAGES = 4
+PATCH_SIZE = 4
+"""Patch size (px) of every Swin variant here: ``img_size`` must be a multiple of it."""
 SQNR_CAP_DB = 300.0
 """SQNR of identical tensors (infinite) is reported as this, so results stay finite."""
 CALIB_SEED_OFFSET = 100_003
@@ -117,6 +119,16 @@ class SwinParams:
         "BOPs of q.k^T and attn.v: linear (b_w*b_a, as the MixA-Q tables) or product (b_a*b_a)",
         choices=W.ACT_ACT_CONVENTIONS,
     )
+
+    def __post_init__(self) -> None:
+        # the patch grid must tile the image (windows need not: timm pads them); refused at load
+        if self.img_size % PATCH_SIZE:
+            lo = max(PATCH_SIZE, self.img_size // PATCH_SIZE * PATCH_SIZE)
+            raise ValueError(
+                f"img_size={self.img_size} is not a multiple of the Swin patch size {PATCH_SIZE}, so the "
+                f"patches do not tile the image (allowed: multiples of {PATCH_SIZE}; nearest: "
+                f"{lo} or {lo + PATCH_SIZE})"
+            )
 
 
 @dataclass

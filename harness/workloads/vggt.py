@@ -91,8 +91,30 @@ class VGGTParams:
                              "averaged; the first is the one timed (scope=model)", range=(1, None))
     scope: str = param("model", "what is timed: the whole forward, or one global layer's attention core",
                        choices=("model", "attention"))
-    layer: int = param(0, "global layer whose attention is timed when scope=attention", range=(0, None))
+    layer: int = param(0, "global layer whose attention is timed when scope=attention (below the preset's "
+                       "depth)", range=(0, None))
     heads: str = param("camera,depth", "heads run after the aggregator", choices=tuple(HEAD_SETS))
+
+    def __post_init__(self) -> None:
+        # cross-field (the preset's patch size): a suite setting this is refused at load, with file and line
+        patch = PRESETS[self.preset].patch_size if self.preset in PRESETS else 14
+        bad = [name for name in ("height", "width") if getattr(self, name) % patch]
+        if bad:
+            values = " and ".join(f"{name}={getattr(self, name)}" for name in bad)
+            what = "is not a multiple" if len(bad) == 1 else "are not multiples"
+            nearest = "; ".join(_nearest_multiples(getattr(self, name), patch, name) for name in bad)
+            raise ValueError(f"{values} {what} of the patch size {patch} of preset {self.preset!r} "
+                             f"(allowed: multiples of {patch}; nearest: {nearest})")
+
+
+def _nearest_multiples(value: int, step: int, name: str) -> str:
+    """``"height 98 or 112"``: the multiples of ``step`` around ``value`` (at least ``step``)."""
+    lo = max(step, value // step * step)
+    return f"{name} {lo} or {lo + step}" if lo < value else f"{name} {lo}"
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
 # ----------------------------------------------------------------------------- methods
@@ -248,6 +270,22 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
             load_checkpoint(model, weights.path, strict=True)
             log.info("vggt %s: weights %s (sha256 %s)", p.preset, weights.label, weights.sha256)
         return attach_weights(model.to(point.device).eval(), weights)
+
+    def check_point(self, params: VGGTParams, method: str, method_params: Any) -> list[str]:
+        """Constraints between a point's parameters and its model preset, checked by the suite loader
+        for every point: the timed layer exists; a method's ``head_groups`` divides the heads."""
+        cfg = PRESETS.get(params.preset)
+        if cfg is None:
+            return []
+        problems = []
+        if params.scope == "attention" and params.layer >= cfg.depth:
+            problems.append(f"layer={params.layer} but preset {params.preset!r} has {cfg.depth} global "
+                            f"layers (allowed: 0..{cfg.depth - 1}; scope: attention times that layer)")
+        groups = getattr(method_params, "head_groups", None)
+        if isinstance(groups, int) and groups >= 1 and cfg.num_heads % groups:
+            problems.append(f"head_groups={groups} of method {method!r} must divide the head count of preset "
+                            f"{params.preset!r}, H={cfg.num_heads} (allowed: {_divisors(cfg.num_heads)})")
+        return problems
 
     def check_paths(self, params: Any) -> list[str]:
         problems = check_weights(params.checkpoint)  # hf: specs: syntax only, nothing is downloaded

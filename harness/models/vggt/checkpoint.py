@@ -23,6 +23,7 @@ from harness.models.checkpoint import (
     read_state_dict,
     sample_keys,
 )
+from harness.models.weights import weight_file_problem
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,12 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
     strict=True: any missing, unexpected or misshapen key raises :class:`CheckpointError`
     listing them (the first 10 of each, with counts) and the path. strict=False: missing and
     unexpected keys are logged and skipped; misshapen keys still raise. A nonexistent path
-    raises FileNotFoundError. ``track_head.*`` keys are skipped when the model has no track head.
+    raises FileNotFoundError; a folder, an empty file or one that torch / safetensors cannot read
+    raise :class:`CheckpointError` with the reason in one line. ``track_head.*`` keys are skipped
+    when the model has no track head.
     """
     path = Path(path)
-    sd = read_state_dict(path)
+    sd = _read(path)
     skipped: list[str] = []
     if getattr(model, "track_head", "absent") is None:
         skipped = [k for k in sd if k.startswith("track_head.")]
@@ -89,6 +92,35 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
         if callable(reset):
             reset("cpu")
     return LoadReport(path=path, loaded=len(sd), skipped=skipped, missing=missing, unexpected=unexpected)
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    """:func:`read_state_dict`, with the reason a file cannot be read in one line."""
+    if path.exists():
+        problem = weight_file_problem(path)
+        if problem is not None:
+            raise CheckpointError(problem)
+    try:
+        return read_state_dict(path)
+    except CheckpointError as e:
+        cause = e.__cause__
+        if cause is None:
+            raise
+        raise CheckpointError(f"cannot read checkpoint {path}: {one_line_reason(cause)}") from cause
+
+
+def one_line_reason(e: BaseException) -> str:
+    """``Type: reason`` of a torch / safetensors read error in one line: torch's weights-only
+    unpickler wraps its reason in a paragraph of advice, an empty or cut file gives a bare EOFError."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if lines:
+        return f"{type(e).__name__}: {lines[0]}"
+    if isinstance(e, EOFError):
+        return "EOFError: the file ends before the data does (truncated or cut off)"
+    return type(e).__name__
 
 
 def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
