@@ -102,7 +102,16 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _report_after_run(run_dir: Path) -> None:
-    """Tables and plots; a failure here never loses the run (it is already on disk)."""
+    """Plots, then the tables and report.html (which embeds the plots); a failure here never loses
+    the run (it is already on disk)."""
+    line = None
+    try:
+        from reports.plots import plot_and_summarise
+
+        _, line = plot_and_summarise(run_dir, warn=False)  # the report warns about the run
+    except Exception as e:  # noqa: BLE001 - reporting is optional after a run
+        print(f"warning: plotting failed ({type(e).__name__}: {e}); the run is saved in {run_dir}; "
+              f"retry with: harness plot {run_dir}", file=sys.stderr)
     try:
         from reports.summary import report
 
@@ -110,16 +119,8 @@ def _report_after_run(run_dir: Path) -> None:
     except Exception as e:  # noqa: BLE001 - reporting is optional after a run
         print(f"warning: the report failed ({type(e).__name__}: {e}); the run is saved in {run_dir}; "
               f"retry with: harness report {run_dir}", file=sys.stderr)
-        return
-    try:
-        from reports.plots import plot_run
-
-        paths = plot_run(run_dir)
-        if paths:
-            print(f"plots: {', '.join(str(p) for p in paths)}")
-    except Exception as e:  # noqa: BLE001
-        print(f"warning: plotting failed ({type(e).__name__}: {e}); the run is saved in {run_dir}; "
-              f"retry with: harness plot {run_dir}", file=sys.stderr)
+    if line:
+        print(line)
 
 
 def _fmt(v: Any) -> str:
@@ -235,10 +236,11 @@ def _cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace, argv: list[str]) -> int:
-    from reports.plots import plot_run
+    from reports.plots import plot_and_summarise
 
-    for p in plot_run(_require_run_dir(args.run), args.out):
-        print(p)
+    # warns on stderr about an incomplete, running or duplicated run; says why when nothing is drawn
+    paths, line = plot_and_summarise(_require_run_dir(args.run), args.out)
+    print(line, file=sys.stdout if paths else sys.stderr)
     return EXIT_OK
 
 
@@ -336,12 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--workload", help="only this workload")
     ls.set_defaults(func=_cmd_list)
 
-    rp = sub.add_parser("report", help="print (and write) the tables of a run")
+    rp = sub.add_parser("report", help="print the key tables of a run (100 columns wide); write report.md, "
+                                       "points.csv and a self-contained report.html")
     rp.add_argument("run", help="run directory")
-    rp.add_argument("--out", help="where to write the tables (default: inside the run directory)")
+    rp.add_argument("--out", help="where to write the report files (default: <run>/report)")
     rp.set_defaults(func=_cmd_report)
 
-    pl = sub.add_parser("plot", help="write the figures of a run")
+    pl = sub.add_parser("plot", help="write the figures of a run (overview.png first), or say why there "
+                                     "are none")
     pl.add_argument("run", help="run directory")
     pl.add_argument("--out", help="where to write the figures (default: inside the run directory)")
     pl.set_defaults(func=_cmd_plot)

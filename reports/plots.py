@@ -1,7 +1,11 @@
-"""Figures from a run directory (seaborn + matplotlib, Agg backend; PNG and SVG).
+"""Figures from a run directory (matplotlib, Agg backend; PNG and SVG).
 
 ``plot_run(run_dir)`` writes into ``<run_dir>/plots/``:
 
+- ``overview``: the suite's question at a glance: the headline accuracy (``q_*``) or fidelity
+  (``fid_*``) metric against speedup, one colour per method, the Pareto front per panel with its
+  variants labelled (``httm#3``, see :func:`reports.tables.variants`); without such a metric,
+  speedup (or latency) per variant as bars. One panel per workload setting (e.g. frame count);
 - ``latency_vs_<axis>``: median latency per method vs each swept numeric axis, error bars
   p10–p90 (IQR when percentiles are missing), log y when the values span more than 10x;
 - ``speedup_vs_<axis>``: speedup vs the reference per method vs each swept numeric axis;
@@ -10,14 +14,16 @@
 
 A method-specific axis (e.g. a merge ratio the reference does not have) draws the reference as
 a dashed horizontal line. Other workload-level axes that vary become panels. Figures with
-nothing to draw (fewer than two x values) are skipped.
+nothing to draw (fewer than two x values) are skipped; :func:`nothing_to_plot` says why a run
+has no figure at all. Panels have a fixed size and the legend sits beside them (the saved image
+grows to hold it), so a long legend never squeezes the axes.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +40,19 @@ from matplotlib.ticker import FuncFormatter, LogFormatter, NullLocator  # noqa: 
 from harness import columns as C  # noqa: E402
 from harness.results import RunData, load  # noqa: E402
 from reports import tables as T  # noqa: E402
+from reports.status import print_warnings, run_status  # noqa: E402
 
 DEFAULT_SUBDIR = "plots"
 FORMATS = ("png", "svg")
 LOG_SPAN = 10.0  # use a log y axis when max/min exceeds this
 MAX_PANEL_COLS = 4
-PANEL_SIZE_IN = (5.0, 3.6)
+PANEL_SIZE_IN = (4.4, 3.2)
+# margins and gaps around the panels, inches: (left, right, bottom, top, between columns, between rows)
+MARGINS_IN = (0.9, 0.25, 0.7, 0.6, 1.05, 0.95)
+BAR_HEIGHT_IN = 0.24  # per bar of the overview's bar chart
 DPI = 150
 MAX_XTICKS = 8  # label every x value when there are at most this many
+OVERVIEW = "overview"
 
 
 _NUM_FORMAT = FuncFormatter(lambda v, _pos: T.fmt_num(v))
@@ -85,13 +96,13 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "x"
 
 
-def _save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
+def _save(fig: plt.Figure, out_dir: Path, stem: str, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write ``fig`` in every format; the canvas grows to hold what lies outside the panels."""
     paths = []
-    fig.tight_layout()
-    for ext in FORMATS:
+    for ext in formats:
         p = out_dir / f"{_safe(stem)}.{ext}"
         with plt.rc_context({"svg.fonttype": "none"}):  # SVG text stays editable text (and is fast)
-            fig.savefig(p, dpi=DPI, bbox_inches="tight")  # legends sit outside the axes
+            fig.savefig(p, dpi=DPI, bbox_inches="tight", pad_inches=0.15)  # legend and notes included
         paths.append(p)
     plt.close(fig)
     return paths
@@ -104,22 +115,55 @@ def _panels(df: pd.DataFrame, facet_axes: Sequence[str]) -> list[tuple[str, pd.D
     for idx, row in df[list(facet_axes)].iterrows():
         groups.setdefault(tuple(T.hashable(v) for v in row), []).append(idx)
     out = []
-    for key, idx in groups.items():
+    for key in sorted(groups, key=lambda k: tuple(T.order_key(v) for v in k)):
         title = ", ".join(f"{a}={T.fmt_value(v)}" for a, v in zip(facet_axes, key))
-        out.append((title, df.loc[idx]))
+        out.append((title, df.loc[groups[key]]))
     return out
 
 
-def _grid(n: int) -> tuple[plt.Figure, list[plt.Axes]]:
+def _grid(n: int, panel: tuple[float, float] = PANEL_SIZE_IN) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A figure of ``n`` panels of a fixed size in inches (no layout engine: nothing is squeezed)."""
     ncols = min(n, MAX_PANEL_COLS)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(PANEL_SIZE_IN[0] * ncols, PANEL_SIZE_IN[1] * nrows), squeeze=False
-    )
-    flat = list(axes.ravel())
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
+    left, right, bottom, top, wgap, hgap = MARGINS_IN
+    pw, ph = panel
+    fw = left + ncols * pw + (ncols - 1) * wgap + right
+    fh = bottom + nrows * ph + (nrows - 1) * hgap + top
+    fig = plt.figure(figsize=(fw, fh))
+    axes = []
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        x0 = (left + c * (pw + wgap)) / fw
+        y0 = (bottom + (nrows - 1 - r) * (ph + hgap)) / fh
+        axes.append(fig.add_axes((x0, y0, pw / fw, ph / fh)))
+    return fig, axes
+
+
+def _legend(fig: plt.Figure, axs: Iterable[plt.Axes], title: str | None = None) -> None:
+    """One legend for the whole figure, right of the panels (outside them: it never squeezes them)."""
+    entries: dict[str, Any] = {}
+    for ax in axs:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if not lab.startswith("_"):
+                entries.setdefault(lab, h)
+    if not entries:
+        return
+    left, right, bottom, top, _, _ = MARGINS_IN
+    fw, fh = fig.get_size_inches()
+    fig.legend(list(entries.values()), list(entries.keys()), loc="upper left", fontsize=8, title=title,
+               title_fontsize=8, frameon=False, bbox_to_anchor=(1 - right / fw + 0.1 / fw, 1 - top / fh))
+
+
+def _note(fig: plt.Figure, text: str) -> None:
+    """A line of small print under the panels (e.g. what every line of a method has in common)."""
+    if text:
+        fig.text(MARGINS_IN[0] / fig.get_size_inches()[0], 0.0, text, fontsize=7, va="top", ha="left",
+                 color="0.3")
+
+
+def _title(fig: plt.Figure, text: str) -> None:
+    fw, fh = fig.get_size_inches()
+    fig.suptitle(text, x=MARGINS_IN[0] / fw, y=1 - 0.12 / fh, ha="left", va="top", fontsize=10)
 
 
 # ---------------------------------------------------------------------------- figures
@@ -135,37 +179,53 @@ def _metric_vs_axis(
     if drawn[axis].map(T.hashable).nunique() < 2:
         return None
     label_params = [a for a in axes if a in specific and a != axis]
-    # a label names only the method's own parameters that vary among its drawn points
+    # a series is one method with one setting of its own parameters that vary among its drawn points
     varying = {
         m: [a for a in label_params if g[a].map(T.hashable).nunique(dropna=True) > 1]
         for m, g in drawn.groupby(C.METHOD)
     }
 
-    def label_of(row: pd.Series) -> str:
-        return T.method_label(row, varying.get(row[C.METHOD], []))
+    def key_of(row: pd.Series) -> tuple:
+        m = row[C.METHOD]
+        return (m, tuple(T.hashable(row[a]) for a in varying.get(m, [])))
 
     facet_axes = [a for a in axes if a not in specific and a not in (axis, C.METHOD)]
     # only series with at least two x values make a line; single points (e.g. an ablation run
     # at one frame count) are left to the tables
-    series_x = drawn.assign(__label=[label_of(r) for _, r in drawn.iterrows()]).groupby("__label")[axis]
-    lines = {lab for lab, xs in series_x if xs.map(T.hashable).nunique() >= 2}
+    series_x = drawn.assign(__key=[key_of(r) for _, r in drawn.iterrows()]).groupby("__key")[axis]
+    lines = {k for k, xs in series_x if xs.map(T.hashable).nunique() >= 2}
     if not lines:
         return None
+    # a legend entry names only what tells a method's lines apart; what they share goes under the panels
+    names: dict[tuple, str] = {}
+    shared = []
+    for m in sorted({k[0] for k in lines}, key=str):
+        keys = sorted((k for k in lines if k[0] == m), key=lambda k: tuple(T.order_key(v) for v in k[1]))
+        params = varying.get(m, [])
+        differ = [i for i in range(len(params)) if len({k[1][i] for k in keys}) > 1]
+        same = [f"{params[i]}={T.fmt_value(keys[0][1][i])}" for i in range(len(params))
+                if i not in differ and keys[0][1][i] is not None]
+        if same:
+            shared.append(f"{m} lines: {' '.join(same)}")
+        for k in keys:
+            names[k] = " ".join([str(m), *(f"{params[i]}={T.fmt_value(k[1][i])}" for i in differ)])
     panels = _panels(pts, facet_axes)
     fig, axs = _grid(len(panels))
-    labels = sorted(lines)
-    palette = dict(zip(labels, sns.color_palette(n_colors=max(len(labels), 1))))
+    order = sorted(lines, key=lambda k: (str(k[0]), tuple(T.order_key(v) for v in k[1])))
+    palette = dict(zip(order, sns.color_palette(n_colors=max(len(order), 1))))
     all_vals = drawn[value].to_numpy(float)
     for (title, panel), ax in zip(panels, axs):
         sub = panel[panel[axis].notna() & panel[value].notna()].copy()
-        sub["__label"] = [label_of(r) for _, r in sub.iterrows()]
-        sub = sub[sub["__label"].isin(lines)]
-        for label, g in sub.groupby("__label", sort=True):
-            g = g.sort_values(axis)
+        ids = {k: i for i, k in enumerate(order)}
+        sub["__id"] = [ids.get(key_of(r), -1) for _, r in sub.iterrows()]
+        for key in order:
+            g = sub[sub["__id"] == ids[key]].sort_values(axis)
+            if g.empty:
+                continue
             xv = g[axis].astype(float).to_numpy()
             yv = g[value].astype(float).to_numpy()
             yerr = _error_bars(g) if errors else None
-            ax.errorbar(xv, yv, yerr=yerr, marker="o", capsize=3, label=label, color=palette[label])
+            ax.errorbar(xv, yv, yerr=yerr, marker="o", capsize=3, label=names[key], color=palette[key])
         if reference is not None and axis in specific:
             ref = panel[(panel[C.METHOD] == reference) & panel[axis].isna() & panel[value].notna()]
             for _, r in ref.iterrows():
@@ -177,10 +237,8 @@ def _metric_vs_axis(
         ax.set_ylabel(_ylabel(value))
         if title:
             ax.set_title(title, fontsize=9)
-        handles, hl = ax.get_legend_handles_labels()
-        if handles:
-            uniq = dict(zip(hl, handles))
-            ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _legend(fig, axs)
+    _note(fig, "; ".join(shared))
     finite = all_vals[np.isfinite(all_vals) & (all_vals > 0)]
     xs = np.unique(drawn[axis].astype(float).to_numpy())
     for ax in axs:
@@ -191,10 +249,26 @@ def _metric_vs_axis(
         if xs.min() > 0 and xs.max() / xs.min() > LOG_SPAN:
             ax.set_xscale("log", base=2)
         if len(xs) <= MAX_XTICKS:
-            ax.set_xticks(xs)
+            ax.set_xticks(_spaced(xs, ax.get_xscale() == "log"))
             ax.xaxis.set_major_formatter(_NUM_FORMAT)
             ax.xaxis.set_minor_locator(NullLocator())
     return fig
+
+
+def _spaced(xs: np.ndarray, log: bool, min_gap: float = 0.06) -> np.ndarray:
+    """The tick positions among sorted ``xs`` at least ``min_gap`` of the axis span apart (so that
+    labels such as 0.68 and 0.7 do not print over each other); the first and last are kept."""
+    pos = np.log(xs) if log else xs.astype(float)
+    span = pos[-1] - pos[0]
+    if len(xs) < 3 or span <= 0:
+        return xs
+    keep = [0]
+    for i in range(1, len(xs)):
+        if pos[i] - pos[keep[-1]] >= min_gap * span:
+            keep.append(i)
+    if keep[-1] != len(xs) - 1:
+        keep[-1] = len(xs) - 1
+    return xs[keep]
 
 
 def _error_bars(g: pd.DataFrame) -> np.ndarray | None:
@@ -215,55 +289,119 @@ def _ylabel(value: str) -> str:
     )
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+
+
 def _quality_scatter(
     pts: pd.DataFrame, col: str, info: dict[str, Any], x: str, x_label: str, x_higher_is_better: bool,
-    facet_axes: Sequence[str],
+    facet_axes: Sequence[str], *, min_panel_points: int = 2, label_front: bool = True,
 ) -> plt.Figure | None:
     """``col`` against ``x`` per method, one panel per workload-level config (e.g. per frame
-    count: a Pareto front across different inputs would mean nothing), with each panel's front."""
+    count: a Pareto front across different inputs would mean nothing), with each panel's front
+    (its points labelled with their variant when ``pts`` has a ``variant`` column)."""
     sub = pts[pts[col].notna() & pts[x].notna()].copy()
     if len(sub) < 2 or sub[x].nunique() < 2:
         return None
     hib = info.get("higher_is_better")
-    panels = [(t, g) for t, g in _panels(sub, facet_axes) if len(g) >= 2]
+    panels = [(t, g) for t, g in _panels(sub, facet_axes) if len(g) >= min_panel_points]
     if not panels:
         return None
     fig, axs = _grid(len(panels))
     methods = list(dict.fromkeys(sub[C.METHOD]))
     palette = dict(zip(methods, sns.color_palette(n_colors=max(len(methods), 1))))
+    marker = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(methods)}
     direction = "" if hib is None else (" (↑ better)" if hib else " (↓ better)")
     unit = f" [{info['unit']}]" if info.get("unit") else ""
     for (title, g), ax in zip(panels, axs):
-        sns.scatterplot(data=g, x=x, y=col, hue=C.METHOD, style=C.METHOD, palette=palette,
-                        hue_order=[m for m in methods if m in set(g[C.METHOD])], s=60, ax=ax)
+        for m in methods:
+            gm = g[g[C.METHOD] == m]
+            if not gm.empty:
+                ax.scatter(gm[x].astype(float), gm[col].astype(float), s=40, color=palette[m],
+                           marker=marker[m], label=str(m), edgecolors="white", linewidths=0.5, zorder=3)
+        if x == C.SPEEDUP:
+            ax.axvline(1.0, ls=":", color="0.6", lw=1)
         if hib is not None:
             g = g.assign(_goodness=g[x] if x_higher_is_better else -g[x])
             front = pareto_front(g, "_goodness", col, bool(hib))
-            ax.plot(front[x], front[col], color="0.2", lw=1.2, ls="--", label="Pareto front", zorder=0)
+            ax.plot(front[x], front[col], color="0.2", lw=1.2, ls="--", label="Pareto front", zorder=2)
+            if label_front and T.VARIANT in front.columns:
+                for _, r in front.iterrows():
+                    ax.annotate(str(r[T.VARIANT]), (float(r[x]), float(r[col])), xytext=(4, 4),
+                                textcoords="offset points", fontsize=7, color="0.2")
         if not x_higher_is_better and g[x].max() > 10 * g[x].min() > 0:
             ax.set_xscale("log")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set_xlabel(x_label)
         ax.set_ylabel(f"{col}{unit}{direction}")
+        if title:
+            ax.set_title(title, fontsize=9)
+    _legend(fig, axs)
+    return fig
+
+
+def _bars(
+    pts: pd.DataFrame, value: str, facet_axes: Sequence[str], reference: str | None,
+) -> plt.Figure | None:
+    """``value`` per variant as horizontal bars, one panel per workload setting."""
+    sub = pts[pts[value].notna()]
+    if len(sub) < 2:
+        return None
+    panels = _panels(sub, facet_axes)
+    order = sorted(dict.fromkeys(sub[T.VARIANT]), key=T.variant_order(reference), reverse=True)
+    fig, axs = _grid(len(panels), (PANEL_SIZE_IN[0], max(PANEL_SIZE_IN[1], BAR_HEIGHT_IN * len(order))))
+    methods = list(dict.fromkeys(sub[C.METHOD]))
+    palette = dict(zip(methods, sns.color_palette(n_colors=max(len(methods), 1))))
+    for (title, g), ax in zip(panels, axs):
+        g = g.drop_duplicates(T.VARIANT).set_index(T.VARIANT)
+        labels = [v for v in order if v in g.index]
+        colors = [palette[g.at[v, C.METHOD]] for v in labels]
+        ax.barh(labels, g.loc[labels, value].astype(float), color=colors)
+        if value == C.SPEEDUP:
+            ax.axvline(1.0, ls=":", color="0.4", lw=1)
+        ax.set_xlabel(_ylabel(value))
+        ax.tick_params(axis="y", labelsize=7)
         if title:
             ax.set_title(title, fontsize=9)
     return fig
 
 
+def overview(run: RunData, pts: pd.DataFrame) -> plt.Figure | None:
+    """The figure that answers the suite's question: the headline accuracy or fidelity metric
+    against speedup with the Pareto front, one panel per workload setting; without such a metric
+    (or without a reference), speedup (or latency) per variant. None with fewer than two points."""
+    facets = T.workload_axes(pts, run.suite)
+    name = run.suite.get("name") or run.manifest.get("suite") or run.path.name
+    has_speedup = C.SPEEDUP in pts.columns and pts[C.SPEEDUP].notna().sum() >= 2
+    acc = [c for c in T.accuracy_columns(pts, run.metrics) if pd.api.types.is_numeric_dtype(pts[c])]
+    if has_speedup and acc:
+        col = acc[0]
+        fig = _quality_scatter(pts, col, run.metrics.get(col) or {}, C.SPEEDUP,
+                               "speedup vs reference (×, → better)", True, facets, min_panel_points=1)
+        if fig is not None:
+            _title(fig, f"{name}: {col} against speedup; dashed: Pareto front (labelled variants)")
+            return fig
+    value = C.SPEEDUP if has_speedup else C.LAT_MEDIAN
+    fig = _bars(pts, value, facets, run.suite.get("reference"))
+    if fig is not None:
+        what = "speedup vs the reference" if has_speedup else "median latency"
+        _title(fig, f"{name}: {what} per variant")
+    return fig
+
+
 def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Write every figure for the run as PNG and SVG; return the written paths.
+    """Write every figure for the run as PNG and SVG; return the written paths (the overview first).
 
     out_dir defaults to ``<run_dir>/plots/``. Never raises for lack of data: a figure with
-    nothing to draw is skipped.
+    nothing to draw is skipped (:func:`nothing_to_plot` says why none was).
     """
     run = load(run_dir)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / DEFAULT_SUBDIR
     return plot_data(run, out)
 
 
-def plot_data(run: RunData, out_dir: Path) -> list[Path]:
+def plot_data(run: RunData, out_dir: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     """:func:`plot_run` on an already loaded run."""
     pts = T.add_speedup(run.points, run.suite)
+    pts[T.VARIANT] = T.variants(pts, run.suite)[0]
     pts = pts[pts[C.STATUS] == C.OK] if C.STATUS in pts.columns else pts
     paths: list[Path] = []
     if pts.empty or C.LAT_MEDIAN not in pts.columns:
@@ -274,6 +412,9 @@ def plot_data(run: RunData, out_dir: Path) -> list[Path]:
     reference = run.suite.get("reference")
     numeric_axes = [a for a in axes if a != C.METHOD and is_numeric_axis(pts[a])]
     with sns.axes_style("whitegrid"):
+        fig = overview(run, pts)
+        if fig is not None:
+            paths += _save(fig, out_dir, OVERVIEW, formats)
         for axis in numeric_axes:
             for value, errors, stem in (
                 (C.LAT_MEDIAN, True, f"latency_vs_{axis}"),
@@ -283,7 +424,7 @@ def plot_data(run: RunData, out_dir: Path) -> list[Path]:
                     continue
                 fig = _metric_vs_axis(pts, axis, value, specific, axes, reference, errors)
                 if fig is not None:
-                    paths += _save(fig, out_dir, stem)
+                    paths += _save(fig, out_dir, stem, formats)
         facets = [a for a in axes if a not in specific and a != C.METHOD]
         for prefix in (C.QUALITY_PREFIX, C.FIDELITY_PREFIX):
             for col in T.metric_columns(pts, prefix):
@@ -293,7 +434,7 @@ def plot_data(run: RunData, out_dir: Path) -> list[Path]:
                 fig = _quality_scatter(pts, col, info, C.SPEEDUP, "speedup vs reference (×, → better)",
                                        True, facets)
                 if fig is not None:
-                    paths += _save(fig, out_dir, f"{col}_vs_speedup")
+                    paths += _save(fig, out_dir, f"{col}_vs_speedup", formats)
                 for cost, cost_info in run.metrics.items():
                     if not (isinstance(cost_info, dict) and cost_info.get("cost_axis")) or cost not in pts:
                         continue
@@ -301,5 +442,64 @@ def plot_data(run: RunData, out_dir: Path) -> list[Path]:
                     fig = _quality_scatter(pts, col, info, cost, f"{cost}{cost_unit} (← cheaper)", False,
                                            facets)
                     if fig is not None:
-                        paths += _save(fig, out_dir, f"{col}_vs_{cost}")
+                        paths += _save(fig, out_dir, f"{col}_vs_{cost}", formats)
     return paths
+
+
+# ---------------------------------------------------------------------------- what was drawn
+
+
+def order_figures(paths: Iterable[Path]) -> list[Path]:
+    """Figure files in reading order: the overview, speedup, latency, quality, fidelity, the rest."""
+    rank = ((OVERVIEW,), ("speedup_vs_",), ("latency_vs_",), (C.QUALITY_PREFIX,), (C.FIDELITY_PREFIX,))
+
+    def key(p: Path) -> tuple[int, str]:
+        for i, prefixes in enumerate(rank):
+            if p.stem.startswith(prefixes):
+                return (i, p.stem)
+        return (len(rank), p.stem)
+
+    return sorted(paths, key=key)
+
+
+def nothing_to_plot(run: RunData) -> str:
+    """Why a run has no figure (plot_data wrote none), in one sentence."""
+    pts = run.points
+    if pts.empty:
+        return "no point has been recorded yet"
+    status = pts[C.STATUS] if C.STATUS in pts.columns else pd.Series(C.OK, index=pts.index)
+    ok = pts[status == C.OK]
+    if ok.empty:
+        counts = ", ".join(f"{n} {s}" for s, n in status.value_counts().items())
+        return (f"none of the {len(pts)} point(s) finished ok ({counts}); their errors are in the report's "
+                "failed points (harness report)")
+    if C.LAT_MEDIAN not in ok.columns or ok[C.LAT_MEDIAN].notna().sum() == 0:
+        return "no ok point has a latency to draw"
+    if len(ok) < 2:
+        return ("only one point finished ok, and a figure compares at least two; its numbers are in "
+                "the tables (harness report)")
+    return ("nothing varies that a figure could show (no swept numeric parameter, no quality or fidelity "
+            "metric against speedup); the tables (harness report) show the points")
+
+
+def summary_line(paths: Sequence[Path], out_dir: Path) -> str:
+    """``plots: 19 figures (PNG + SVG) in DIR/; start with overview.png``, not every path."""
+    stems = list(dict.fromkeys(p.stem for p in paths))
+    kinds = " + ".join(sorted({p.suffix.lstrip(".").upper() for p in paths}))
+    first = f"; start with {OVERVIEW}.png" if OVERVIEW in stems else ""
+    return f"plots: {len(stems)} figure(s) ({kinds}) in {out_dir}/{first}"
+
+
+def plot_and_summarise(
+    run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, warn: bool = True,
+) -> tuple[list[Path], str]:
+    """Plot the run; return the paths and one line to print: where the figures are, or why there
+    are none. With ``warn``, an incomplete, running or duplicated run is reported on stderr first."""
+    run = load(run_dir)
+    if warn:
+        print_warnings(run_status(run))
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / DEFAULT_SUBDIR
+    paths = plot_data(run, out)
+    if not paths:
+        return paths, f"nothing to plot in {run_dir}: {nothing_to_plot(run)}"
+    return paths, summary_line(paths, out)

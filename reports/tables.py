@@ -21,13 +21,20 @@ from harness.results import RunData
 
 # columns that describe the row, not its configuration
 BOOKKEEPING = (C.RUN_ID, C.SUITE, C.HASH, C.STATUS, C.ERROR, C.STARTED_AT, C.ELAPSED_S)
-_NOT_CONFIG = set(BOOKKEEPING) | set(C.TIMING) | set(C.TELEMETRY) | set(C.PROVENANCE) | {C.SPEEDUP}
+VARIANT = "variant"  # short label of a method's configuration (``httm#3``), see :func:`variants`
+_NOT_CONFIG = set(BOOKKEEPING) | set(C.TIMING) | set(C.TELEMETRY) | set(C.PROVENANCE) | {C.SPEEDUP, VARIANT}
 
 # telemetry columns shown in the summary when any ok point has them
 RESOURCE_COLUMNS = (
     C.ENERGY_J, C.POWER_MEAN_W, C.GPU_MEM_PEAK_MB, C.TORCH_PEAK_ALLOC_MB, C.RSS_PEAK_MB,
 )
 SIG_DIGITS = 3
+#: quality/fidelity columns that lead the terminal table and the overview figure when present
+HEADLINE_METRICS = ("q_top1", "q_pose_auc_30", "q_depth_abs_rel", "fid_attn_rel_err", "fid_depth_rel_err",
+                    "fid_logit_kl", "fid_token_cos")
+#: work counters that lead when present: kept tokens, BOPs
+HEADLINE_WORK = ("work_tokens_q_frac", "work_tokens_kv_frac", "work_bops_speedup", "work_bops",
+                 "work_eq_act_bits")
 HASH_SHORT = 8
 _SI = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"))
 
@@ -164,6 +171,118 @@ def match_key_columns(points: pd.DataFrame, suite: dict[str, Any]) -> list[str]:
     return [c for c in config_columns(points) if c != C.METHOD and c not in specific]
 
 
+# ---------------------------------------------------------------------------- variants
+
+
+def order_key(v: Any) -> tuple[int, float, str]:
+    """Sort key for config values of mixed types: numbers by value, then text, then missing."""
+    v = hashable(v)
+    if v is None:
+        return (2, 0.0, "")
+    if isinstance(v, (bool, int, float)):
+        return (0, float(v), "")
+    return (1, 0.0, str(v))
+
+
+def method_params(points: pd.DataFrame, suite: dict[str, Any], method: str) -> list[str]:
+    """The method-specific config columns that belong to ``method`` (suite record order)."""
+    specific = method_specific_params(points, suite)
+    owned = ((suite.get("parameters") or {}).get("methods") or {}).get(method)
+    if owned is None:  # a method the record does not list: whatever of its own it has values for
+        rows = points[points[C.METHOD] == method]
+        return [c for c in specific if rows[c].notna().any()]
+    return [c for c in specific if c in set(owned)]
+
+
+def variants(points: pd.DataFrame, suite: dict[str, Any]) -> tuple[pd.Series, dict[str, pd.DataFrame]]:
+    """Short labels for each method's configurations, and the legend that spells them out.
+
+    A variant is a method with one setting of its own parameters (workload-level parameters such
+    as the frame count are not part of it). A method run with one setting is labelled by its
+    name (``vggt``); one run with several gets ``httm#1``, ``httm#2``, ... numbered in the order
+    of its parameter values. Returns (label per row of ``points``, and per method with several
+    variants a table: ``variant`` plus the parameters that differ between them).
+    """
+    labels = pd.Series("", index=points.index, dtype=object)
+    legend: dict[str, pd.DataFrame] = {}
+    if points.empty or C.METHOD not in points.columns:
+        return labels, legend
+    for method, rows in points.groupby(C.METHOD, sort=False):
+        params = method_params(points, suite, str(method))
+        keys = pd.Series([tuple(hashable(r[c]) for c in params) for _, r in rows[params].iterrows()]
+                         if params else [()] * len(rows), index=rows.index)
+        distinct = sorted(set(keys), key=lambda k: tuple(order_key(v) for v in k))
+        if len(distinct) <= 1:
+            labels[rows.index] = str(method)
+            continue
+        names = {k: f"{method}#{i}" for i, k in enumerate(distinct, start=1)}
+        labels[rows.index] = keys.map(names)
+        differ = [i for i, c in enumerate(params) if len({k[i] for k in distinct}) > 1]
+        legend[str(method)] = pd.DataFrame(
+            [[names[k], *(fmt_value(k[i]) for i in differ)] for k in distinct],
+            columns=[VARIANT, *(params[i] for i in differ)],
+        )
+    return labels, legend
+
+
+def with_variants(table: pd.DataFrame, run: RunData) -> pd.DataFrame:
+    """``table`` (rows of the run's points, with their ``point_hash``) with a ``variant`` column
+    after ``method``."""
+    labels, _ = variants(run.points, run.suite)
+    by_hash = dict(zip(run.points[C.HASH], labels)) if C.HASH in run.points.columns else {}
+    out = table.copy()
+    where = list(out.columns).index(C.METHOD) + 1 if C.METHOD in out.columns else 0
+    out.insert(where, VARIANT, out[C.HASH].map(by_hash) if C.HASH in out.columns else "")
+    return out
+
+
+# ---------------------------------------------------------------------------- key columns
+
+
+def _direction(metrics: dict[str, Any], col: str) -> bool | None:
+    info = metrics.get(col)
+    return info.get("higher_is_better") if isinstance(info, dict) else None
+
+
+def _numeric_varying(points: pd.DataFrame, col: str) -> bool:
+    vals = pd.to_numeric(points[col], errors="coerce").dropna()
+    return len(vals) > 0 and vals.nunique() > 1
+
+
+def directed_columns(points: pd.DataFrame, metrics: dict[str, Any], prefix: str) -> list[str]:
+    """Numeric ``prefix`` columns with a direction in ``metrics`` that vary across ``points``, the
+    headline metrics (:data:`HEADLINE_METRICS`) first, then in column order."""
+    cols = [c for c in metric_columns(points, prefix)
+            if _direction(metrics, c) is not None and _numeric_varying(points, c)]
+    return sorted(cols, key=lambda c: HEADLINE_METRICS.index(c) if c in HEADLINE_METRICS
+                  else len(HEADLINE_METRICS))
+
+
+def accuracy_columns(points: pd.DataFrame, metrics: dict[str, Any]) -> list[str]:
+    """The columns that say how good the result is: task quality (``q_*``) when the run measured
+    any, else fidelity to the reference (``fid_*``); see :func:`directed_columns`."""
+    return (directed_columns(points, metrics, C.QUALITY_PREFIX)
+            or directed_columns(points, metrics, C.FIDELITY_PREFIX))
+
+
+def work_columns(points: pd.DataFrame, metrics: dict[str, Any]) -> list[str]:
+    """The work counters that say how much was saved: kept tokens, BOPs (:data:`HEADLINE_WORK`
+    first), else the declared cost axes; only those that vary across ``points``."""
+    cols = [c for c in metric_columns(points, C.WORK_PREFIX) if _numeric_varying(points, c)]
+    named = [c for c in cols if c in HEADLINE_WORK]
+    named.sort(key=HEADLINE_WORK.index)
+    if named:
+        return named
+    return [c for c in cols if isinstance(metrics.get(c), dict) and metrics[c].get("cost_axis")]
+
+
+def workload_axes(run: RunData | pd.DataFrame, suite: dict[str, Any]) -> list[str]:
+    """Swept config columns that are not the method's own: the workload setting of a row."""
+    pts = _ok(run)
+    specific = set(method_specific_params(pts, suite))
+    return [a for a in swept_axes(pts) if a != C.METHOD and a not in specific]
+
+
 # ---------------------------------------------------------------------------- speedup
 
 
@@ -279,16 +398,21 @@ def pivot_table(
 
     index defaults to the workload-level swept axes (e.g. ``seq_len``). With
     ``columns="method"`` each column is a method label that also carries the method's own swept
-    parameters (``httm r=0.5``). Returns None when it does not fit: no index axis, no such value
-    column, or more than one point per cell (another axis varies).
+    parameters (``httm r=0.5``); with ``columns="variant"`` it is the variant's short label
+    (``httm#2``, see :func:`variants`). Returns None when it does not fit: no index axis, no such
+    value column, or more than one point per cell (another axis varies).
     """
-    pts = _ok(add_speedup(run.points, run.suite))
+    pts = add_speedup(run.points, run.suite)
+    if columns == VARIANT:
+        pts[VARIANT] = variants(pts, run.suite)[0]
+    pts = _ok(pts)
     if pts.empty or value not in pts.columns:
         return None
     axes = swept_axes(pts)
     specific = set(method_specific_params(pts, run.suite))
     if index is None:
-        index = [a for a in axes if a not in specific and a != columns]
+        index = [a for a in axes if a not in specific and a != columns
+                 and not (columns == VARIANT and a == C.METHOD)]
     index = [index] if isinstance(index, str) else list(index)
     if not index or any(i not in pts.columns for i in index) or columns not in pts.columns:
         return None
@@ -296,6 +420,8 @@ def pivot_table(
     if columns == C.METHOD:
         extra = [a for a in axes if a in specific]
         tmp["__col"] = [method_label(r, extra) for _, r in tmp.iterrows()]
+    elif columns == VARIANT:
+        tmp["__col"] = tmp[VARIANT]
     else:
         tmp["__col"] = tmp[columns].map(fmt_value)
     for i in index:
@@ -304,12 +430,37 @@ def pivot_table(
         return None
     ref = run.suite.get("reference")
     order = list(dict.fromkeys(tmp.sort_values("__col")["__col"]))
-    if columns == C.METHOD and ref is not None:
+    if columns == VARIANT:
+        order.sort(key=variant_order(ref))
+    elif columns == C.METHOD and ref is not None:
         order.sort(key=lambda label: label.split(" ")[0] != ref)
     piv = tmp.pivot(index=index, columns="__col", values=value)
     piv = piv[order]
     piv.columns.name = columns
     return piv
+
+
+def variant_order(reference: str | None) -> Any:
+    """Sort key of variant labels: the reference first, then by method, then by number."""
+    def key(label: str) -> tuple[bool, str, int]:
+        method, _, num = str(label).partition("#")
+        return (method != reference, method, int(num) if num.isdigit() else 0)
+    return key
+
+
+def sort_by_variant(df: pd.DataFrame, reference: str | None, first: Sequence[str] = ()) -> pd.DataFrame:
+    """Rows ordered by the ``first`` columns (the workload setting), then by variant: the reference
+    first, ``httm#2`` before ``httm#10``."""
+    if df.empty or VARIANT not in df.columns:
+        return df
+    key = variant_order(reference)
+    tmp = df.assign(__v=df[VARIANT].map(key))
+    cols = [*[c for c in first if c in df.columns], "__v"]
+    try:
+        tmp = tmp.sort_values(cols, kind="stable", na_position="first")
+    except TypeError:
+        tmp = tmp.sort_values("__v", kind="stable")
+    return tmp.drop(columns="__v")
 
 
 # ---------------------------------------------------------------------------- formatting

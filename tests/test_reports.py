@@ -290,8 +290,10 @@ def test_parameter_ownership_comes_from_the_suite_record_not_from_missing_values
 
 
 def test_a_loaded_suite_records_who_owns_each_parameter() -> None:
+    from harness import registry
     from harness.suite import parse_suite
 
+    registry.load_builtins()
     suite = parse_suite("name: s\nworkload: attention\nreference: sdpa\nmethods: {sdpa: {}, math: {}}\n")
     owners = suite.resolved["parameters"]
     assert {"seq_len", "heads", "head_dim", "batch"} <= set(owners["workload"])

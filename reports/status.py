@@ -1,0 +1,131 @@
+"""Is a run directory complete? Expected total, points recorded, duplicates, a writer still at work.
+
+Read only: the run's ``.lock`` is tried with a shared, non-blocking ``flock`` on a read-only file
+handle and released at once (nothing is created or written); the writer holds it exclusively for
+as long as it runs (:class:`harness.results.RunLock`).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from harness import columns as C
+from harness.results import LOCK_FILE, RunData
+
+SHOW_HASHES = 3  # duplicate hashes named in the warning
+
+
+def lock_holder(run_dir: str | os.PathLike) -> str | None:
+    """Who holds the run directory's lock (``pid N on host H (since ...)``), or None when nobody does."""
+    import fcntl
+
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        f = open(path)  # noqa: SIM115 - closed below; read only, never created
+    except OSError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip() or "another process"
+        except OSError:  # a file system without flock: say nothing rather than guess
+            return None
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+def resume_command(run: RunData) -> str:
+    """The command that finishes the run: its recorded command line with ``--resume RUN_DIR``."""
+    argv = [str(a) for a in run.manifest.get("argv") or []]
+    if len(argv) >= 3 and argv[1] == "run":
+        kept, skip = [], False
+        for a in argv[2:]:
+            if skip:
+                skip = False
+                continue
+            if a in ("--out", "--resume"):
+                skip = True
+                continue
+            if a.startswith(("--out=", "--resume=")):
+                continue
+            kept.append(a)
+        return shlex.join(["harness", "run", *kept, "--resume", str(run.path)])
+    source = run.manifest.get("suite_source") or run.manifest.get("suite") or "SUITE"
+    return f"harness run {source} --resume {run.path} (with the run's --preset/--set options)"
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """How much of a run is on disk."""
+
+    run_dir: Path
+    expected: int | None  # points the suite resolved to (run.json's n_points)
+    recorded: int  # rows in the points log
+    unique: int  # distinct point hashes among them
+    duplicates: dict[str, int] = field(default_factory=dict)  # point hash -> rows
+    running: str | None = None  # holder of the lock while a process writes the run
+    resume: str = ""
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.expected - self.unique) if self.expected is not None else 0
+
+    @property
+    def complete(self) -> bool:
+        return self.running is None and self.missing == 0
+
+    def progress(self) -> str:
+        """``24 of 26 points`` (or ``24 points`` when the expected total was not recorded)."""
+        total = f" of {self.expected}" if self.expected is not None else ""
+        return f"{self.unique}{total} points"
+
+    def warnings(self) -> list[str]:
+        """One sentence per problem: still running, incomplete, duplicate rows."""
+        out = []
+        if self.running is not None:
+            out.append(f"the run is still running ({self.running}): {self.progress()} recorded so far; "
+                       "these results are a snapshot, run the command again when it has finished")
+        elif self.missing:
+            out.append(f"the run is incomplete: {self.progress()} recorded, {self.missing} missing; "
+                       f"finish it with: {self.resume}")
+        if self.duplicates:
+            extra = self.recorded - self.unique
+            named = ", ".join(f"{h[:8]} ({n} rows)" for h, n in list(self.duplicates.items())[:SHOW_HASHES])
+            hidden = len(self.duplicates) - SHOW_HASHES
+            more = f" and {hidden} more" if hidden > 0 else ""
+            out.append(f"{extra} duplicate row(s) in the points log: point_hash {named}{more}; the tables "
+                       "list every row (a point recorded twice, e.g. logs merged by hand), so medians and "
+                       "pivots may be off")
+        return out
+
+
+def run_status(run: RunData) -> RunStatus:
+    """Expected total, recorded and distinct points, duplicate hashes and the lock holder of a run."""
+    pts = run.points
+    hashes = pts[C.HASH].dropna().astype(str) if C.HASH in pts.columns else None
+    counts = hashes.value_counts(sort=False) if hashes is not None else None
+    dups = {str(h): int(n) for h, n in counts.items() if n > 1} if counts is not None else {}
+    expected = run.manifest.get("n_points")
+    return RunStatus(
+        run_dir=run.path,
+        expected=int(expected) if isinstance(expected, (int, float)) else None,
+        recorded=len(pts),
+        unique=len(counts) if counts is not None else len(pts),
+        duplicates=dups,
+        running=lock_holder(run.path),
+        resume=resume_command(run),
+    )
+
+
+def print_warnings(status: RunStatus, file: TextIO | None = None) -> list[str]:
+    """Print each warning as ``warning: ...`` (stderr by default); return them."""
+    warns = status.warnings()
+    for w in warns:
+        print(f"warning: {w}", file=file or sys.stderr)
+    return warns
