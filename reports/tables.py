@@ -30,7 +30,7 @@ RESOURCE_COLUMNS = (
 )
 SIG_DIGITS = 3
 #: quality/fidelity columns that lead the terminal table and the overview figure when present
-HEADLINE_METRICS = ("q_top1", "q_pose_auc_30", "q_depth_abs_rel", "fid_attn_rel_err", "fid_depth_rel_err",
+HEADLINE_METRICS = ("q_top1", "q_depth_abs_rel", "q_pose_auc_30", "fid_attn_rel_err", "fid_depth_rel_err",
                     "fid_logit_kl", "fid_token_cos")
 #: work counters that lead when present: kept tokens, BOPs
 HEADLINE_WORK = ("work_tokens_q_frac", "work_tokens_kv_frac", "work_bops_speedup", "work_bops",
