@@ -63,7 +63,8 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from harness.runner import run_suite
 
     registry.load_builtins()
-    suite = load_suite(args.suite, preset=args.preset, overrides=args.set or [])
+    overrides = (args.set or []) + (["metrics.profile=true"] if args.profile else [])
+    suite = load_suite(args.suite, preset=args.preset, overrides=overrides)
     if args.dry_run:
         print(_points_table(suite))
         return EXIT_OK
@@ -325,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid: suite order grouped by model; interleave: methods alternate; shuffle: seeded "
                         "random order")
     r.add_argument("--allow-failures", action="store_true", help="exit 0 even when points failed")
+    r.add_argument("--profile", action="store_true",
+                   help="profile each point once after its timed samples (= --set metrics.profile=true): "
+                        "profiles/<hash>.trace.json.gz (open in https://ui.perfetto.dev) and ops.parquet")
     r.add_argument("--max-points", type=_positive_int, metavar="K",
                    help="run at most K of the missing points, then stop (continue with --resume); "
                         "lets a base and a head run alternate in slices on one machine")

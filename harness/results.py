@@ -43,6 +43,9 @@ POINTS_LOG = "points.jsonl"
 POINTS_FILE = "points.parquet"
 SAMPLES_LOG = "samples.jsonl"
 SAMPLES_FILE = "samples.parquet"
+OPS_LOG = "ops.jsonl"
+OPS_FILE = "ops.parquet"
+PROFILES_DIR = "profiles"
 LOCK_FILE = ".lock"  # held by the process writing the run; says which one
 
 
@@ -282,6 +285,18 @@ class RunWriter:
             f.flush()
             os.fsync(f.fileno())
 
+    def trace_path(self, point_hash: str) -> Path:
+        """Where the profiled pass of a point writes its Chrome/Perfetto trace."""
+        return self.run_dir / PROFILES_DIR / f"{point_hash}.trace.json.gz"
+
+    def append_ops(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Operator rows of a point's profiled pass (written before its row commits the point)."""
+        with open(self.run_dir / OPS_LOG, "a") as f:
+            for r in rows:
+                f.write(json.dumps({k: _jsonable(v) for k, v in r.items()}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
     def update_metrics(self, metrics: dict[str, Any]) -> None:
         path = self.run_dir / METRICS_FILE
         current = json.loads(path.read_text()) if path.exists() else {}
@@ -298,6 +313,19 @@ class RunWriter:
             staged.append((tmp, self.run_dir / name))
         for tmp, final in staged:
             os.replace(tmp, final)
+        if (self.run_dir / OPS_LOG).exists():
+            ops = read_ops(self.run_dir)
+            tmp = self.run_dir / (OPS_FILE + ".tmp")
+            ops.to_parquet(tmp, index=False)
+            os.replace(tmp, self.run_dir / OPS_FILE)
+
+
+def read_ops(run_dir: Path) -> pd.DataFrame:
+    """The operator table of a profiled run (rows of committed points only); empty when none."""
+    run_dir = Path(run_dir)
+    done = {r.get(C.HASH) for r in _read_jsonl(run_dir / POINTS_LOG)}
+    rows = [r for r in _read_jsonl(run_dir / OPS_LOG) if r.get(C.HASH) in done]
+    return pd.DataFrame(rows)
 
 
 def read_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

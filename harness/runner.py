@@ -41,6 +41,7 @@ from typing import Any
 from harness import __version__, registry
 from harness import columns as C
 from harness.env import comparable, fingerprint
+from harness.profiling import profile_callable
 from harness.results import (
     LOCK_FILE,
     MANIFEST_FILE,
@@ -561,6 +562,9 @@ class _Loop:
                 phases = bench.breakdown()
                 self._note_breakdown(phases)
                 row.update({f"{C.BREAKDOWN_PREFIX}{k}_ms": float(v) for k, v in phases.items()})
+            if self.suite.metrics.profile:  # after the timed samples, never between them
+                self.writer.append_ops(
+                    profile_callable(bench.fn, point.device, self.writer.trace_path(point.hash), point.hash))
         del output, bench
         bad_metrics = _nonfinite_metrics(row)
         if bad_output or bad_metrics:

@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from harness.models.seam import AttentionFn, AttentionLayout, Recorder, attention_flops, sdpa_attention
+from harness.models.seam import (
+    AttentionFn,
+    AttentionLayout,
+    Recorder,
+    attention_flops,
+    named_range,
+    sdpa_attention,
+)
 
 SIM_CHUNK_ELEMS = {"cpu": 1 << 18, "cuda": 1 << 28}
 """Most similarity entries held at once by :func:`best_match`, per device type (CPU: 1 MiB in
@@ -414,12 +421,13 @@ def merged_count(ratio: float, n: int) -> int:
 
 @contextmanager
 def phase(rec: Recorder | None, name: str) -> Iterator[None]:
-    """``rec.phase(name)`` when a recorder is present, else nothing."""
-    if rec is None:
-        yield
-    else:
-        with rec.phase(name):
+    """``rec.phase(name)`` when a recorder is present; a ``phase:<name>`` range in profiles."""
+    with named_range(f"phase:{name}"):
+        if rec is None:
             yield
+        else:
+            with rec.phase(name):
+                yield
 
 
 def shared_merge_attention(

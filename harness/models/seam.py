@@ -21,6 +21,19 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+_PROFILING = [False]  # set by harness.profiling while a profiled pass runs
+
+
+@contextmanager
+def named_range(name: str) -> Iterator[None]:
+    """A ``torch.profiler.record_function`` range named ``name`` during a profiled pass (it then
+    shows in traces and op tables); nothing otherwise, so timed samples pay no profiler cost."""
+    if not _PROFILING[0]:
+        yield
+        return
+    with torch.profiler.record_function(name):
+        yield
+
 
 class Recorder:
     """Collects per-layer counters and (in breakdown mode) per-phase times from methods.

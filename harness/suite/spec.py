@@ -45,6 +45,9 @@ class MetricsConfig:
 
     evaluate: bool = param(True, "run bench.evaluate on the output (quality q_* / fidelity fid_* columns)")
     breakdown: bool = param(False, "run bench.breakdown once per point (bd_<phase>_ms columns)")
+    profile: bool = param(
+        False, "profile each point once after its timed samples (profiles/<hash>.trace.json.gz, ops.parquet)"
+    )
 
 
 @dataclass(frozen=True)

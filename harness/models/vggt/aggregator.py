@@ -16,7 +16,7 @@ from collections.abc import Collection
 import torch
 from torch import nn
 
-from harness.models.seam import AttentionFn, AttentionLayout, Recorder, sdpa_attention
+from harness.models.seam import AttentionFn, AttentionLayout, Recorder, named_range, sdpa_attention
 from harness.models.vggt.dino import ConvPatchEmbed, DinoViT
 from harness.models.vggt.layers import Block, RoPE2D, init_normal_, patch_positions
 from harness.models.vggt.presets import VGGTConfig
@@ -130,7 +130,8 @@ class Aggregator(nn.Module):
         patch_h, patch_w = H // p, W // p
         attention_fn = attention_fn if attention_fn is not None else sdpa_attention
 
-        tokens = self.embed(images)
+        with named_range("patch_embed"):
+            tokens = self.embed(images)
         P, C = tokens.shape[1], tokens.shape[2]
         pos_frame = patch_positions(B * S, patch_h, patch_w, self.patch_start_idx, images.device)
         pos_global = pos_frame.view(B, S * P, 2)
@@ -141,7 +142,8 @@ class Aggregator(nn.Module):
         outputs: LayerOutputs = [] if keep is None else {}
         for i in range(self.depth):
             x = tokens.view(B * S, P, C)
-            x = self.frame_blocks[i](x, pos_frame, num_positions=num_positions)
+            with named_range(f"frame_block.{i}"):
+                x = self.frame_blocks[i](x, pos_frame, num_positions=num_positions)
             frame_out = x.view(B, S, P, C)
             if cuda_cleanup:
                 torch.cuda.empty_cache()
@@ -154,13 +156,14 @@ class Aggregator(nn.Module):
                 layer=i,
                 recorder=recorder,
             )
-            x = self.global_blocks[i](
-                x.view(B, S * P, C),
-                pos_global,
-                num_positions=num_positions,
-                attention_fn=attention_fn,
-                layout=layout,
-            )
+            with named_range(f"global_block.{i}"):
+                x = self.global_blocks[i](
+                    x.view(B, S * P, C),
+                    pos_global,
+                    num_positions=num_positions,
+                    attention_fn=attention_fn,
+                    layout=layout,
+                )
             tokens = x
             if keep is None:
                 outputs.append(torch.cat([frame_out, x.view(B, S, P, C)], dim=-1))  # type: ignore[union-attr]

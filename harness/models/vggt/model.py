@@ -25,7 +25,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from harness.models.seam import AttentionFn, Recorder
+from harness.models.seam import AttentionFn, Recorder, named_range
 from harness.models.vggt.aggregator import Aggregator
 from harness.models.vggt.camera_head import CameraHead
 from harness.models.vggt.dpt_head import DPTHead
@@ -161,15 +161,18 @@ class VGGT(nn.Module):
         pred: dict = {}
         with _autocast_off(images.device):
             if "camera" in heads:
-                pose_enc_list = self.camera_head(outputs)
+                with named_range("camera_head"):
+                    pose_enc_list = self.camera_head(outputs)
                 pred["pose_enc"] = pose_enc_list[-1]
                 pred["pose_enc_list"] = pose_enc_list
             if "depth" in heads:
-                pred["depth"], pred["depth_conf"] = self.depth_head(outputs, images, patch_start_idx)
+                with named_range("depth_head"):
+                    pred["depth"], pred["depth_conf"] = self.depth_head(outputs, images, patch_start_idx)
             if "point" in heads:
-                pred["world_points"], pred["world_points_conf"] = self.point_head(
-                    outputs, images, patch_start_idx
-                )
+                with named_range("point_head"):
+                    pred["world_points"], pred["world_points_conf"] = self.point_head(
+                        outputs, images, patch_start_idx
+                    )
         if "track" in heads and query_points is not None and self.track_head is not None:
             tracks, vis, conf = self.track_head(outputs, images, patch_start_idx, query_points)
             pred["track"], pred["vis"], pred["conf"] = tracks[-1], vis, conf
