@@ -230,6 +230,11 @@ def _require_run_dir(path: str) -> Path:
 
 
 def _cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.ops:
+        from reports.ops import ops_report
+
+        print(ops_report(_require_run_dir(args.run)), end="")
+        return EXIT_OK
     from reports.summary import report
 
     report(_require_run_dir(args.run), args.out)  # prints the tables itself
@@ -346,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "points.csv and a self-contained report.html")
     rp.add_argument("run", help="run directory")
     rp.add_argument("--out", help="where to write the report files (default: <run>/report)")
+    rp.add_argument("--ops", action="store_true",
+                    help="where each method spends its time, by phase and top operators (a --profile run)")
     rp.set_defaults(func=_cmd_report)
 
     pl = sub.add_parser("plot", help="write the figures of a run (overview.png first), or say why there "

@@ -122,3 +122,21 @@ def test_the_profile_runs_after_the_last_timed_sample(tmp_path, fake_workload, m
                      "timing: {warmup_n: 0, min_samples: 2, max_samples: 2, budget_s: 0.01}\n")
     assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--no-report", "-q"]) == 0
     assert [k for k, _ in order] == ["timed", "profile"]
+
+
+def test_report_ops_splits_each_variant_by_phase_and_lists_its_top_operators(profiled, capsys):
+    assert main(["report", str(profiled / "profiled"), "--ops"]) == 0
+    text = capsys.readouterr().out
+    assert "| variant" in text and "match" in text and "aggregate" in text and "attention" in text
+    assert "top operators of httm:" in text and "top operators of vggt:" in text
+    assert "scaled_dot_product" in text
+    assert max(len(line) for line in text.splitlines() if line.startswith("|")) <= 100
+    from reports.ops import ops_tables
+
+    (_, phases, tops), = ops_tables(load(profiled / "profiled"))
+    httm = phases.set_index("variant").loc["httm"]
+    assert httm["match"] > 0 and httm["aggregate"] > 0 and httm["attention"] > 0
+    assert abs(httm["total"] - (httm["match"] + httm["aggregate"] + httm["attention"]
+                                + httm.get("(outside)", 0.0))) < 1e-9
+    assert main(["report", str(profiled / "plain"), "--ops"]) == 0
+    assert "has no operator table: profile it with" in capsys.readouterr().out
