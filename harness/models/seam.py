@@ -24,6 +24,11 @@ import torch.nn.functional as F
 _PROFILING = [False]  # set by harness.profiling while a profiled pass runs
 
 
+def is_profiling() -> bool:
+    """Whether a profiled pass is running (named ranges are recorded only then)."""
+    return _PROFILING[0]
+
+
 @contextmanager
 def named_range(name: str) -> Iterator[None]:
     """A ``torch.profiler.record_function`` range named ``name`` during a profiled pass (it then
