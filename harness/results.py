@@ -74,10 +74,7 @@ class RunLock:
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
-            raise RunDirError(
-                f"{self.run_dir} is in use by {holder}: wait for that run to finish (or stop it), then "
-                "resume it with --resume; two processes writing one run directory would double its points"
-            ) from None
+            raise RunDirError(in_use_message(self.run_dir, holder)) from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on host {socket.gethostname()} (since "
@@ -101,6 +98,32 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def in_use_message(run_dir: Path, holder: str) -> str:
+    """The one paragraph for a run directory another process is writing."""
+    return (f"{run_dir} is in use by {holder}: wait for that run to finish (or stop it), then resume it "
+            "with --resume; two processes writing one run directory would double its points")
+
+
+def lock_holder(run_dir: str | os.PathLike) -> str | None:
+    """Who holds the run directory's lock (``pid N on host H (since ...)``), or None when nobody
+    does. Read only: a shared, non-blocking ``flock`` on a read-only handle, released at once."""
+    import fcntl
+
+    try:
+        f = open(Path(run_dir) / LOCK_FILE)  # noqa: SIM115 - closed below; read only, never created
+    except OSError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip() or "another process"
+        except OSError:  # a file system without flock: say nothing rather than guess
+            return None
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:

@@ -49,7 +49,9 @@ from harness.results import (
     RunDirError,
     RunLock,
     RunWriter,
+    in_use_message,
     is_run_dir,
+    lock_holder,
     note_resume,
     read_env,
     read_manifest,
@@ -360,7 +362,9 @@ def _check_new_run_dir(out: Path) -> None:
     """A new run goes into a new or empty directory: never into a run (in use or not), nor next
     to files it would mix with or overwrite."""
     if is_run_dir(out):
-        _lock(out).release()  # in use: says by whom
+        holder = lock_holder(out)
+        if holder is not None:
+            raise RunError(in_use_message(out, holder))
         raise RunError(
             f"{out} already holds a run ({MANIFEST_FILE} exists). Pass --resume {out} to finish it, "
             "or choose a new --out directory."

@@ -7,7 +7,6 @@ as long as it runs (:class:`harness.results.RunLock`).
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -15,29 +14,9 @@ from pathlib import Path
 from typing import TextIO
 
 from harness import columns as C
-from harness.results import LOCK_FILE, RunData
+from harness.results import RunData, lock_holder
 
 SHOW_HASHES = 3  # duplicate hashes named in the warning
-
-
-def lock_holder(run_dir: str | os.PathLike) -> str | None:
-    """Who holds the run directory's lock (``pid N on host H (since ...)``), or None when nobody does."""
-    import fcntl
-
-    path = Path(run_dir) / LOCK_FILE
-    try:
-        f = open(path)  # noqa: SIM115 - closed below; read only, never created
-    except OSError:
-        return None
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return f.read().strip() or "another process"
-        except OSError:  # a file system without flock: say nothing rather than guess
-            return None
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return None
 
 
 def resume_command(run: RunData) -> str:

@@ -25,10 +25,10 @@ from test_reports import make_run
 
 from harness import columns as C
 from harness.cli import main
-from harness.results import MANIFEST_FILE, RunLock, RunWriter, load
+from harness.results import MANIFEST_FILE, RunLock, RunWriter, load, lock_holder
 from reports import plots as P
 from reports import tables as T
-from reports.status import lock_holder, run_status
+from reports.status import run_status
 from reports.summary import report
 
 HTTM = ("query_merge", "outlier_frac", "kv_merge", "head_groups", "n_s", "n_t")
