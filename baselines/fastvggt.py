@@ -25,7 +25,7 @@ from harness.methods.merging import (
     shared_merge_attention,
     static_partition,
 )
-from harness.models.seam import AttentionFn, AttentionLayout, sdpa_attention
+from harness.models.seam import AttentionFn, AttentionLayout, elem_bytes, sdpa_attention, token_bytes
 from harness.params import param
 
 SALIENT_RULES = ("stride", "dissimilar")
@@ -141,6 +141,7 @@ def fastvggt_attention(
     out = shared_merge_attention(q, k, v, sm, rec)
     if rec is not None:
         rec.count("match_flops", part.match_flops(B, metric.shape[-1]))
+        rec.count("match_bytes", token_bytes(B, N, metric.shape[-1], elem_bytes(metric)))
         if layout.x_norm is None:
             rec.count("metric_fallback", 1)
         if a.merged_scores.numel():

@@ -23,7 +23,7 @@ from harness.methods.merging import (
     shared_merge_attention,
     static_partition,
 )
-from harness.models.seam import AttentionFn, AttentionLayout
+from harness.models.seam import AttentionFn, AttentionLayout, elem_bytes, token_bytes
 from harness.params import param
 
 
@@ -76,6 +76,7 @@ def tome_attention(
     out = shared_merge_attention(q, k, v, sm, rec, prop_attn=p.prop_attn)
     if rec is not None:
         rec.count("match_flops", part.match_flops(B, d))
+        rec.count("match_bytes", token_bytes(B, N, d, elem_bytes(metric)))  # reads the metric once
         if a.merged_scores.numel():
             rec.observe("merge_sim_p10", percentile(a.merged_scores, 0.1))
     return out

@@ -79,7 +79,7 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         summary = run_suite(
             suite, out, resume=resume, order=args.order, allow_failures=args.allow_failures,
             progress=not args.quiet, argv=["harness", *argv], allow_env_mismatch=args.allow_env_mismatch,
-            max_points=args.max_points,
+            max_points=args.max_points, nvtx=args.nvtx, memory_snapshot=args.memory_snapshot,
         )
     except KeyboardInterrupt as e:
         how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
@@ -265,6 +265,18 @@ def _cmd_compare(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_FAIL if result.regressed else EXIT_OK
 
 
+def _cmd_profile(args: argparse.Namespace, argv: list[str]) -> int:
+    from harness.runner import profile_run
+
+    registry.load_builtins()
+    summary = profile_run(_require_run_dir(args.run), hashes=args.point or (), methods=args.method or (),
+                          progress=not args.quiet)
+    for h, error in summary.failed.items():
+        print(f"profile of point {h} failed: {error}", file=sys.stderr)
+    print(summary.line())
+    return summary.exit_code
+
+
 def _cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
     from harness.env import fingerprint
 
@@ -334,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", action="store_true",
                    help="profile each point once after its timed samples (= --set metrics.profile=true): "
                         "profiles/<hash>.trace.json.gz (open in https://ui.perfetto.dev) and ops.parquet")
+    r.add_argument("--nvtx", action="store_true",
+                   help="NVTX ranges (point, timed, sample i, phases, model parts) and, on CUDA, "
+                        "cudaProfilerStart/Stop around each point's timed samples: nsys profile "
+                        "--capture-range=cudaProfilerApi --capture-range-end=repeat harness run ... --nvtx")
+    r.add_argument("--memory-snapshot", choices=("oom", "all"),
+                   help="CUDA only: record allocations and write profiles/<hash>.memory.pickle for points "
+                        "that run out of memory (oom) or for every point (all); view at "
+                        "https://pytorch.org/memory_viz")
     r.add_argument("--max-points", type=_positive_int, metavar="K",
                    help="run at most K of the missing points, then stop (continue with --resume); "
                         "lets a base and a head run alternate in slices on one machine")
@@ -375,6 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="points ok in BASE but missing from NEW do not fail the gate")
     cp.add_argument("--markdown", metavar="FILE", help="also write the markdown summary here")
     cp.set_defaults(func=_cmd_compare)
+
+    pf = sub.add_parser("profile", help="profile points of a run again (no timing; traces and ops.parquet "
+                                        "in the run directory), from the suite the run recorded")
+    pf.add_argument("run", help="run directory")
+    pf.add_argument("--point", action="append", metavar="HASH",
+                    help="only this point (its point_hash, or a unique prefix; repeatable)")
+    pf.add_argument("--method", action="append", metavar="M",
+                    help="only the points of this method (repeatable)")
+    pf.add_argument("-q", "--quiet", action="store_true", help="no per-point lines")
+    pf.set_defaults(func=_cmd_profile)
 
     en = sub.add_parser("env", help="print this machine's environment fingerprint (JSON)")
     en.set_defaults(func=_cmd_env)

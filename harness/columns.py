@@ -10,8 +10,9 @@ Provenance (``PROVENANCE``): ``weights`` (label) and ``weights_sha256`` of the m
 Timing (``TIMING``): summary of the per-sample device time in milliseconds.
 Telemetry (``TELEMETRY``): NVML on GPU; RSS / CPU time on CPU. Empty when unavailable.
 Metrics: ``q_*`` quality vs ground truth, ``fid_*`` fidelity vs the reference method,
-    ``work_*`` counters, ``bd_*_ms`` breakdown phases. Their meaning and direction are in
-    the run directory's ``metrics.json``.
+    ``work_*`` counters, ``bd_*_ms`` breakdown phases, ``eff_*`` efficiency (achieved FLOP/s and
+    bandwidth, their fraction of the device's peak: :mod:`harness.efficiency`). Their meaning
+    and direction are in the run directory's ``metrics.json``.
 
 ``samples.parquet``: run_id, point_hash, sample (index), device_ms, host_ms.
 The run directory's files and ``run.json`` belong to :mod:`harness.results`.
@@ -88,6 +89,10 @@ WEIGHTS = "weights"
 WEIGHTS_SHA256 = "weights_sha256"
 PROVENANCE = (WEIGHTS, WEIGHTS_SHA256)
 
+# files a point wrote besides its rows (paths relative to the run directory)
+MEMORY_SNAPSHOT = "memory_snapshot"  # profiles/<hash>.memory.pickle (harness run --memory-snapshot)
+ARTIFACTS = (MEMORY_SNAPSHOT,)
+
 # derived in reports (never stored by the runner)
 SPEEDUP = "speedup"
 
@@ -96,8 +101,9 @@ QUALITY_PREFIX = "q_"
 FIDELITY_PREFIX = "fid_"
 WORK_PREFIX = "work_"
 BREAKDOWN_PREFIX = "bd_"
+EFFICIENCY_PREFIX = "eff_"
 #: every metric column starts with one of these (a parameter may not: it would read as a metric)
-METRIC_PREFIXES = (QUALITY_PREFIX, FIDELITY_PREFIX, WORK_PREFIX, BREAKDOWN_PREFIX)
+METRIC_PREFIXES = (QUALITY_PREFIX, FIDELITY_PREFIX, WORK_PREFIX, BREAKDOWN_PREFIX, EFFICIENCY_PREFIX)
 
 # samples.parquet
 SAMPLE = "sample"

@@ -8,6 +8,7 @@ Method phases (``phase:match``, ``phase:aggregate``, ``phase:attention``) appear
 
 from __future__ import annotations
 
+import datetime as _dt
 import gzip
 import os
 import shutil
@@ -21,8 +22,8 @@ from harness.models import seam
 
 PHASE_PREFIX = "phase:"
 #: columns of ``ops.parquet`` (times in microseconds, as torch.profiler reports them)
-OP_COLUMNS = ("point_hash", "phase", "name", "calls", "self_cpu_us", "cpu_us", "self_device_us", "device_us",
-              "flops")
+OP_COLUMNS = ("point_hash", "profiled_at", "phase", "name", "calls", "self_cpu_us", "cpu_us",
+              "self_device_us", "device_us", "flops")
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class ProfileSchedule:
 def profile_callable(fn: Callable[[], Any], device: str, trace_path: Path, point_hash: str,
                      schedule: ProfileSchedule = ProfileSchedule()) -> list[dict[str, Any]]:
     """Profile ``schedule.calls`` calls of ``fn``; write the gzipped trace to ``trace_path`` and
-    return one row per (phase, operator) over the recorded calls (see :data:`OP_COLUMNS`)."""
+    return one row per (phase, operator) over the recorded calls (see :data:`OP_COLUMNS`), all
+    stamped with the same ``profiled_at`` (a later profile of the point supersedes them)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler import schedule as make_schedule
@@ -62,7 +64,8 @@ def profile_callable(fn: Callable[[], Any], device: str, trace_path: Path, point
     finally:
         seam._PROFILING[0] = False
     _write_trace(prof, trace_path)
-    return op_rows(prof.events(), point_hash)
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+    return [{"point_hash": point_hash, "profiled_at": stamp, **r} for r in op_rows(prof.events(), point_hash)]
 
 
 def _write_trace(prof: Any, trace_path: Path) -> None:

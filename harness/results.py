@@ -45,6 +45,7 @@ SAMPLES_LOG = "samples.jsonl"
 SAMPLES_FILE = "samples.parquet"
 OPS_LOG = "ops.jsonl"
 OPS_FILE = "ops.parquet"
+PROFILED_AT = "profiled_at"  # ops rows of one profiled pass share this stamp
 PROFILES_DIR = "profiles"
 LOCK_FILE = ".lock"  # held by the process writing the run; says which one
 
@@ -344,11 +345,15 @@ class RunWriter:
 
 
 def read_ops(run_dir: Path) -> pd.DataFrame:
-    """The operator table of a profiled run (rows of committed points only); empty when none."""
+    """The operator table of a profiled run (rows of committed points only, of each point's
+    latest profile: ``harness profile`` appends a newer one); empty when none."""
     run_dir = Path(run_dir)
     done = {r.get(C.HASH) for r in _read_jsonl(run_dir / POINTS_LOG)}
     rows = [r for r in _read_jsonl(run_dir / OPS_LOG) if r.get(C.HASH) in done]
-    return pd.DataFrame(rows)
+    latest: dict[str, str] = {}
+    for r in rows:
+        latest[r[C.HASH]] = max(latest.get(r[C.HASH], ""), str(r.get(PROFILED_AT) or ""))
+    return pd.DataFrame([r for r in rows if str(r.get(PROFILED_AT) or "") == latest[r[C.HASH]]])
 
 
 def read_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -38,14 +38,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import __version__, registry
+import yaml
+
+from harness import __version__, markers, registry
 from harness import columns as C
+from harness.efficiency import PEAKS_KEY, efficiency_columns, efficiency_metric_info, peak_for, run_peaks
 from harness.env import comparable, fingerprint
+from harness.memory import MemorySnapshots
 from harness.profiling import profile_callable
 from harness.results import (
     LOCK_FILE,
     MANIFEST_FILE,
+    OPS_FILE,
     POINTS_LOG,
+    PROFILES_DIR,
+    SUITE_FILE,
     RunDirError,
     RunLock,
     RunWriter,
@@ -56,7 +63,7 @@ from harness.results import (
     read_env,
     read_manifest,
 )
-from harness.suite import Suite
+from harness.suite import Suite, SuiteError
 from harness.telemetry import TelemetrySampler
 from harness.timing import Timer, summarize
 from harness.workloads.base import Bench, Point, RunContext, Workload
@@ -270,6 +277,11 @@ def _check_writable(out_dir: Path) -> None:
         ) from None
 
 
+def _peak_settings(points: Sequence[Point]) -> list[tuple[str, str, int]]:
+    """The distinct (device, dtype, threads) the points run with: what the peaks are measured for."""
+    return list(dict.fromkeys((p.device, p.dtype, p.common.threads) for p in points))
+
+
 def _common_seed(points: Sequence[Point]) -> int | None:
     seeds = {p.seed for p in points}
     return seeds.pop() if len(seeds) == 1 else None
@@ -289,6 +301,8 @@ def run_suite(
     argv: list[str] | None = None,
     allow_env_mismatch: bool = False,
     max_points: int | None = None,
+    nvtx: bool = False,
+    memory_snapshot: str | None = None,
 ) -> RunSummary:
     """Run every point of ``suite`` into ``out_dir`` (a new run directory, or one to resume).
 
@@ -298,6 +312,8 @@ def run_suite(
     point needs a device this machine lacks. The directory is locked while the run writes.
     ``max_points``: run at most this many of the missing points, leaving the rest to a later
     ``resume`` (two revisions' runs can so alternate in short slices on one machine).
+    ``nvtx``: NVTX ranges and the CUDA profiler capture window (:mod:`harness.markers`);
+    ``memory_snapshot``: "oom" or "all", CUDA allocator snapshots (:mod:`harness.memory`).
     """
     out = Path(out_dir)
     argv = list(sys.argv if argv is None else argv)
@@ -305,6 +321,7 @@ def run_suite(
     wl: Workload = registry.get_workload(suite.workload)()
     ordered = order_points(points, wl.model_key, order, suite.hash)
     _check_devices(points)
+    _check_memory_snapshot(points, memory_snapshot)
 
     if not resume:
         _check_new_run_dir(out)
@@ -331,10 +348,14 @@ def run_suite(
                 "n_points": len(points),
             }
             env = fingerprint(argv=argv, seed=_common_seed(points))
+            env[PEAKS_KEY] = run_peaks(_peak_settings(points))
             metrics = {k: asdict(v) for k, v in wl.metrics().items()}
             writer = RunWriter.create(out, manifest, suite.resolved, env, metrics)
             done = set()
 
+        # a resumed run keeps the peaks it started with (a run from before peaks were recorded: measured now)
+        peaks = read_env(out).get(PEAKS_KEY) if resume else env[PEAKS_KEY]
+        peaks = peaks or run_peaks(_peak_settings(points))
         todo = [p for p in ordered if p.hash not in done]
         left = max(0, len(todo) - max_points) if max_points is not None else 0
         summary = RunSummary(
@@ -343,8 +364,109 @@ def run_suite(
         )
         todo = todo[: len(todo) - left]
         try:
-            _Loop(suite, wl, writer, run_id, summary).run(todo, progress)
+            with markers.enable(nvtx):
+                _Loop(suite, wl, writer, run_id, summary, peaks, memory_snapshot).run(todo, progress)
         finally:
+            writer.flush_tables()
+    finally:
+        lock.release()
+    return summary
+
+
+@dataclass
+class ProfileSummary:
+    """What ``harness profile`` did: the points profiled, and ``failed`` ({hash: error})."""
+
+    run_dir: Path
+    profiled: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def line(self) -> str:
+        where = (f"traces in {self.run_dir / PROFILES_DIR}/, operator table {self.run_dir / OPS_FILE}; "
+                 f"read it with: harness report {self.run_dir} --ops")
+        failed = f"; {len(self.failed)} failed" if self.failed else ""
+        return f"profiled {len(self.profiled)} point(s){failed}: {where}"
+
+
+def select_points(points: Sequence[Point], recorded: set[str], hashes: Sequence[str] = (),
+                  methods: Sequence[str] = ()) -> list[Point]:
+    """The recorded points chosen by hash (a unique prefix is enough) and/or method; all recorded
+    points when neither is given. Raises RunError naming what is unknown and what exists."""
+    pool = [p for p in points if p.hash in recorded]
+    known_methods = list(dict.fromkeys(p.method for p in pool))
+    bad = [m for m in methods if m not in known_methods]
+    if bad:
+        raise RunError(f"--method {bad[0]!r} has no recorded point in this run; "
+                       f"methods: {', '.join(known_methods)}")
+    chosen = [p for p in pool if not methods or p.method in methods]
+    if hashes:
+        picked = []
+        for h in hashes:
+            hits = [p for p in pool if p.hash.startswith(h)]
+            if len(hits) != 1:
+                shown = ", ".join(f"{p.hash} ({p.method})" for p in pool[:6])
+                shown += ", ..." if len(pool) > 6 else ""
+                what = "no recorded point" if not hits else f"{len(hits)} recorded points"
+                raise RunError(f"--point {h!r} matches {what} of this run; points: {shown} "
+                               "(`harness report RUN` lists them all)")
+            picked.append(hits[0])
+        chosen = [p for p in chosen if p in picked]
+    return chosen
+
+
+def profile_run(run_dir: str | os.PathLike, *, hashes: Sequence[str] = (), methods: Sequence[str] = (),
+                progress: bool = True) -> ProfileSummary:
+    """Profile points of a finished (or partial) run again, from the suite it recorded: for each
+    chosen point, build its model and bench as the run did and run the profiled pass only (no
+    timed samples; points.parquet is untouched). Its trace is replaced and its operator rows
+    supersede older ones. Raises RunError when the run cannot be read, is in use, or its recorded
+    suite no longer expands to the run's points."""
+    from harness.suite.loader import parse_recorded_suite
+
+    out = Path(run_dir)
+    try:
+        manifest = read_manifest(out)
+    except RunDirError as e:
+        raise RunError(str(e)) from None
+    try:
+        resolved = yaml.safe_load((out / SUITE_FILE).read_text())
+        suite = parse_recorded_suite(resolved, manifest.get("preset"), str(out / SUITE_FILE))
+    except (OSError, yaml.YAMLError, SuiteError) as e:
+        raise RunError(f"cannot read the suite {out / SUITE_FILE} recorded by the run: {e}") from None
+    if suite.hash != manifest.get("suite_hash"):
+        raise RunError(
+            f"the suite recorded in {out / SUITE_FILE} now expands to other points than the run's (suite "
+            f"hash {suite.hash} vs {manifest.get('suite_hash')}): this harness version resolves it "
+            "differently. "
+            "Profile with the version that ran it, or re-run the suite with --profile.")
+    lock = _lock(out)
+    try:
+        writer = RunWriter(out)
+        chosen = select_points(suite.points(), writer.finished_hashes(), hashes, methods)
+        wl: Workload = registry.get_workload(suite.workload)()
+        chosen = order_points(chosen, wl.model_key, "grid", suite.hash)
+        summary = ProfileSummary(run_dir=out)
+        loop = _Loop(suite, wl, writer, str(manifest.get("run_id")), RunSummary(out, "", len(chosen), 0))
+        import torch
+
+        try:
+            for point in chosen:
+                try:
+                    with torch.no_grad():
+                        loop.profile(point, loop.prepare(point))
+                    summary.profiled.append(point.hash)
+                except Exception as e:  # noqa: BLE001 - one point's failure never stops the others
+                    summary.failed[point.hash] = str(e) if isinstance(e, _BuildFailed) else error_text(e)
+                    _free_caches(point.device)
+                if progress:
+                    state = summary.failed.get(point.hash, "ok")
+                    print(f"profile {point.method} {point.hash}: {state}", file=sys.stderr)
+        finally:
+            loop.drop_model()
             writer.flush_tables()
     finally:
         lock.release()
@@ -397,6 +519,21 @@ def _check_devices(points: Iterable[Point]) -> None:
             )
 
 
+def _check_memory_snapshot(points: Sequence[Point], mode: str | None) -> None:
+    from harness.memory import SNAPSHOT_MODES
+
+    if mode is None:
+        return
+    if mode not in SNAPSHOT_MODES:
+        raise RunError(f"--memory-snapshot {mode!r}; allowed: {', '.join(SNAPSHOT_MODES)}")
+    if not any(p.device.startswith("cuda") for p in points):
+        raise RunError(
+            "--memory-snapshot records torch's CUDA allocator, but every point of this suite runs on the "
+            "CPU. CPU points report the peak RSS of their timed window (rss_peak_mb); drop "
+            "--memory-snapshot, or run a CUDA preset (e.g. --preset gpu)."
+        )
+
+
 def _open_for_resume(out: Path, suite: Suite, argv: list[str], points: Sequence[Point],
                      allow_env_mismatch: bool) -> tuple[RunWriter, str, list[str]]:
     """Checks that ``out`` holds this suite's run, started on a comparable machine; records the
@@ -436,7 +573,8 @@ def _open_for_resume(out: Path, suite: Suite, argv: list[str], points: Sequence[
 class _Loop:
     """Runs points one by one; owns the current model and the run context."""
 
-    def __init__(self, suite: Suite, wl: Workload, writer: RunWriter, run_id: str, summary: RunSummary):
+    def __init__(self, suite: Suite, wl: Workload, writer: RunWriter, run_id: str, summary: RunSummary,
+                 peaks: dict[str, Any] | None = None, memory_snapshot: str | None = None):
         self.suite = suite
         self.wl = wl
         self.writer = writer
@@ -450,6 +588,8 @@ class _Loop:
         self.has_model = False
         self.model_device = "cpu"
         self.known_metrics = set(wl.metrics())
+        self.peaks = peaks
+        self.snapshots = MemorySnapshots(memory_snapshot, writer.run_dir / PROFILES_DIR)
 
     def _set_reference(self) -> None:
         ref = self.suite.reference
@@ -521,8 +661,10 @@ class _Loop:
         row.update(point.params)
         samples: list[dict[str, Any]] = []
         t0 = time.perf_counter()
+        self.snapshots.start(point.device)
         try:
-            samples = self.measure(point, row)
+            with markers.mark(f"point {point.method} {point.hash}"):
+                samples = self.measure(point, row)
         except _BuildFailed as e:
             row[C.STATUS], row[C.ERROR] = C.FAILED, str(e)
         except Exception as e:  # noqa: BLE001 - every failure becomes a row
@@ -536,23 +678,42 @@ class _Loop:
             e.__traceback__ = None
             del e
             if row[C.STATUS] == C.OOM:
+                self._snapshot(point, row, oom=True)  # before the caches are freed
                 gc.collect()
             _free_caches(point.device)
+        self._snapshot(point, row, oom=False)
         row[C.ELAPSED_S] = time.perf_counter() - t0
         return row, samples
 
-    def measure(self, point: Point, row: dict[str, Any]) -> list[dict[str, Any]]:
+    def _snapshot(self, point: Point, row: dict[str, Any], oom: bool) -> None:
+        """Stop the point's allocator history; record where its snapshot went, if one was written."""
+        path = self.snapshots.finish(point.hash, oom)
+        if path is not None:
+            row[C.MEMORY_SNAPSHOT] = str(path.relative_to(self.writer.run_dir))
+
+    def prepare(self, point: Point) -> Bench:
+        """The point's threads, model (built or reused) and seeded bench."""
         import torch
 
         if point.common.threads > 0:
             torch.set_num_threads(point.common.threads)
         model = self.ensure_model(point)
         seed_everything(point.seed)
-        bench: Bench = self.wl.bench(model, point, self.ctx)
+        return self.wl.bench(model, point, self.ctx)
+
+    def profile(self, point: Point, bench: Bench) -> None:
+        """The profiled pass: a trace in profiles/ and the point's rows of the operator table."""
+        self.writer.append_ops(
+            profile_callable(bench.fn, point.device, self.writer.trace_path(point.hash), point.hash))
+
+    def measure(self, point: Point, row: dict[str, Any]) -> list[dict[str, Any]]:
+        import torch
+
+        bench = self.prepare(point)
         timer = Timer(self.suite.timing)
         with torch.no_grad():
             sampler = TelemetrySampler(point.device)
-            with sampler:
+            with sampler, markers.mark("timed"):
                 m = timer.measure(bench.fn, device=point.device)
             row.update(summarize(m))
             row.update(sampler.summary())
@@ -561,14 +722,21 @@ class _Loop:
             output = m.output
             bad_output = _nonfinite_tensors(output)
             if self.suite.metrics.evaluate and bench.evaluate is not None:
-                row.update(bench.evaluate(output))
+                with markers.mark("evaluate"):
+                    row.update(bench.evaluate(output))
+            phase_work = None
             if self.suite.metrics.breakdown and bench.breakdown is not None:
-                phases = bench.breakdown()
-                self._note_breakdown(phases)
-                row.update({f"{C.BREAKDOWN_PREFIX}{k}_ms": float(v) for k, v in phases.items()})
+                with markers.mark("breakdown"):
+                    phases = bench.breakdown()
+                row.update(self._breakdown_columns(phases))
+                phase_work = {f"{C.WORK_PREFIX}{k}": v for k, v in getattr(phases, "counters", {}).items()}
+            peak = peak_for(self.peaks, point.device, point.dtype, point.common.threads)
+            eff = efficiency_columns(row, peak, phase_work or None)
+            self._note_metrics({k: efficiency_metric_info(k) for k in eff})
+            row.update(eff)
             if self.suite.metrics.profile:  # after the timed samples, never between them
-                self.writer.append_ops(
-                    profile_callable(bench.fn, point.device, self.writer.trace_path(point.hash), point.hash))
+                with markers.mark("profile"):
+                    self.profile(point, bench)
         del output, bench
         bad_metrics = _nonfinite_metrics(row)
         if bad_output or bad_metrics:
@@ -582,15 +750,30 @@ class _Loop:
             for i, (d, h) in enumerate(zip(m.device_ms, m.host_ms))
         ]
 
-    def _note_breakdown(self, phases: dict[str, float]) -> None:
-        new = {}
-        for k in phases:
-            col = f"{C.BREAKDOWN_PREFIX}{k}_ms"
-            if col not in self.known_metrics:
-                self.known_metrics.add(col)
-                new[col] = {"kind": "breakdown", "help": f"time of phase {k!r} in one breakdown run",
-                            "higher_is_better": False, "unit": "ms", "tolerance": None}
+    def _breakdown_columns(self, phases: dict[str, float]) -> dict[str, float]:
+        """``bd_<phase>_ms`` (and on CUDA ``bd_<phase>_peak_mb``) of a breakdown pass; new columns
+        get their metrics.json entries."""
+        def info(help: str, unit: str) -> dict[str, Any]:
+            return {"kind": "breakdown", "help": help, "higher_is_better": False, "unit": unit,
+                    "tolerance": None}
+
+        cols: dict[str, float] = {}
+        infos: dict[str, dict[str, Any] | None] = {}
+        for k, v in phases.items():
+            cols[f"{C.BREAKDOWN_PREFIX}{k}_ms"] = float(v)
+            infos[f"{C.BREAKDOWN_PREFIX}{k}_ms"] = info(f"time of phase {k!r} in one breakdown run", "ms")
+        for k, v in getattr(phases, "peak_mb", {}).items():
+            cols[f"{C.BREAKDOWN_PREFIX}{k}_peak_mb"] = float(v)
+            infos[f"{C.BREAKDOWN_PREFIX}{k}_peak_mb"] = info(
+                f"CUDA allocator peak inside phase {k!r} (breakdown run)", "MiB")
+        self._note_metrics(infos)
+        return cols
+
+    def _note_metrics(self, infos: dict[str, dict[str, Any] | None]) -> None:
+        """Add the metrics.json entries of columns first produced by this point."""
+        new = {k: v for k, v in infos.items() if v is not None and k not in self.known_metrics}
         if new:
+            self.known_metrics.update(new)
             self.writer.update_metrics(new)
 
 

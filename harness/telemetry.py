@@ -247,6 +247,29 @@ def _rss_mb() -> float | None:
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / MIB
 
 
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak-RSS mark (VmHWM) so that it measures a window from now on
+    (Linux >= 4.0: write "5" to /proc/self/clear_refs). False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_mb() -> float | None:
+    """The peak RSS since the last :func:`_reset_peak_rss` (VmHWM of /proc/self/status), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / MIB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _maxrss_mb() -> float:
     """Process-lifetime peak RSS from getrusage (KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -282,19 +305,22 @@ def integrate_power_j(samples: Sequence[TelemetrySample]) -> float | None:
 def summarize_samples(samples: Sequence[TelemetrySample], *, gpu: bool, energy_start_mj: float | None = None,
                       energy_end_mj: float | None = None, torch_peak_alloc_mb: float | None = None,
                       cpu_time_s: float | None = None,
-                      rss_fallback_mb: float | None = None) -> dict[str, Any]:
+                      rss_fallback_mb: float | None = None,
+                      rss_window_peak_mb: float | None = None) -> dict[str, Any]:
     """Exactly the ``columns.TELEMETRY`` columns for one window.
 
     gpu: whether NVML was usable; when False every GPU column is None (``torch_peak_alloc_mb``
-    is torch's, not NVML's, and is kept). rss_peak_mb is the largest RSS seen in the samples,
-    else ``rss_fallback_mb`` (getrusage's lifetime peak).
+    is torch's, not NVML's, and is kept). rss_peak_mb is the kernel's peak RSS over the window
+    (``rss_window_peak_mb``, exact: it catches what sampling misses) or the largest RSS seen in the
+    samples, whichever is larger; without either, ``rss_fallback_mb`` (getrusage's lifetime peak).
     """
     def vals(attr: str) -> list[float]:
         return [v for v in (getattr(s, attr) for s in samples) if v is not None]
 
     row: dict[str, Any] = dict.fromkeys(C.TELEMETRY)
     rss = vals("rss_mb")
-    row[C.RSS_PEAK_MB] = max(rss) if rss else rss_fallback_mb
+    peaks = rss + ([rss_window_peak_mb] if rss_window_peak_mb is not None else [])
+    row[C.RSS_PEAK_MB] = max(peaks) if peaks else rss_fallback_mb
     row[C.CPU_TIME_S] = cpu_time_s
     row[C.TORCH_PEAK_ALLOC_MB] = torch_peak_alloc_mb
     if not gpu:
@@ -381,6 +407,8 @@ class TelemetrySampler:
         self._cpu0 = 0.0
         self._cpu_s: float | None = None
         self._torch_peak_mb: float | None = None
+        self._hwm_reset = False
+        self._rss_window_peak_mb: float | None = None
 
     @property
     def samples(self) -> list[TelemetrySample]:
@@ -404,6 +432,8 @@ class TelemetrySampler:
                 be, h = self._nvml
                 self._energy0 = _safe(lambda: be.energy_mj(h))
         self._cpu0 = time.process_time()
+        self._hwm_reset = _reset_peak_rss()
+        self._rss_window_peak_mb = None
         self.sample_now()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="telemetry-sampler", daemon=True)
@@ -419,6 +449,7 @@ class TelemetrySampler:
             self._thread = None
         self.sample_now()
         self._cpu_s = time.process_time() - self._cpu0
+        self._rss_window_peak_mb = _peak_rss_mb() if self._hwm_reset else None
         if self._nvml is not None:
             be, h = self._nvml
             self._energy1 = _safe(lambda: be.energy_mj(h))
@@ -458,7 +489,7 @@ class TelemetrySampler:
         return summarize_samples(
             self.samples, gpu=self._nvml is not None, energy_start_mj=self._energy0,
             energy_end_mj=self._energy1, torch_peak_alloc_mb=self._torch_peak_mb, cpu_time_s=cpu_s,
-            rss_fallback_mb=_maxrss_mb(),
+            rss_fallback_mb=_maxrss_mb(), rss_window_peak_mb=self._rss_window_peak_mb,
         )
 
 

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from harness import columns as C
+from harness import markers
 from harness.devices import parse_device
 from harness.params import did_you_mean, param
 
@@ -235,11 +236,16 @@ class Timer:
         out, n_warm = self._warm_up(fn)
         samples: list[float] = []
         clock = self.clock
+        marks = markers.enabled()
         start = clock()
         while True:
+            if marks:
+                markers.push(f"sample {len(samples)}")
             t0 = clock()
             out = fn()
             t1 = clock()
+            if marks:
+                markers.pop()
             samples.append((t1 - t0) * 1e3)
             reason = stop_reason(samples, t1 - start, cfg)
             if reason is not None:
@@ -279,6 +285,10 @@ class Timer:
             stream = torch.cuda.current_stream(dev)
             device_ms: list[float] = []
             host_ms: list[float] = []
+            marks = markers.enabled()
+            if marks:
+                torch.cuda.synchronize(dev)  # the warm-up's work stays out of the capture
+                markers.capture_start(dev)  # nsys --capture-range=cudaProfilerApi records from here
             start = clock()
             while True:
                 pairs = []
@@ -287,11 +297,15 @@ class Timer:
                         flush.zero_()
                     ev0 = torch.cuda.Event(enable_timing=True)
                     ev1 = torch.cuda.Event(enable_timing=True)
+                    if marks:
+                        markers.push(f"sample {len(host_ms)}")
                     ev0.record(stream)
                     h0 = clock()
                     result = call()
                     h1 = clock()
                     ev1.record(stream)
+                    if marks:
+                        markers.pop()
                     if graph is None:
                         out = result
                     pairs.append((ev0, ev1))
@@ -301,6 +315,7 @@ class Timer:
                 reason = stop_reason(device_ms, clock() - start, cfg)
                 if reason is not None:
                     break
+            markers.capture_stop(dev)  # ... to here (the last batch was synchronized)
         return Measurement(device_ms=device_ms, host_ms=host_ms, n_warmup=n_warm, timer=timer_name,
                            threads=torch.get_num_threads(), output=out, stop_reason=reason,
                            sampling_s=clock() - start)

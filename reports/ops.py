@@ -2,7 +2,8 @@
 
 For every workload setting (e.g. a frame count): the CPU time of each variant split by method
 phase (match / aggregate / attention / outside any phase: the HTTM paper's Table 4 categories),
-then each variant's top operators. Times are self CPU milliseconds per profiled call.
+then each variant's top operators. Times are self milliseconds per profiled call: device (kernel)
+time when the profile recorded any (a CUDA run), else CPU time.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ TOP_OPS = 5
 NAME_CHARS = 44
 
 
+def time_column(ops: pd.DataFrame) -> str:
+    """``self_device_us`` when the profile holds device time (CUDA kernels), else ``self_cpu_us``."""
+    has_device = "self_device_us" in ops.columns and float(ops["self_device_us"].fillna(0).sum()) > 0
+    return "self_device_us" if has_device else "self_cpu_us"
+
+
 def ops_tables(run: RunData, top: int = TOP_OPS) -> list[tuple[str, pd.DataFrame, dict[str, pd.DataFrame]]]:
     """[(workload setting, phase table, {variant: top operators})]; empty without an op table."""
     ops = read_ops(run.path)
@@ -36,7 +43,7 @@ def ops_tables(run: RunData, top: int = TOP_OPS) -> list[tuple[str, pd.DataFrame
 
     pts["setting"] = pts[axes].astype(str).apply(setting, axis=1) if axes else "all points"
     ops = ops.merge(pts[[C.HASH, T.VARIANT, "setting"]], on=C.HASH)
-    ops["ms"] = ops["self_cpu_us"] / 1e3 / calls
+    ops["ms"] = ops[time_column(ops)] / 1e3 / calls
     ops["phase"] = ops["phase"].replace("", OUTSIDE)
     out = []
     for setting, rows in ops.groupby("setting", sort=False):
@@ -45,6 +52,7 @@ def ops_tables(run: RunData, top: int = TOP_OPS) -> list[tuple[str, pd.DataFrame
         order = [p for p in ("match", "aggregate", "attention", OUTSIDE) if p in phases.columns]
         phases = phases[order]
         phases["total"] = phases.sum(axis=1)
+        phases = phases.loc[sorted(phases.index, key=T.variant_order(run.suite.get("reference")))]
         tops = {}
         for variant, vrows in rows.groupby(T.VARIANT, sort=False):
             best = vrows.sort_values("ms", ascending=False).head(top)
@@ -62,7 +70,8 @@ def ops_report(run_dir: str | Path, top: int = TOP_OPS) -> str:
     if not tables:
         return (f"{run.path} has no operator table: profile it with `harness run SUITE --profile` "
                 "(or `metrics: {profile: true}` in the suite).")
-    lines = ["Self CPU time per profiled call (ms), by method phase.", f"run: {run.path}",
+    kind = "device (CUDA kernel)" if time_column(read_ops(run.path)) == "self_device_us" else "CPU"
+    lines = [f"Self {kind} time per profiled call (ms), by method phase.", f"run: {run.path}",
              f"traces: {run.path / 'profiles'}/ (open in https://ui.perfetto.dev)"]
     for setting, phases, tops in tables:
         shown = phases.copy()

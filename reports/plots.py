@@ -10,7 +10,10 @@
   p10–p90 (IQR when percentiles are missing), log y when the values span more than 10x;
 - ``speedup_vs_<axis>``: speedup vs the reference per method vs each swept numeric axis;
 - ``<metric>_vs_speedup``: each quality/fidelity column vs speedup, one colour per method,
-  with the Pareto front (direction from ``metrics.json``'s ``higher_is_better``).
+  with the Pareto front (direction from ``metrics.json``'s ``higher_is_better``);
+- ``roofline``: achieved TFLOP/s against arithmetic intensity per point (and per attention /
+  matching phase) under the roofs of the run's recorded peaks (:mod:`harness.efficiency`);
+- ``phases``: the breakdown pass's phase times per variant as stacked bars.
 
 A method-specific axis (e.g. a merge ratio the reference does not have) draws the reference as
 a dashed horizontal line. Other workload-level axes that vary become panels. Figures with
@@ -387,6 +390,109 @@ def overview(run: RunData, pts: pd.DataFrame) -> plt.Figure | None:
     return fig
 
 
+PHASE_MARKERS = {"": "o", "attention": "s", "match": "^"}  # roofline: the whole call, then each phase
+ROOFLINE = "roofline"
+PHASES = "phases"
+
+
+def _roof_entries(env: dict[str, Any], pts: pd.DataFrame) -> list[tuple[str, float, float, str]]:
+    """(label, peak FLOP/s, peak bytes/s, source) of each recorded peak some point ran with."""
+    from harness.efficiency import PEAKS_KEY, peak_key
+
+    peaks = env.get(PEAKS_KEY) or {}
+    used = set()
+    for _, r in pts.iterrows():
+        threads = r.get(C.THREADS)
+        threads = int(threads) if pd.notna(threads) else 0
+        used.add(peak_key(str(r.get("device", "cpu")), str(r.get("dtype", "float32")), threads))
+    out = []
+    for key, e in peaks.items():
+        if key in used and isinstance(e, dict) and e.get("flop_s") and e.get("bytes_s"):
+            label = key.replace("|", " ")
+            out.append((label, float(e["flop_s"]), float(e["bytes_s"]), str(e.get("source", ""))))
+    return out
+
+
+def roofline(run: RunData, pts: pd.DataFrame) -> plt.Figure | None:
+    """Achieved TFLOP/s against arithmetic intensity (FLOP per byte of the bytes model), log-log:
+    one marker per point (circle: the whole timed call; square / triangle: its attention /
+    matching phase from the breakdown pass), one colour per method, under the roofs
+    min(peak FLOP/s, intensity x peak bandwidth) of the peaks recorded in env.json. None when no
+    point has both a FLOP and a bytes count."""
+    series = []
+    for phase, marker in PHASE_MARKERS.items():
+        pre = f"{C.EFFICIENCY_PREFIX}{phase + '_' if phase else ''}"
+        x, y = f"{pre}flop_per_byte", f"{pre}tflop_s"
+        if x in pts.columns and y in pts.columns:
+            sub = pts[pts[x].notna() & pts[y].notna() & (pts[x] > 0) & (pts[y] > 0)]
+            if not sub.empty:
+                series.append((phase, marker, sub, x, y))
+    if not series:
+        return None
+    methods = list(dict.fromkeys(pts[C.METHOD]))
+    palette = dict(zip(methods, sns.color_palette(n_colors=max(len(methods), 1))))
+    fig, (ax,) = _grid(1, (PANEL_SIZE_IN[0] * 1.4, PANEL_SIZE_IN[1] * 1.4))
+    xs = np.concatenate([s[2][s[3]].to_numpy(float) for s in series])
+    ys = np.concatenate([s[2][s[4]].to_numpy(float) for s in series])
+    roofs = _roof_entries(run.env, pts)
+    lo, hi = xs.min() / 4, xs.max() * 4
+    for i, (label, flop_s, bytes_s, _) in enumerate(roofs):
+        grid = np.geomspace(min(lo, flop_s / bytes_s / 4), max(hi, flop_s / bytes_s * 4), 200)
+        ax.plot(grid, np.minimum(flop_s, grid * bytes_s) / 1e12, color="0.35", lw=1.2,
+                ls=("-", "--", ":", "-.")[i % 4], label=f"roof: {label}")
+    for _, marker, sub, x, y in series:
+        for method, g in sub.groupby(C.METHOD, sort=False):
+            ax.scatter(g[x].astype(float), g[y].astype(float), marker=marker, s=34, color=palette[method],
+                       edgecolor="white", linewidth=0.5, label=method, zorder=3)
+    for phase, marker, *_ in series if len(series) > 1 else ():
+        ax.scatter([], [], marker=marker, color="0.5", label=f"[{phase or 'timed call'}]")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / byte, bytes model)")
+    ax.set_ylabel("achieved TFLOP/s")
+    if not roofs:
+        ax.set_ylim(ys.min() / 4, ys.max() * 4)
+    _legend(fig, [ax])
+    sources = "; ".join(sorted({r[3] for r in roofs}))
+    _note(fig, f"peaks: {sources}" if sources else "no peak recorded for these points: no roof drawn")
+    return fig
+
+
+def phase_bars(run: RunData, pts: pd.DataFrame) -> plt.Figure | None:
+    """The breakdown pass as stacked horizontal bars: per variant, the time of each method phase
+    (``bd_<phase>_ms``) and the rest of the median latency, one panel per workload setting (the
+    HTTM paper's Table 4 as a picture). None without breakdown columns."""
+    phases = [c for c in pts.columns if c.startswith(C.BREAKDOWN_PREFIX) and c.endswith("_ms")
+              and pts[c].notna().any()]
+    if not phases:
+        return None
+    sub = pts[pts[phases].notna().any(axis=1)]
+    reference = run.suite.get("reference")
+    panels = _panels(sub, T.workload_axes(sub, run.suite))
+    order = sorted(dict.fromkeys(sub[T.VARIANT]), key=T.variant_order(reference), reverse=True)
+    fig, axs = _grid(len(panels), (PANEL_SIZE_IN[0], max(PANEL_SIZE_IN[1], BAR_HEIGHT_IN * len(order))))
+    colors = dict(zip(phases + ["other"], sns.color_palette("Set2", n_colors=len(phases) + 1)))
+    for (title, g), ax in zip(panels, axs):
+        g = g.drop_duplicates(T.VARIANT).set_index(T.VARIANT)
+        labels = [v for v in order if v in g.index]
+        left = np.zeros(len(labels))
+        for col in phases:
+            vals = g.loc[labels, col].astype(float).fillna(0.0).to_numpy()
+            ax.barh(labels, vals, left=left, color=colors[col], label=col[len(C.BREAKDOWN_PREFIX):-3])
+            left += vals
+        if C.LAT_MEDIAN in g.columns:
+            rest = np.clip(g.loc[labels, C.LAT_MEDIAN].astype(float).fillna(0.0).to_numpy() - left, 0, None)
+            ax.barh(labels, rest, left=left, color=colors["other"], label="rest of the median latency")
+        ax.set_xlabel("ms per call (breakdown pass)")
+        ax.tick_params(axis="y", labelsize=7)
+        if title:
+            ax.set_title(title, fontsize=9)
+    _legend(fig, axs, title="phase")
+    _note(fig, "phases are timed in one synchronized breakdown run after the samples; the rest is the "
+               "median latency minus their sum (0 when the phases add up to more)")
+    return fig
+
+
 def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
     """Write every figure for the run as PNG and SVG; return the written paths (the overview first).
 
@@ -415,6 +521,13 @@ def plot_data(run: RunData, out_dir: Path, formats: Sequence[str] = FORMATS) -> 
         fig = overview(run, pts)
         if fig is not None:
             paths += _save(fig, out_dir, OVERVIEW, formats)
+        for stem, make in ((ROOFLINE, roofline), (PHASES, phase_bars)):
+            fig = make(run, pts)
+            if fig is not None:
+                _title(fig, f"{run.suite.get('name') or run.path.name}: "
+                            + ("achieved FLOP/s against arithmetic intensity" if stem == ROOFLINE
+                               else "where each variant's time goes (breakdown pass)"))
+                paths += _save(fig, out_dir, stem, formats)
         for axis in numeric_axes:
             for value, errors, stem in (
                 (C.LAT_MEDIAN, True, f"latency_vs_{axis}"),
@@ -451,7 +564,8 @@ def plot_data(run: RunData, out_dir: Path, formats: Sequence[str] = FORMATS) -> 
 
 def order_figures(paths: Iterable[Path]) -> list[Path]:
     """Figure files in reading order: the overview, speedup, latency, quality, fidelity, the rest."""
-    rank = ((OVERVIEW,), ("speedup_vs_",), ("latency_vs_",), (C.QUALITY_PREFIX,), (C.FIDELITY_PREFIX,))
+    rank = ((OVERVIEW,), ("speedup_vs_",), ("latency_vs_",), (C.QUALITY_PREFIX,), (C.FIDELITY_PREFIX,),
+            (PHASES,), (ROOFLINE,))
 
     def key(p: Path) -> tuple[int, str]:
         for i, prefixes in enumerate(rank):

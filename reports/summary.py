@@ -118,6 +118,15 @@ def timing_note(points: pd.DataFrame, suite: dict[str, Any] | None = None) -> st
 # ---------------------------------------------------------------------------- report
 
 
+def peak_sources(run: RunData) -> str:
+    """Where the run's peaks come from (env.json ``peaks``), in one line."""
+    from harness.efficiency import PEAKS_KEY
+
+    peaks = run.env.get(PEAKS_KEY) or {}
+    text = "; ".join(f"{k}: {v.get('source')}" for k, v in peaks.items() if isinstance(v, dict))
+    return text or "none recorded"
+
+
 def _title(run: RunData) -> str:
     name = run.suite.get("name") or run.manifest.get("suite") or run.path.name
     return f"Benchmark report: {name}"
@@ -228,6 +237,12 @@ def terminal(parts: ReportParts, out: Path | None = None, limit: int = TV.WIDTH)
         frame, fits = TV.pivot_frame(parts.pivot, limit)
         lines += ["", f"{parts.pivot_title}:", ""]
         lines.append(T.to_markdown(frame) if fits else "(too wide for the terminal: see report.md)")
+    eff = None if parts.summary.empty else TV.efficiency_table(parts.summary, parts.axes, limit)
+    if eff is not None:
+        what = ("Efficiency (*_frac: of the device's peak; tflop_s: achieved TFLOP/s; the phases' from the "
+                f"breakdown pass). Peak: {peak_sources(parts.run)}.")
+        lines += ["", TV.wrap(what, limit), "", eff]
+        left_out = [c for c in left_out if not c.startswith(C.EFFICIENCY_PREFIX)]
     lines.append("")
     if parts.failed.empty:
         lines.append("Failed points: none.")

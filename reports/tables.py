@@ -22,7 +22,8 @@ from harness.results import RunData
 # columns that describe the row, not its configuration
 BOOKKEEPING = (C.RUN_ID, C.SUITE, C.HASH, C.STATUS, C.ERROR, C.STARTED_AT, C.ELAPSED_S)
 VARIANT = "variant"  # short label of a method's configuration (``httm#3``), see :func:`variants`
-_NOT_CONFIG = set(BOOKKEEPING) | set(C.TIMING) | set(C.TELEMETRY) | set(C.PROVENANCE) | {C.SPEEDUP, VARIANT}
+_NOT_CONFIG = (set(BOOKKEEPING) | set(C.TIMING) | set(C.TELEMETRY) | set(C.PROVENANCE) | set(C.ARTIFACTS)
+               | {C.SPEEDUP, VARIANT})
 
 # telemetry columns shown in the summary when any ok point has them
 RESOURCE_COLUMNS = (
@@ -340,13 +341,14 @@ def _sort_rows(df: pd.DataFrame, by: Sequence[str], reference: str | None) -> pd
 
 
 def summary_columns(points: pd.DataFrame, axes: Sequence[str]) -> list[str]:
-    """Column order of the summary: axes, latency, speedup, resources, work, breakdown, quality,
-    fidelity, then the point hash."""
+    """Column order of the summary: axes, latency, speedup, resources, work, breakdown, efficiency,
+    quality, fidelity, then the point hash."""
     cols = list(axes) or ([C.METHOD] if C.METHOD in points.columns else [])
     for c in (C.LAT_MEDIAN, C.LAT_IQR, C.SPEEDUP, *RESOURCE_COLUMNS):
         if c in points.columns and (c in (C.LAT_MEDIAN, C.SPEEDUP) or points[c].notna().any()):
             cols.append(c)
-    for prefix in (C.WORK_PREFIX, C.BREAKDOWN_PREFIX, C.QUALITY_PREFIX, C.FIDELITY_PREFIX):
+    prefixes = (C.WORK_PREFIX, C.BREAKDOWN_PREFIX, C.EFFICIENCY_PREFIX, C.QUALITY_PREFIX, C.FIDELITY_PREFIX)
+    for prefix in prefixes:
         cols += metric_columns(points, prefix)
     if C.HASH in points.columns:
         cols.append(C.HASH)

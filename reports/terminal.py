@@ -90,6 +90,28 @@ def results_table(table: pd.DataFrame, metrics: dict, axes: Sequence[str],
     return render(cols), cols, left_out
 
 
+#: efficiency columns of the terminal, most telling first (fractions of the device's peak)
+EFFICIENCY_PRIORITY = tuple(f"{C.EFFICIENCY_PREFIX}{s}" for s in (
+    "flop_frac", "attention_flop_frac", "match_flop_frac", "aggregate_bw_frac", "tflop_s", "bw_frac",
+    "flop_per_byte", "attention_tflop_s", "match_tflop_s", "aggregate_gb_s"))
+
+
+def efficiency_table(table: pd.DataFrame, axes: Sequence[str], limit: int = WIDTH) -> str | None:
+    """Per ok point: how close it (and its phases) ran to the device's peak, as many of
+    :data:`EFFICIENCY_PRIORITY` as fit; None when the run has no efficiency column."""
+    present = [c for c in EFFICIENCY_PRIORITY if c in table.columns and table[c].notna().any()]
+    if not present:
+        return None
+    identity = [T.VARIANT, *axes]
+
+    def render(cols: list[str]) -> str:
+        cells = [_cells(table, c, axes) for c in cols]
+        headers = [h[len(C.EFFICIENCY_PREFIX):] if h.startswith(C.EFFICIENCY_PREFIX) else h for h, _ in cells]
+        return T.to_markdown(pd.DataFrame(dict(zip(headers, (v for _, v in cells))), columns=headers))
+
+    return render(fit([*identity, *present], len(identity), render, present, limit))
+
+
 def legend(tables: dict[str, pd.DataFrame], limit: int = WIDTH) -> str:
     """Per method with several variants: a table of the parameters that differ between them, or
     ``httm#3: query_merge=0.6 ...`` lines when the table would be wider than ``limit``."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,7 +15,7 @@ from harness import columns as C
 from harness import runner
 from harness.cli import main
 from harness.profiling import OP_COLUMNS
-from harness.results import OPS_FILE, load
+from harness.results import OPS_FILE, load, read_ops
 
 pytestmark = pytest.mark.usefixtures("one_thread", "clean_registry")
 
@@ -91,7 +92,9 @@ def test_the_op_table_has_one_row_per_phase_and_operator_with_times(profiled):
     attention = httm[httm["phase"] == "attention"]["name"]
     assert attention.str.contains("scaled_dot_product").any()  # SDPA runs inside the attention phase
     reference = ops[ops[C.HASH] != httm_hash(profiled / "profiled")]
-    assert set(reference["phase"]) == {""}  # plain attention has no merge phases
+    assert set(reference["phase"]) <= {"", "attention"}  # plain attention has no merge phases
+    sdpa = reference[reference["name"].str.contains("scaled_dot_product")]
+    assert set(sdpa["phase"]) == {"attention"}  # ... and its attention is named like the methods'
 
 
 def test_the_profiled_pass_leaves_the_timed_samples_unchanged(profiled):
@@ -140,3 +143,89 @@ def test_report_ops_splits_each_variant_by_phase_and_lists_its_top_operators(pro
                                 + httm.get("(outside)", 0.0))) < 1e-9
     assert main(["report", str(profiled / "plain"), "--ops"]) == 0
     assert "has no operator table: profile it with" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- harness profile RUN
+
+
+def _copy_run(profiled, tmp_path, name="plain"):
+    import shutil
+
+    return Path(shutil.copytree(profiled / name, tmp_path / name))
+
+
+def test_harness_profile_profiles_only_the_chosen_points_and_never_touches_their_timings(profiled, tmp_path):
+    run_dir = _copy_run(profiled, tmp_path)
+    before = load(run_dir)
+    assert main(["profile", str(run_dir), "--method", "httm", "-q"]) == 0
+    after = load(run_dir)
+    h = httm_hash(run_dir)
+    assert {p.name for p in (run_dir / "profiles").iterdir()} == {f"{h}.trace.json.gz"}
+    assert {"phase:match", "phase:aggregate", "phase:attention"} <= trace_names(run_dir, h)
+    ops = pd.read_parquet(run_dir / OPS_FILE)
+    assert set(ops[C.HASH]) == {h} and tuple(ops.columns) == OP_COLUMNS
+    pd.testing.assert_frame_equal(before.points, after.points)
+    pd.testing.assert_frame_equal(before.samples, after.samples)
+
+
+def test_harness_profile_by_hash_prefix_and_a_newer_profile_supersedes_the_older(profiled, tmp_path):
+    run_dir = _copy_run(profiled, tmp_path, "profiled")
+    h = httm_hash(run_dir)
+    first = pd.read_parquet(run_dir / OPS_FILE)
+    assert main(["profile", str(run_dir), "--point", h[:6], "-q"]) == 0
+    ops = read_ops(run_dir)
+    mine = ops[ops[C.HASH] == h]
+    assert mine["profiled_at"].nunique() == 1  # only the latest profile of the point
+    assert mine["profiled_at"].iloc[0] > first.loc[first[C.HASH] == h, "profiled_at"].iloc[0]
+    assert not mine.duplicated(["phase", "name"]).any()
+    others = ops[ops[C.HASH] != h]  # the other point keeps its profile from the run
+    pd.testing.assert_frame_equal(others.reset_index(drop=True),
+                                  first[first[C.HASH] != h].reset_index(drop=True), check_dtype=False)
+    assert (run_dir / "ops.jsonl").read_text().count(h) > len(mine)  # the older rows stay in the log
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--point", "ffffffffff"], "--point 'ffffffffff' matches no recorded point of this run; points: "),
+    (["--point", ""], "matches 2 recorded points"),
+    (["--method", "tome"], "--method 'tome' has no recorded point in this run; methods: vggt, httm"),
+])
+def test_harness_profile_names_an_unknown_choice_and_what_exists(profiled, tmp_path, capsys, args, expected):
+    run_dir = _copy_run(profiled, tmp_path)
+    assert main(["profile", str(run_dir), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("harness profile: error: ") and expected in err and "Traceback" not in err
+    assert not (run_dir / "profiles").exists()
+
+
+def test_harness_profile_refuses_a_run_whose_suite_expands_to_other_points(profiled, tmp_path, capsys):
+    run_dir = _copy_run(profiled, tmp_path)
+    suite = run_dir / "suite.resolved.yaml"
+    suite.write_text(suite.read_text().replace("frames: 4", "frames: 5"))
+    assert main(["profile", str(run_dir)]) == 2
+    assert "now expands to other points than the run's" in capsys.readouterr().err
+
+
+def test_harness_profile_refuses_a_run_in_use(profiled, tmp_path, capsys):
+    from harness.results import RunLock
+
+    run_dir = _copy_run(profiled, tmp_path)
+    with RunLock(run_dir):
+        assert main(["profile", str(run_dir)]) == 2
+    assert "in use" in capsys.readouterr().err
+
+
+def test_swin_profiles_name_stages_the_importance_pass_and_both_branches(tmp_path):
+    suite = tmp_path / "swin.yaml"
+    suite.write_text(textwrap.dedent("""\
+        name: swin-prof
+        workload: swin
+        fixed: {model: swin_micro, img_size: 64, batch: 2, calib_images: 2, w_bits: 4, embed_bits: 8}
+        methods:
+          mixaq: {a_bits_high: 8, a_bits_low: 4, ratio: 0.5}
+        timing: {warmup_n: 0, min_samples: 1, max_samples: 1, budget_s: 0.0}
+        metrics: {evaluate: false, profile: true}
+        """))
+    assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--no-report", "-q"]) == 0
+    (h,) = load(tmp_path / "run").points[C.HASH]
+    names = trace_names(tmp_path / "run", h)
+    assert {"stage.0", "stage.1", "importance", "branch:high", "branch:low"} <= names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -286,3 +287,21 @@ def test_real_gpu_window_reports_allocator_peak_and_some_nvml_readings():
 def test_real_gpu_static_info_names_the_device():
     info = T.gpu_static_info("cuda")
     assert info["gpu_name"] and info["gpu_uuid"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc/self/clear_refs")
+def test_rss_peak_is_the_window_peak_even_between_samples_and_not_the_lifetime_peak():
+    from harness.telemetry import TelemetrySampler
+
+    mib = 2**20
+    big = bytearray(400 * mib)  # before the window: a lifetime peak must not count
+    big[::4096] = b"x" * len(big[::4096])
+    del big
+    with TelemetrySampler("cpu", rate_hz=1e-3) as s:  # no background sample: only entry and exit
+        base = s.samples[0].rss_mb
+        spike = bytearray(200 * mib)
+        spike[::4096] = b"y" * len(spike[::4096])  # touch every page: it becomes resident
+        del spike
+    row = s.summary()
+    assert max(x.rss_mb for x in s.samples) < base + 100  # the samples saw nothing of the spike
+    assert base + 190 <= row["rss_peak_mb"] < base + 390  # the kernel's window peak did

@@ -29,7 +29,14 @@ from harness.methods.merging import (
     static_partition,
     with_extra_candidates,
 )
-from harness.models.seam import AttentionFn, AttentionLayout, attention_flops
+from harness.models.seam import (
+    AttentionFn,
+    AttentionLayout,
+    attention_bytes,
+    attention_flops,
+    elem_bytes,
+    token_bytes,
+)
 from harness.params import param
 
 DST_RULES = ("strided", "random", "first_frame")
@@ -368,10 +375,18 @@ def httm_attention(
         rec.count("tokens_kv", float(sm_k.occupied().sum()) * hg / B)
         rec.count("pad_q", o_m.shape[2] * H - real_q)
         rec.count("attn_flops", attention_flops(B, H, o_m.shape[2], sm_k.n_slots, d))
+        rec.count("attn_bytes", attention_bytes(q, o_m.shape[2], sm_k.n_slots))
+        # merges of k, v (N -> M_k) and q (N -> M_q); the unmerge reads the used query slots, writes N
+        elem = elem_bytes(q)
+        moved = 2 * (N + sm_k.n_slots) + (N + part_q.n_slots) + (o_m.shape[2] + N)
+        rec.count("agg_bytes", token_bytes(B * H, moved, d, elem))
         flops = part_k.match_flops(B * G, hg * d)
+        matched = 1
         if p.decouple_qk:
             flops += part_q.match_flops(B * G, hg * d)
+            matched = 2
         rec.count("match_flops", flops)
+        rec.count("match_bytes", token_bytes(B * G, matched * N, hg * d, elem))  # reads the matched tokens
         if a_q.merged_scores.numel():
             rec.observe("merge_sim_p10", percentile(a_q.merged_scores, 0.1))
         if a_k.merged_scores.numel():

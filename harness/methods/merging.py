@@ -32,10 +32,13 @@ from harness.models.seam import (
     AttentionFn,
     AttentionLayout,
     Recorder,
+    attention_bytes,
     attention_flops,
-    is_profiling,
+    elem_bytes,
     named_range,
+    ranges_on,
     sdpa_attention,
+    token_bytes,
 )
 
 SIM_CHUNK_ELEMS = {"cpu": 1 << 18, "cuda": 1 << 28}
@@ -424,7 +427,7 @@ def merged_count(ratio: float, n: int) -> int:
 def phase(rec: Recorder | None, name: str) -> Iterator[None]:
     """``rec.phase(name)`` when a recorder is present; a ``phase:<name>`` range in profiles
     (checked inline: this sits in the timed path of every merging method)."""
-    if is_profiling():
+    if ranges_on():
         with named_range(f"phase:{name}"), (rec.phase(name) if rec is not None else nullcontext()):
             yield
     elif rec is None:
@@ -469,6 +472,9 @@ def shared_merge_attention(
         rec.count("tokens_kv", real)
         rec.count("pad_q", sm.n_slots * H - real)
         rec.count("attn_flops", attention_flops(B, H, sm.n_slots, sm.n_slots, d))
+        rec.count("attn_bytes", attention_bytes(q, sm.n_slots, sm.n_slots))
+        # merges of q, k and v read N tokens and write M slots; the unmerge reads M, writes N
+        rec.count("agg_bytes", token_bytes(B * H, 4 * (N + sm.n_slots), d, elem_bytes(q)))
     return out
 
 

@@ -14,30 +14,54 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
+from harness import markers
+
 _PROFILING = [False]  # set by harness.profiling while a profiled pass runs
 
 
 def is_profiling() -> bool:
-    """Whether a profiled pass is running (named ranges are recorded only then)."""
+    """Whether a profiled pass is running."""
     return _PROFILING[0]
+
+
+def ranges_on() -> bool:
+    """Whether named ranges are recorded: during a profiled pass, or with NVTX marks on."""
+    return _PROFILING[0] or markers._ON[0]
 
 
 @contextmanager
 def named_range(name: str) -> Iterator[None]:
     """A ``torch.profiler.record_function`` range named ``name`` during a profiled pass (it then
-    shows in traces and op tables); nothing otherwise, so timed samples pay no profiler cost."""
-    if not _PROFILING[0]:
+    shows in traces and op tables) and an NVTX range of that name with ``--nvtx``
+    (:mod:`harness.markers`); nothing otherwise, so timed samples pay no profiler cost."""
+    if not (_PROFILING[0] or markers._ON[0]):
         yield
         return
-    with torch.profiler.record_function(name):
-        yield
+    with markers.mark(name):
+        if _PROFILING[0]:
+            with torch.profiler.record_function(name):
+                yield
+        else:
+            yield
+
+
+class PhaseTimes(dict):
+    """What a breakdown pass returns: ``{phase: ms}``, plus ``peak_mb`` (``{phase: MiB}``, the
+    CUDA allocator's peak inside each phase; empty on CPU) and ``counters`` (the work counters of
+    the same pass, scaled like the times, so that work / time is a rate)."""
+
+    def __init__(self, ms: dict[str, float], peak_mb: dict[str, float] | None = None,
+                 counters: dict[str, float] | None = None) -> None:
+        super().__init__(ms)
+        self.peak_mb = dict(peak_mb or {})
+        self.counters = dict(counters or {})
 
 
 class Recorder:
@@ -46,7 +70,8 @@ class Recorder:
     ``count(name, value)`` sums a counter (e.g. ``tokens_q``) over the layers of one
     forward. ``phase(name)`` times a region in milliseconds when ``timed`` is set; it
     synchronizes the device before and after, so only use it in breakdown runs (never
-    in the timed region of a normal measurement). Methods call both unconditionally;
+    in the timed region of a normal measurement); on CUDA it also records the allocator's
+    peak inside the phase (``peak_mb``). Methods call both unconditionally;
     with ``timed=False`` a phase costs one Python context manager.
     """
 
@@ -55,7 +80,14 @@ class Recorder:
         self.device = torch.device(device) if device is not None else None
         self.counters: dict[str, float] = defaultdict(float)
         self.phases_ms: dict[str, float] = defaultdict(float)
+        self.peak_mb: dict[str, float] = {}
         self.values: dict[str, list[float]] = defaultdict(list)
+
+    def breakdown(self, scale: float = 1.0) -> PhaseTimes:
+        """The phase times, peaks and counters of this (timed) recorder; ``scale`` multiplies the
+        times and counters alike (e.g. ``1 / layers`` for a per-layer breakdown)."""
+        return PhaseTimes({k: v * scale for k, v in self.phases_ms.items()}, self.peak_mb,
+                          {k: v * scale for k, v in self.counters.items()})
 
     def _sync(self) -> None:
         if self.device is not None and self.device.type == "cuda":
@@ -76,12 +108,18 @@ class Recorder:
             yield
             return
         self._sync()
+        cuda = self.device is not None and self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         try:
             yield
         finally:
             self._sync()
             self.phases_ms[name] += (time.perf_counter() - t0) * 1e3
+            if cuda:
+                peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+                self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), peak)
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,7 +169,11 @@ def sdpa_attention(
         rec.count("tokens_q", n_q * q.shape[1])
         rec.count("tokens_kv", n_k * k.shape[1])
         rec.count("attn_flops", attention_flops(q.shape[0], q.shape[1], n_q, n_k, q.shape[-1]))
-        with rec.phase("attention"):
+        rec.count("attn_bytes", attention_bytes(q, n_q, n_k))
+        with rec.phase("attention"), (named_range("phase:attention") if ranges_on() else nullcontext()):
+            return F.scaled_dot_product_attention(q, k, v)
+    if ranges_on():  # profiles and NVTX read plain attention in the methods' vocabulary
+        with named_range("phase:attention"):
             return F.scaled_dot_product_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
 
@@ -139,4 +181,26 @@ def sdpa_attention(
 def attention_flops(batch: int, heads: int, n_q: int, n_k: int, head_dim: int) -> float:
     """FLOPs of the two attention matmuls (q k^T and p v), 2 FLOPs per multiply-add."""
     return 2.0 * 2.0 * batch * heads * n_q * n_k * head_dim
+
+
+def token_bytes(rows: int, tokens: int, width: int, bytes_per_elem: int) -> float:
+    """Bytes of ``rows x tokens`` vectors of ``width`` elements of ``bytes_per_elem`` each (the
+    unit of the bytes model in :mod:`harness.efficiency`)."""
+    return float(rows) * tokens * width * bytes_per_elem
+
+
+def attention_bytes(q: torch.Tensor, n_q: int, n_k: int) -> float:
+    """Minimum traffic of one attention call on q [B, H, *, d]: read ``n_q`` queries, ``n_k``
+    keys and ``n_k`` values, write ``n_q`` outputs (what a fused kernel moves), per head."""
+    B, H, _, d = q.shape
+    return token_bytes(B * H, 2 * n_q + 2 * n_k, d, elem_bytes(q))
+
+
+def elem_bytes(x: torch.Tensor) -> int:
+    """Bytes per element ``x``'s floating-point ops compute in: autocast's dtype when autocast is
+    on for its device (a float32 tensor then travels as bfloat16 / float16), else its own."""
+    kind = x.device.type
+    if x.is_floating_point() and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind).itemsize
+    return x.element_size()
 

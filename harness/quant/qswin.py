@@ -51,6 +51,7 @@ from timm.models.swin_transformer import (
 )
 from torch import nn
 
+from harness.models.seam import named_range
 from harness.quant.quantizers import ActQuantizer, is_float, quantize_weight
 
 TIMM_RANGE = ((1, 0, 31), (1, 1, 0))  # checked on 1.0.31; 1.0.29 sizes odd-resolution stages differently
@@ -58,6 +59,8 @@ TIMM_RANGE = ((1, 0, 31), (1, 1, 0))  # checked on 1.0.31; 1.0.29 sizes odd-reso
 sizes odd-resolution stages (e.g. 112 px) differently from the window geometry used for BOPs."""
 
 HIGH, LOW, PRUNED = 0, 1, 2
+#: named ranges of the two branches in profiles and NVTX (harness.models.seam.named_range)
+BRANCH_RANGES = {HIGH: "branch:high", LOW: "branch:low"}
 BRANCHES = ("high", "low")
 ACT_POINTS = ("qkv_in", "q", "k", "v", "attn", "proj_in", "fc1_in", "fc2_in")
 """Activation quantizers of one branch: qkv input, q, k, v, softmax output, proj input, fc1 input,
@@ -316,12 +319,13 @@ class QSwinBlock(nn.Module):
             raise ValueError(f"route has {route.n_windows} windows per image, block has {nW} (H={H}, W={W})")
         single = route.single_branch()
         if single is not None:
-            attn_win = self._attention(
-                win,
-                mask.repeat(B, 1, 1) if mask is not None else None,
-                valid.repeat(B, 1) if valid is not None else None,
-                single,
-            )
+            with named_range(BRANCH_RANGES[single]):
+                attn_win = self._attention(
+                    win,
+                    mask.repeat(B, 1, 1) if mask is not None else None,
+                    valid.repeat(B, 1) if valid is not None else None,
+                    single,
+                )
         else:
             flat = route.assign.reshape(-1)
             attn_win = torch.zeros_like(win)
@@ -330,12 +334,13 @@ class QSwinBlock(nn.Module):
                     continue
                 idx = (flat == br).nonzero().squeeze(1)
                 widx = idx % nW
-                out = self._attention(
-                    win.index_select(0, idx),
-                    mask.index_select(0, widx) if mask is not None else None,
-                    valid.index_select(0, widx) if valid is not None else None,
-                    br,
-                )
+                with named_range(BRANCH_RANGES[br]):
+                    out = self._attention(
+                        win.index_select(0, idx),
+                        mask.index_select(0, widx) if mask is not None else None,
+                        valid.index_select(0, widx) if valid is not None else None,
+                        br,
+                    )
                 attn_win = attn_win.index_copy(0, idx, out.to(attn_win.dtype))
 
         a = self._unwindow(attn_win.reshape(B * nW, wh, ww, C), H, W, Hp, Wp)
@@ -343,7 +348,8 @@ class QSwinBlock(nn.Module):
 
         if single is not None:
             t = x.reshape(B, -1, C)
-            t = t + self.block.drop_path2(self._mlp(t, single))
+            with named_range(BRANCH_RANGES[single]):
+                t = t + self.block.drop_path2(self._mlp(t, single))
             return t.reshape(B, H, W, C)
         tok = route.assign.to(x.dtype).reshape(B * nW, 1, 1, 1).expand(-1, wh, ww, 1)
         tok = self._unwindow(tok, H, W, Hp, Wp).reshape(-1)
@@ -353,7 +359,8 @@ class QSwinBlock(nn.Module):
                 continue
             idx = (tok == br).nonzero().squeeze(1)
             sel = t.index_select(0, idx)
-            sel = sel + self.block.drop_path2(self._mlp(sel, br))
+            with named_range(BRANCH_RANGES[br]):
+                sel = sel + self.block.drop_path2(self._mlp(sel, br))
             t = t.index_copy(0, idx, sel.to(t.dtype))
         return t.reshape(B, H, W, C)
 
@@ -436,10 +443,15 @@ class QSwinStage(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        routes = self.forced_routes if self.forced_routes is not None else self.routes(x)
-        for blk, route in zip(self.blocks, routes):
-            x = blk(x, route)
+        with named_range(f"stage.{self.stage_index}"):
+            x = self.downsample(x)
+            if self.forced_routes is not None:
+                routes = self.forced_routes
+            else:
+                with named_range("importance"):  # window scores and routes: MixA-Q's overhead
+                    routes = self.routes(x)
+            for blk, route in zip(self.blocks, routes):
+                x = blk(x, route)
         self.last_routes = routes
         return x
 

@@ -125,6 +125,17 @@ def parse_suite(
     return _suite(spec, doc.data, expansion.points, source)
 
 
+def parse_recorded_suite(resolved: dict[str, Any], preset: str | None, source: str) -> Suite:
+    """The suite a run directory recorded (its ``suite.resolved.yaml`` document and the preset it
+    ran with), expanded again: the same points and hash as the run (the caller checks the hash)."""
+    import yaml
+
+    data = {k: v for k, v in resolved.items() if k != "parameters"}  # a record, not a suite key
+    if preset:
+        data["presets"] = {preset: {}}  # already applied; named so the points carry its name
+    return parse_suite(yaml.safe_dump(data, sort_keys=False), source=source, preset=preset)
+
+
 def _suite(spec: SuiteSpec, data: dict[str, Any], points: list[Point], source: str) -> Suite:
     """The loaded suite: the spec's settings, its points, and what the run directory records."""
     regression = _given_regression(data, spec)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.devices import torch_dtype
-from harness.models.seam import AttentionLayout, Recorder, attention_flops, sdpa_attention
+from harness.models.seam import AttentionLayout, Recorder, attention_bytes, attention_flops, sdpa_attention
 from harness.params import param
 from harness.registry import MethodSpec, create_method, register_method, register_workload
 from harness.workloads.base import Bench, MetricInfo, Point, RunContext, Workload
@@ -82,10 +82,13 @@ class AttentionWorkload(Workload[AttentionParams, AttentionInputs]):
             rec = Recorder(timed=True, device=point.device)
             with torch.no_grad():
                 attn(q, k, v, _layout(p.seq_len, rec))
-            return dict(rec.phases_ms)
+            return rec.breakdown()
 
         flops = attention_flops(p.batch, p.heads, p.seq_len, p.seq_len, p.head_dim)
-        return Bench(fn=fn, evaluate=evaluate, counters={"work_attn_flops": flops}, breakdown=breakdown)
+        nbytes = attention_bytes(q, p.seq_len, p.seq_len)
+        counters = {"work_attn_flops": flops, "work_attn_bytes": nbytes, "work_flops": flops,
+                    "work_bytes": nbytes}
+        return Bench(fn=fn, evaluate=evaluate, counters=counters, breakdown=breakdown)
 
     def _reference(
         self, model: AttentionInputs, point: AttentionPoint, ctx: RunContext, layout: AttentionLayout
@@ -113,6 +116,11 @@ class AttentionWorkload(Workload[AttentionParams, AttentionInputs]):
             "work_attn_flops": MetricInfo(
                 "work", "FLOPs of the two attention matmuls (2 per multiply-add)", unit="FLOP", tolerance=0.0
             ),
+            "work_attn_bytes": MetricInfo(
+                "work", "bytes model: q, k, v read and the output written once", unit="B", tolerance=0.0
+            ),
+            "work_flops": MetricInfo("work", "FLOPs of the timed call (the attention matmuls)", unit="FLOP"),
+            "work_bytes": MetricInfo("work", "bytes model of the timed call", unit="B"),
         }
 
 

@@ -393,6 +393,7 @@ class SwinWorkload(Workload[SwinParams, nn.Module]):
 
         fn()  # untimed: records the routes of the timed batch for the work counters
         counters = work_counters(qmodel, p.act_act_convention)
+        counters["work_flops"] = 2.0 * counters["work_macs"] * p.batch  # the timed batch, float work
 
         def evaluate(_out: torch.Tensor) -> dict[str, float]:
             test = capture(qmodel, inputs.eval_images, p.batch, dev, dtype)
@@ -504,6 +505,8 @@ class SwinWorkload(Workload[SwinParams, nn.Module]):
                 "x",
             ),
             "work_eq_act_bits": work("uniform block activation bits with the same BOPs", False, "bit"),
+            "work_flops": work("FLOPs of the timed batch (2 x MACs x batch; the float work, which fake "
+                               "quantization does not reduce)", None, "FLOP"),
             "work_low_window_frac": work("fraction of block windows run in the low-bit branch", None),
             "work_pruned_window_frac": work("fraction of block windows pruned (block skipped)", None),
         }

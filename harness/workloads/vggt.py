@@ -232,9 +232,18 @@ def _summarize_recorder(rec: Recorder, layers: int, heads: int, n_tokens: int) -
         "work_pad_q_frac": rec.counters.get("pad_q", 0.0) / full,
         "work_attn_flops": rec.counters.get("attn_flops", 0.0),
     }
-    if rec.counters.get("match_flops"):
-        out["work_match_flops"] = rec.counters["match_flops"]
+    for name in ("match_flops", "attn_bytes", "agg_bytes", "match_bytes"):
+        if rec.counters.get(name):
+            out[f"work_{name}"] = rec.counters[name]
     return out
+
+
+def _call_work(counters: dict[str, float]) -> dict[str, float]:
+    """``work_flops`` / ``work_bytes`` of a timed call that is exactly the attention core (its
+    attention, matching and merge work; see :mod:`harness.efficiency`)."""
+    flops = counters.get("work_attn_flops", 0.0) + counters.get("work_match_flops", 0.0)
+    nbytes = sum(counters.get(f"work_{k}_bytes", 0.0) for k in ("attn", "agg", "match"))
+    return {"work_flops": flops, "work_bytes": nbytes}
 
 
 # ----------------------------------------------------------------------------- workload
@@ -373,7 +382,7 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
         def breakdown() -> dict[str, float]:
             timed = Recorder(timed=True, device=point.device)
             self._forward(model, point, inputs.images, method_fn, timed)
-            return {k: v / cfg.depth for k, v in timed.phases_ms.items()}
+            return timed.breakdown(1.0 / cfg.depth)  # per global layer
 
         return Bench(
             fn=lambda: self._forward(model, point, inputs.images, method_fn),
@@ -407,6 +416,7 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
         rec = Recorder()
         out = self._call(point, method_fn, q, k, v, dataclasses.replace(layout, recorder=rec))
         counters = _summarize_recorder(rec, 1, q.shape[1], q.shape[2])
+        counters.update(_call_work(counters))
         merge_sim = rec.values.get("merge_sim_p10")
         own = ctx.is_reference(point)
         ref_out = ctx.reference(
@@ -424,7 +434,7 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
         def breakdown() -> dict[str, float]:
             timed = Recorder(timed=True, device=point.device)
             self._call(point, method_fn, q, k, v, dataclasses.replace(layout, recorder=timed))
-            return dict(timed.phases_ms)
+            return timed.breakdown()
 
         return Bench(fn=lambda: self._call(point, method_fn, q, k, v, layout), evaluate=evaluate,
                      counters=counters, breakdown=breakdown, info=weights_info(model))
@@ -521,5 +531,13 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
             "work_attn_flops": work("FLOPs of the global-attention matmuls in one forward", "FLOP",
                                     cost_axis=True),
             "work_match_flops": work("FLOPs of the merge matching (similarities) in one forward", "FLOP"),
+            "work_attn_bytes": work("bytes model of global attention: Q, K, V read and the output written "
+                                    "once, in one forward", "B"),
+            "work_agg_bytes": work("bytes model of the merge's gathers and scatters in one forward", "B"),
+            "work_match_bytes": work("bytes model of the matching: the compared tokens read once, in one "
+                                     "forward", "B"),
+            "work_flops": work("FLOPs of the timed call (scope=attention: attention + matching)", "FLOP"),
+            "work_bytes": work("bytes model of the timed call (scope=attention: attention + merge + "
+                               "matching)", "B"),
         }
 
