@@ -80,6 +80,16 @@ def bench_vggt_breakdown(session: nox.Session) -> None:
     _bench(session, ["vggt-breakdown"], ["--preset", "cpu"])
 
 
+@nox.session(name="profile-vggt", venv_params=VENV_PARAMS)
+def profile_vggt(session: nox.Session) -> None:
+    """The vggt-layer suite profiled: traces, operator table, efficiency columns, roofline and phase figures.
+
+    Then `harness report RUN --ops` shows where each method spends its time. On a GPU:
+    `nox -s profile-vggt -- --preset gpu --profile --nvtx` (under nsys: see the README).
+    """
+    _bench(session, ["vggt-layer"], ["--preset", "cpu", "--profile"])
+
+
 @nox.session(name="bench-swin", venv_params=VENV_PARAMS)
 def bench_swin(session: nox.Session) -> None:
     """MixA-Q vs uniform quantization on Swin; cpu preset by default."""
