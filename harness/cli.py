@@ -41,12 +41,13 @@ class _UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from harness.merge import MergeError
     from harness.results import RunDirError
     from harness.runner import RunError
     from harness.train.loop import TrainError
 
     errors: list[type[BaseException]] = [SuiteError, RunError, RunDirError, FileNotFoundError, _UserError,
-                                         TrainError]
+                                         TrainError, MergeError]
     try:
         from reports.compare import CompareError
 
@@ -80,6 +81,7 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             suite, out, resume=resume, order=args.order, allow_failures=args.allow_failures,
             progress=not args.quiet, argv=["harness", *argv], allow_env_mismatch=args.allow_env_mismatch,
             max_points=args.max_points, nvtx=args.nvtx, memory_snapshot=args.memory_snapshot,
+            shard=args.shard,
         )
     except KeyboardInterrupt as e:
         how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
@@ -277,6 +279,17 @@ def _cmd_profile(args: argparse.Namespace, argv: list[str]) -> int:
     return summary.exit_code
 
 
+def _cmd_merge(args: argparse.Namespace, argv: list[str]) -> int:
+    from harness.merge import merge_runs
+
+    summary = merge_runs([_require_run_dir(r) for r in args.runs], args.out,
+                         allow_env_mismatch=args.allow_env_mismatch)
+    print(summary.line())
+    if not args.no_report:
+        _report_after_run(summary.out)
+    return EXIT_OK
+
+
 def _cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
     from harness.env import fingerprint
 
@@ -346,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", action="store_true",
                    help="profile each point once after its timed samples (= --set metrics.profile=true): "
                         "profiles/<hash>.trace.json.gz (open in https://ui.perfetto.dev) and ops.parquet")
+    r.add_argument("--shard", type=_shard, metavar="I/N",
+                   help="run only shard I of N (0-based; deterministic, the same on every machine): one job "
+                        "of a SLURM array or Kubernetes Indexed Job; join the run directories with "
+                        "harness merge")
     r.add_argument("--nvtx", action="store_true",
                    help="NVTX ranges (point, timed, sample i, phases, model parts) and, on CUDA, "
                         "cudaProfilerStart/Stop around each point's timed samples: nsys profile "
@@ -406,6 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("-q", "--quiet", action="store_true", help="no per-point lines")
     pf.set_defaults(func=_cmd_profile)
 
+    mg = sub.add_parser("merge", help="join the run directories of one suite's shards (--shard i/n) into one "
+                                      "run")
+    mg.add_argument("runs", nargs="+", metavar="RUN", help="shard run directories")
+    mg.add_argument("--out", required=True, help="the merged run directory (new or empty)")
+    mg.add_argument("--allow-env-mismatch", action="store_true",
+                    help="merge runs measured on machines whose fingerprints differ (rows keep host and GPU)")
+    mg.add_argument("--no-report", action="store_true", help="skip the tables and plots after merging")
+    mg.set_defaults(func=_cmd_merge)
+
     en = sub.add_parser("env", help="print this machine's environment fingerprint (JSON)")
     en.set_defaults(func=_cmd_env)
 
@@ -451,6 +477,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from harness.runner import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive_int(text: str) -> int:

@@ -7,6 +7,7 @@ Identity: run_id, suite, point_hash, workload, method, preset, status, error, st
 Config: every resolved parameter by its own name (workload, method and common params:
     device, dtype, seed). Parameters a method does not have are missing (NaN/None).
 Provenance (``PROVENANCE``): ``weights`` (label) and ``weights_sha256`` of the model's weights.
+Placement (``PLACEMENT``): ``host``, ``gpu_name``, ``gpu_uuid`` the point ran on.
 Timing (``TIMING``): summary of the per-sample device time in milliseconds.
 Telemetry (``TELEMETRY``): NVML on GPU; RSS / CPU time on CPU. Empty when unavailable.
 Metrics: ``q_*`` quality vs ground truth, ``fid_*`` fidelity vs the reference method,
@@ -88,6 +89,12 @@ TELEMETRY = (
 WEIGHTS = "weights"
 WEIGHTS_SHA256 = "weights_sha256"
 PROVENANCE = (WEIGHTS, WEIGHTS_SHA256)
+
+# placement: where a point ran (any executor: the local runner, a Ray worker, a shard of a job array)
+HOST = "host"
+GPU_NAME = "gpu_name"  # None on CPU; a run spanning several GPU models is reported per model
+GPU_UUID = "gpu_uuid"
+PLACEMENT = (HOST, GPU_NAME, GPU_UUID)
 
 # files a point wrote besides its rows (paths relative to the run directory)
 MEMORY_SNAPSHOT = "memory_snapshot"  # profiles/<hash>.memory.pickle (harness run --memory-snapshot)

@@ -150,6 +150,25 @@ def fingerprint(argv: list[str] | None = None, seed: int | None = None) -> dict[
     return fp
 
 
+_placements: dict[str, dict[str, Any]] = {}
+
+
+def placement(device: str) -> dict[str, Any]:
+    """Where a point on ``device`` runs: ``host`` and, on CUDA, ``gpu_name`` and ``gpu_uuid`` of the
+    device as this process sees it (a Ray worker sees only its assigned GPU). Cached per device."""
+    from harness import columns as C
+
+    if device not in _placements:
+        info: dict[str, Any] = {C.HOST: socket.gethostname(), C.GPU_NAME: None, C.GPU_UUID: None}
+        if str(device).startswith("cuda"):
+            from harness.telemetry import gpu_static_info
+
+            gpu = gpu_static_info(device)
+            info[C.GPU_NAME], info[C.GPU_UUID] = gpu.get(GPU_NAME), gpu.get("gpu_uuid")
+        _placements[device] = info
+    return dict(_placements[device])
+
+
 def _version_parts(version: Any, n: int) -> tuple[int, ...] | None:
     """The first ``n`` numeric parts of a version string ('2.14.1+cu130' -> (2, 14))."""
     if not version:

@@ -246,6 +246,34 @@ def _write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     _atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
+@dataclass
+class RunLogs:
+    """The committed rows of a run directory's logs: points, their samples, their operator rows."""
+
+    points: list[dict[str, Any]]
+    samples: list[dict[str, Any]]
+    ops: list[dict[str, Any]]
+
+
+def read_logs(run_dir: str | os.PathLike) -> RunLogs:
+    """Every committed point of a run with its samples and operator rows (orphans left out)."""
+    run_dir = Path(run_dir)
+    points = _read_jsonl(run_dir / POINTS_LOG)
+    done = {r.get(C.HASH) for r in points}
+    return RunLogs(points=points,
+                   samples=[r for r in _read_jsonl(run_dir / SAMPLES_LOG) if r.get(C.HASH) in done],
+                   ops=[r for r in _read_jsonl(run_dir / OPS_LOG) if r.get(C.HASH) in done])
+
+
+def write_logs(run_dir: str | os.PathLike, logs: RunLogs) -> None:
+    """Write the three logs of a new run directory (each atomically; ops only when there are any)."""
+    run_dir = Path(run_dir)
+    _write_jsonl_atomic(run_dir / SAMPLES_LOG, logs.samples)
+    if logs.ops:
+        _write_jsonl_atomic(run_dir / OPS_LOG, logs.ops)
+    _write_jsonl_atomic(run_dir / POINTS_LOG, logs.points)  # last: the rows commit the points
+
+
 class RunWriter:
     """Appends rows to a run directory. Create with :meth:`create` or :meth:`open_existing`.
 

@@ -43,7 +43,7 @@ import yaml
 from harness import __version__, markers, registry
 from harness import columns as C
 from harness.efficiency import PEAKS_KEY, efficiency_columns, efficiency_metric_info, peak_for, run_peaks
-from harness.env import comparable, fingerprint
+from harness.env import comparable, fingerprint, placement
 from harness.memory import MemorySnapshots
 from harness.profiling import profile_callable
 from harness.results import (
@@ -256,6 +256,31 @@ def order_points(points: Sequence[Point], model_key: Any, order: str, seed_text:
     return out
 
 
+def shard_points(points: Sequence[Point], model_key: Any, seed_text: str, index: int,
+                 count: int) -> list[Point]:
+    """Shard ``index`` of ``count``: a contiguous slice of the points grouped by model (points sharing
+    a model stay together; at most the points at a cut build their model twice), starting from the
+    points sorted by hash, so the split depends on the set of points only: the same suite gives the
+    same shards on every machine, whatever ``--order`` each shard runs in. The shards are disjoint,
+    differ in size by at most one point, and together hold every point. Raises RunError for an
+    invalid pair."""
+    if not (count >= 1 and 0 <= index < count):
+        raise RunError(f"--shard {index}/{count}: need 0 <= i < n (shards are numbered 0 .. n-1)")
+    grid = order_points(sorted(points, key=lambda p: p.hash), model_key, "grid", seed_text)
+    return grid[index * len(grid) // count:(index + 1) * len(grid) // count]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n); raises ValueError saying the expected form."""
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ValueError("expected I/N, e.g. 0/4 (shard I of N, numbered from 0)") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError("need 0 <= I < N (shards are numbered 0 .. N-1)")
+    return i, n
+
+
 def _hashable(key: Any) -> Hashable:
     try:
         hash(key)
@@ -303,6 +328,7 @@ def run_suite(
     max_points: int | None = None,
     nvtx: bool = False,
     memory_snapshot: str | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> RunSummary:
     """Run every point of ``suite`` into ``out_dir`` (a new run directory, or one to resume).
 
@@ -314,11 +340,14 @@ def run_suite(
     ``resume`` (two revisions' runs can so alternate in short slices on one machine).
     ``nvtx``: NVTX ranges and the CUDA profiler capture window (:mod:`harness.markers`);
     ``memory_snapshot``: "oom" or "all", CUDA allocator snapshots (:mod:`harness.memory`).
+    ``shard``: (i, n) runs only shard i of n (:func:`shard_points`); merge the shards' run
+    directories with ``harness merge``.
     """
     out = Path(out_dir)
     argv = list(sys.argv if argv is None else argv)
-    points = suite.points()
     wl: Workload = registry.get_workload(suite.workload)()
+    all_points = suite.points()
+    points = shard_points(all_points, wl.model_key, suite.hash, *shard) if shard else all_points
     ordered = order_points(points, wl.model_key, order, suite.hash)
     _check_devices(points)
     _check_memory_snapshot(points, memory_snapshot)
@@ -330,7 +359,7 @@ def run_suite(
     try:
         notes: list[str] = []
         if resume:
-            writer, run_id, notes = _open_for_resume(out, suite, argv, points, allow_env_mismatch)
+            writer, run_id, notes = _open_for_resume(out, suite, argv, points, allow_env_mismatch, shard)
             done = writer.finished_hashes()
         else:
             run_id = f"{suite.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
@@ -346,6 +375,8 @@ def run_suite(
                 "order": order,
                 "allow_failures": allow_failures,
                 "n_points": len(points),
+                "suite_points": len(all_points),
+                "shard": f"{shard[0]}/{shard[1]}" if shard else None,
             }
             env = fingerprint(argv=argv, seed=_common_seed(points))
             env[PEAKS_KEY] = run_peaks(_peak_settings(points))
@@ -535,7 +566,8 @@ def _check_memory_snapshot(points: Sequence[Point], mode: str | None) -> None:
 
 
 def _open_for_resume(out: Path, suite: Suite, argv: list[str], points: Sequence[Point],
-                     allow_env_mismatch: bool) -> tuple[RunWriter, str, list[str]]:
+                     allow_env_mismatch: bool,
+                     shard: tuple[int, int] | None = None) -> tuple[RunWriter, str, list[str]]:
     """Checks that ``out`` holds this suite's run, started on a comparable machine; records the
     resumption (with this machine's fingerprint) and repairs the logs. Raises RunError."""
     if not is_run_dir(out):
@@ -555,6 +587,13 @@ def _open_for_resume(out: Path, suite: Suite, argv: list[str], points: Sequence[
             f"{suite.hash!r} (points, timing or metrics settings differ). Resume with the same suite file, "
             "--preset and --set options, or start a new run with --out."
         )
+    given = f"{shard[0]}/{shard[1]}" if shard else None
+    if manifest.get("shard") != given:
+        def says(s: Any) -> str:
+            return f"--shard {s}" if s else "no --shard"
+
+        raise RunError(f"cannot resume {out}: it holds a run made with {says(manifest.get('shard'))}, but "
+                       f"this command gives {says(given)}; resume each shard with its own --shard option")
     env = fingerprint(argv=argv, seed=_common_seed(points))
     diffs = comparable(stored_env, env)
     if diffs and not allow_env_mismatch:
@@ -659,6 +698,7 @@ class _Loop:
             C.STARTED_AT: _now(),
         }
         row.update(point.params)
+        row.update(placement(point.device))
         samples: list[dict[str, Any]] = []
         t0 = time.perf_counter()
         self.snapshots.start(point.device)

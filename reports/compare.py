@@ -171,6 +171,20 @@ def _row(**kw: Any) -> dict[str, Any]:
     return {c: kw.get(c, math.nan if c not in ("config", "note", "verdict") else "") for c in ROW_COLUMNS}
 
 
+def gpu_model_mismatches(base: pd.DataFrame, new: pd.DataFrame,
+                         hashes: list[str]) -> list[tuple[str, str, str]]:
+    """(hash, base GPU, new GPU) of paired points whose rows name different GPU models (rows
+    without a ``gpu_name``, e.g. CPU points or older runs, never mismatch)."""
+    if C.GPU_NAME not in base.columns or C.GPU_NAME not in new.columns:
+        return []
+    out = []
+    for h in hashes:
+        b, n = base.at[h, C.GPU_NAME], new.at[h, C.GPU_NAME]
+        if not (T.is_missing(b) or T.is_missing(n)) and b != n:
+            out.append((h, str(b), str(n)))
+    return out
+
+
 def compare_runs(
     base_dir: str | os.PathLike,
     new_dir: str | os.PathLike,
@@ -225,6 +239,15 @@ def compare_runs(
             f"Refusing to compare {base.path} with {new.path}: none of the {len(both)} shared points "
             "finished ok in the base run, so there is no baseline to gate against; fix or rerun the "
             "base first."
+        )
+
+    mixed = gpu_model_mismatches(bp, np_, common)
+    if mixed and not allow_env_mismatch:
+        shown = "; ".join(f"{h}: {b} vs {n}" for h, b, n in mixed[:3]) + ("; ..." if len(mixed) > 3 else "")
+        raise CompareError(
+            f"Refusing to compare {base.path} with {new.path}: {len(mixed)} paired point(s) ran on different "
+            f"GPU models ({shown}). Their latencies measure the GPUs, not the code; pin both runs to one "
+            "GPU model (one node type in the Ray cluster or job array), or pass --allow-env-mismatch."
         )
 
     axes = T.varying_columns(pd.concat([bp, np_], ignore_index=True))
