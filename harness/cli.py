@@ -81,7 +81,7 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             suite, out, resume=resume, order=args.order, allow_failures=args.allow_failures,
             progress=not args.quiet, argv=["harness", *argv], allow_env_mismatch=args.allow_env_mismatch,
             max_points=args.max_points, nvtx=args.nvtx, memory_snapshot=args.memory_snapshot,
-            shard=args.shard,
+            shard=args.shard, executor=args.executor, ray_options=_ray_options(args),
         )
     except KeyboardInterrupt as e:
         how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
@@ -102,6 +102,22 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"{summary.not_ok} point(s) did not finish ok (see the status/error columns); "
               "pass --allow-failures to exit 0 anyway", file=sys.stderr)
     return summary.exit_code
+
+
+def _ray_options(args: argparse.Namespace) -> Any:
+    ray_only = {"--ray-address": args.ray_address, "--gpus-per-point": args.gpus_per_point,
+                "--cpus-per-point": args.cpus_per_point, "--max-in-flight": args.max_in_flight,
+                "--retries": args.retries}
+    given = [k for k, v in ray_only.items() if v is not None]
+    if args.executor != "ray":
+        if given:
+            raise _UserError(f"{', '.join(given)} only apply to --executor ray")
+        return None
+    from harness.ray_executor import RayOptions
+
+    return RayOptions(address=args.ray_address, gpus_per_point=args.gpus_per_point,
+                      cpus_per_point=1.0 if args.cpus_per_point is None else args.cpus_per_point,
+                      max_in_flight=args.max_in_flight, retries=args.retries or 0)
 
 
 def _report_after_run(run_dir: Path) -> None:
@@ -359,6 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", action="store_true",
                    help="profile each point once after its timed samples (= --set metrics.profile=true): "
                         "profiles/<hash>.trace.json.gz (open in https://ui.perfetto.dev) and ops.parquet")
+    r.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: run the points in this process (default); ray: as Ray tasks over the GPUs "
+                        "(or CPUs) of a Ray cluster, written here as they finish")
+    r.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster: omit to start a local Ray, 'auto' for the cluster `ray start` runs "
+                        "here, or ray://HOST:10001")
+    r.add_argument("--gpus-per-point", type=_non_negative_float, metavar="G",
+                   help="GPUs each Ray task holds (default: 1 when the points run on CUDA, else 0)")
+    r.add_argument("--cpus-per-point", type=_non_negative_float, metavar="C",
+                   help="CPUs each Ray task holds (default 1; also its OMP threads)")
+    r.add_argument("--max-in-flight", type=_positive_int, metavar="K",
+                   help="at most K Ray tasks submitted at once (default: all; Ray queues them)")
+    r.add_argument("--retries", type=_non_negative_int, metavar="N",
+                   help="with Ray: retry a point whose task died N more times before recording it failed")
     r.add_argument("--shard", type=_shard, metavar="I/N",
                    help="run only shard I of N (0-based; deterministic, the same on every machine): one job "
                         "of a SLURM array or Kubernetes Indexed Job; join the run directories with "
@@ -486,6 +516,20 @@ def _shard(text: str) -> tuple[int, int]:
         return parse_shard(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -97,10 +97,23 @@ def register_method(spec: MethodSpec) -> MethodSpec:
     return spec
 
 
+PLUGINS_ENV = "HARNESS_PLUGINS"  # comma-separated modules that register more workloads / methods
+
+
 def load_builtins() -> None:
-    """Import every built-in workload module (each registers itself and its methods)."""
+    """Import every built-in workload module (each registers itself and its methods), then the
+    modules named in ``$HARNESS_PLUGINS`` (your own workloads and methods; Ray workers get the
+    variable from the driver, so they know them too)."""
+    import os
+
     for mod in BUILTIN_MODULES:
         importlib.import_module(mod)
+    for mod in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            raise ImportError(f"${PLUGINS_ENV} names module {mod!r}, which cannot be imported ({e}); "
+                              "install it or put its folder on PYTHONPATH") from None
 
 
 def workload_names() -> list[str]:

@@ -47,6 +47,7 @@ from harness.env import comparable, fingerprint, placement
 from harness.memory import MemorySnapshots
 from harness.profiling import profile_callable
 from harness.results import (
+    ENV_FILE,
     LOCK_FILE,
     MANIFEST_FILE,
     OPS_FILE,
@@ -62,6 +63,7 @@ from harness.results import (
     note_resume,
     read_env,
     read_manifest,
+    write_json,
 )
 from harness.suite import Suite, SuiteError
 from harness.telemetry import TelemetrySampler
@@ -69,6 +71,7 @@ from harness.timing import Timer, summarize
 from harness.workloads.base import Bench, Point, RunContext, Workload
 
 ORDERS = ("grid", "shuffle", "interleave")
+EXECUTORS = ("local", "ray")
 _MEASURED_TIMING = (C.LAT_MEDIAN, C.LAT_MEAN, C.LAT_IQR, C.LAT_P10, C.LAT_P90, C.LAT_MIN, C.LAT_MAX,
                     C.HOST_MEDIAN)
 
@@ -302,6 +305,15 @@ def _check_writable(out_dir: Path) -> None:
         ) from None
 
 
+def add_peaks(run_dir: Path, new: dict[str, Any]) -> None:
+    """Record peaks measured during the run (by Ray workers) in env.json; known keys stay."""
+    env = read_env(run_dir)
+    peaks = env.setdefault(PEAKS_KEY, {})
+    for k, v in new.items():
+        peaks.setdefault(k, v)
+    write_json(run_dir / ENV_FILE, env)
+
+
 def _peak_settings(points: Sequence[Point]) -> list[tuple[str, str, int]]:
     """The distinct (device, dtype, threads) the points run with: what the peaks are measured for."""
     return list(dict.fromkeys((p.device, p.dtype, p.common.threads) for p in points))
@@ -329,6 +341,8 @@ def run_suite(
     nvtx: bool = False,
     memory_snapshot: str | None = None,
     shard: tuple[int, int] | None = None,
+    executor: str = "local",
+    ray_options: Any = None,
 ) -> RunSummary:
     """Run every point of ``suite`` into ``out_dir`` (a new run directory, or one to resume).
 
@@ -341,7 +355,8 @@ def run_suite(
     ``nvtx``: NVTX ranges and the CUDA profiler capture window (:mod:`harness.markers`);
     ``memory_snapshot``: "oom" or "all", CUDA allocator snapshots (:mod:`harness.memory`).
     ``shard``: (i, n) runs only shard i of n (:func:`shard_points`); merge the shards' run
-    directories with ``harness merge``.
+    directories with ``harness merge``. ``executor``: "local" (this process) or "ray" (Ray tasks,
+    :mod:`harness.ray_executor`, placed by ``ray_options``).
     """
     out = Path(out_dir)
     argv = list(sys.argv if argv is None else argv)
@@ -349,7 +364,14 @@ def run_suite(
     all_points = suite.points()
     points = shard_points(all_points, wl.model_key, suite.hash, *shard) if shard else all_points
     ordered = order_points(points, wl.model_key, order, suite.hash)
-    _check_devices(points)
+    if executor not in EXECUTORS:
+        raise RunError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        from harness.ray_executor import require_ray
+
+        require_ray()  # before anything is written
+    else:
+        _check_devices(points)  # Ray workers have the GPUs; the driver need not
     _check_memory_snapshot(points, memory_snapshot)
 
     if not resume:
@@ -379,14 +401,16 @@ def run_suite(
                 "shard": f"{shard[0]}/{shard[1]}" if shard else None,
             }
             env = fingerprint(argv=argv, seed=_common_seed(points))
-            env[PEAKS_KEY] = run_peaks(_peak_settings(points))
+            # Ray workers measure the peaks of their own machines and send them with their rows
+            env[PEAKS_KEY] = run_peaks(_peak_settings(points)) if executor == "local" else {}
             metrics = {k: asdict(v) for k, v in wl.metrics().items()}
             writer = RunWriter.create(out, manifest, suite.resolved, env, metrics)
             done = set()
 
         # a resumed run keeps the peaks it started with (a run from before peaks were recorded: measured now)
         peaks = read_env(out).get(PEAKS_KEY) if resume else env[PEAKS_KEY]
-        peaks = peaks or run_peaks(_peak_settings(points))
+        if executor == "local":
+            peaks = peaks or run_peaks(_peak_settings(points))
         todo = [p for p in ordered if p.hash not in done]
         left = max(0, len(todo) - max_points) if max_points is not None else 0
         summary = RunSummary(
@@ -395,8 +419,15 @@ def run_suite(
         )
         todo = todo[: len(todo) - left]
         try:
-            with markers.enable(nvtx):
-                _Loop(suite, wl, writer, run_id, summary, peaks, memory_snapshot).run(todo, progress)
+            if executor == "ray":
+                from harness.ray_executor import RayDriver, RayOptions
+
+                RayDriver(suite, writer, run_id, summary, ray_options or RayOptions(), nvtx=nvtx,
+                          memory_snapshot=memory_snapshot,
+                          record_peaks=lambda new: add_peaks(out, new)).run(todo, wl.model_key, progress)
+            else:
+                with markers.enable(nvtx):
+                    _Loop(suite, wl, writer, run_id, summary, peaks, memory_snapshot).run(todo, progress)
         finally:
             writer.flush_tables()
     finally:
@@ -609,6 +640,24 @@ def _open_for_resume(out: Path, suite: Suite, argv: list[str], points: Sequence[
     return writer, str(manifest.get("run_id")), notes
 
 
+def base_row(run_id: str, suite_name: str, point: Point, status: str = C.OK,
+             error: str | None = None) -> dict[str, Any]:
+    """The identity and config columns of a point's row (the rest is measured)."""
+    row: dict[str, Any] = {
+        C.RUN_ID: run_id,
+        C.SUITE: suite_name,
+        C.HASH: point.hash,
+        C.WORKLOAD: point.workload,
+        C.METHOD: point.method,
+        C.PRESET: point.preset,
+        C.STATUS: status,
+        C.ERROR: error,
+        C.STARTED_AT: _now(),
+    }
+    row.update(point.params)
+    return row
+
+
 class _Loop:
     """Runs points one by one; owns the current model and the run context."""
 
@@ -686,18 +735,7 @@ class _Loop:
         return self.model
 
     def run_point(self, point: Point) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        row: dict[str, Any] = {
-            C.RUN_ID: self.run_id,
-            C.SUITE: self.suite.name,
-            C.HASH: point.hash,
-            C.WORKLOAD: point.workload,
-            C.METHOD: point.method,
-            C.PRESET: point.preset,
-            C.STATUS: C.OK,
-            C.ERROR: None,
-            C.STARTED_AT: _now(),
-        }
-        row.update(point.params)
+        row = base_row(self.run_id, self.suite.name, point)
         row.update(placement(point.device))
         samples: list[dict[str, Any]] = []
         t0 = time.perf_counter()
