@@ -222,10 +222,13 @@ def test_swin_profiles_name_stages_the_importance_pass_and_both_branches(tmp_pat
         fixed: {model: swin_micro, img_size: 64, batch: 2, calib_images: 2, w_bits: 4, embed_bits: 8}
         methods:
           mixaq: {a_bits_high: 8, a_bits_low: 4, ratio: 0.5}
+          fp32: {}
         timing: {warmup_n: 0, min_samples: 1, max_samples: 1, budget_s: 0.0}
         metrics: {evaluate: false, profile: true}
         """))
     assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--no-report", "-q"]) == 0
-    (h,) = load(tmp_path / "run").points[C.HASH]
-    names = trace_names(tmp_path / "run", h)
+    pts = load(tmp_path / "run").points.set_index(C.METHOD)[C.HASH]
+    names = trace_names(tmp_path / "run", pts["mixaq"])
     assert {"stage.0", "stage.1", "importance", "branch:high", "branch:low"} <= names
+    float_names = trace_names(tmp_path / "run", pts["fp32"])  # timm's own stages, named through hooks
+    assert {"stage.0", "stage.1"} <= float_names and "branch:high" not in float_names

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
@@ -50,6 +50,27 @@ def named_range(name: str) -> Iterator[None]:
                 yield
         else:
             yield
+
+
+def name_modules(named: Iterable[tuple[str, torch.nn.Module]]) -> None:
+    """Named ranges (:func:`named_range`) around the forwards of modules whose code the harness does
+    not own (e.g. timm's Swin stages), through forward hooks that do nothing outside a profiled
+    pass or ``--nvtx``."""
+    for name, module in named:
+        open_ranges: list = []
+
+        def enter(_module, _args, name=name, open_ranges=open_ranges) -> None:
+            if ranges_on():
+                cm = named_range(name)
+                cm.__enter__()
+                open_ranges.append(cm)
+
+        def leave(_module, _args, _out, open_ranges=open_ranges) -> None:
+            if open_ranges:
+                open_ranges.pop().__exit__(None, None, None)
+
+        module.register_forward_pre_hook(enter)
+        module.register_forward_hook(leave, always_call=True)
 
 
 class PhaseTimes(dict):

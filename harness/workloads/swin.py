@@ -47,6 +47,7 @@ from harness.devices import autocast
 from harness.methods.mixaq import MixAQParams, SparseViTParams, make_mixaq, make_sparsevit
 from harness.metrics import fidelity
 from harness.metrics import work as W
+from harness.models.seam import name_modules
 from harness.models.swin import (
     MODEL_CHOICES,
     build_swin,
@@ -355,6 +356,8 @@ class SwinWorkload(Workload[SwinParams, nn.Module]):
                            pretrained=p.pretrained)
         if p.pretrained:  # timm's own weights (fetched into the hub cache by build_swin)
             weights = Weights(spec="pretrained", path=None, label=f"timm-pretrained:{p.model}", sha256="")
+        # the float model's stages as named ranges (the quantized copies name theirs themselves)
+        name_modules((f"stage.{i}", stage) for i, stage in enumerate(model.layers))
         return attach_weights(model.to(point.device).eval(), weights)
 
     def check_paths(self, params: Any) -> list[str]:
