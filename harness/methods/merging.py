@@ -207,6 +207,8 @@ def best_match(
     (default: :data:`SIM_CHUNK_ELEMS` for the device).
     Only the candidates are normalized before the matmul; the src norms only rescale the
     winning score, so they are divided out afterwards (and skipped without ``need_score``).
+    The index comes from ``max`` even without the score: on CPU ``max(dim=-1)`` is about twice as
+    fast as ``argmax(dim=-1)`` over the short candidate rows (both return the first maximum).
     """
     R, ns, _ = src.shape
     nc = cand.shape[1]
@@ -219,24 +221,23 @@ def best_match(
     per_row = ns * nc
     if per_row * R <= chunk_elems:  # one shot
         sim = torch.bmm(src, cand_t)
-        score, index = sim.max(dim=-1) if need_score else (None, sim.argmax(dim=-1))
+        score, index = sim.max(dim=-1)
+        score = score if need_score else None
     else:
         if per_row <= chunk_elems:
             step_r, step_s = max(1, chunk_elems // per_row), ns
         else:
             step_r, step_s = 1, max(1, chunk_elems // nc)
         index = torch.empty(R, ns, dtype=torch.long, device=src.device)
-        score = src.new_empty(R, ns) if need_score else None
+        best = src.new_empty(R, ns)  # the winning scores (returned only with need_score)
         buf = src.new_empty(min(R, step_r) * min(ns, step_s) * nc)  # reused: stays in cache
         for r0 in range(0, R, step_r):
             for s0 in range(0, ns, step_s):
                 rs, ss = slice(r0, r0 + step_r), slice(s0, s0 + step_s)
                 a = src[rs, ss]
                 sim = torch.bmm(a, cand_t[rs], out=buf[: a.shape[0] * a.shape[1] * nc].view(*a.shape[:2], nc))
-                if score is None:
-                    index[rs, ss] = sim.argmax(dim=-1)
-                else:
-                    torch.max(sim, dim=-1, out=(score[rs, ss], index[rs, ss]))
+                torch.max(sim, dim=-1, out=(best[rs, ss], index[rs, ss]))
+        score = best if need_score else None
     if score is not None:
         score = score.div_(torch.linalg.vector_norm(src, dim=-1).clamp_(min=1e-12))
     return score, index
