@@ -225,3 +225,8 @@ def elem_bytes(x: torch.Tensor) -> int:
         return torch.get_autocast_dtype(kind).itemsize
     return x.element_size()
 
+
+def check_tokens(method: str, q: torch.Tensor, layout: AttentionLayout) -> None:
+    """Raise a clear error when the layout's S x P tokens are not q's N ([B, H, N, d])."""
+    if layout.num_tokens != q.shape[2]:
+        raise ValueError(f"{method}: layout has {layout.num_tokens} tokens but q has N={q.shape[2]}")

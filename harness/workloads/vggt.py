@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from baselines.avggt import AVGGTParams, make_avggt
+from baselines.blocksparse import BlockSparseParams, make_blocksparse
 from baselines.fastvggt import FastVGGTParams, make_fastvggt
 from baselines.tome import ToMeParams, make_tome
 from harness.data.readers import Frames, read_7scenes, read_nrgbd, read_scannet, to_model_input
@@ -136,6 +138,12 @@ register_method(MethodSpec("tome", ToMeParams, make_tome, ("vggt",),
                            "ToMe-style bipartite merging, uniform across heads"))
 register_method(MethodSpec("fastvggt", FastVGGTParams, make_fastvggt, ("vggt",),
                            "FastVGGT-style merging (ToMeSD 2x2 random dst, frame 0 kept)"))
+register_method(MethodSpec("blocksparse", BlockSparseParams, make_blocksparse, ("vggt",),
+                           "block-sparse global attention: top key blocks per query block from a pooled "
+                           "block map (arXiv 2509.07120)"))
+register_method(MethodSpec("avggt", AVGGTParams, make_avggt, ("vggt",),
+                           "AVGGT-style: early global layers as frame attention, K/V grid-subsampled "
+                           "(arXiv 2512.02541)"))
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -235,6 +243,8 @@ def _summarize_recorder(rec: Recorder, layers: int, heads: int, n_tokens: int) -
     for name in ("match_flops", "attn_bytes", "agg_bytes", "match_bytes"):
         if rec.counters.get(name):
             out[f"work_{name}"] = rec.counters[name]
+    if rec.counters.get("kv_blocks"):  # block-sparse attention
+        out["work_kept_block_frac"] = rec.counters["kv_blocks_kept"] / rec.counters["kv_blocks"]
     return out
 
 
@@ -531,6 +541,8 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
             "work_attn_flops": work("FLOPs of the global-attention matmuls in one forward", "FLOP",
                                     cost_axis=True),
             "work_match_flops": work("FLOPs of the merge matching (similarities) in one forward", "FLOP"),
+            "work_kept_block_frac": work("block-sparse: kept key blocks per query block, as a fraction of "
+                                         "all"),
             "work_attn_bytes": work("bytes model of global attention: Q, K, V read and the output written "
                                     "once, in one forward", "B"),
             "work_agg_bytes": work("bytes model of the merge's gathers and scatters in one forward", "B"),

@@ -1,0 +1,170 @@
+"""Block-sparse global attention ("Faster VGGT with Block-Sparse Global Attention", arXiv
+2509.07120), at VGGT's global-attention seam. Written from the paper's description; its public
+code depends on a CUDA-only kernel package, so this is the harness's own gathered-blocks path
+(the same code on CPU and GPU; it computes only the kept blocks, but without a fused kernel).
+
+Per global layer:
+
+1. **Estimate** (phase ``match``): the patch queries are cut into blocks of ``bs_q_block``
+   tokens and the patch keys into blocks of ``bs_k_block`` (in token order, the last block
+   shorter); each block is mean-pooled and the block attention map is
+   ``softmax(mean_q . mean_k^T / sqrt(d))`` over key blocks, per head.
+2. **Select**: each query block keeps its top key blocks: at most ``1 - bs_sparsity`` of them
+   (at least one); with ``bs_cdf > 0`` only as many as it takes for the kept blocks' estimated
+   mass to reach ``bs_cdf`` (within that budget).
+3. **Attend** (phases ``aggregate`` for the gathers, ``attention``): each query block attends to
+   the tokens of its kept key blocks plus, with ``bs_dense_special``, every frame's special
+   tokens (camera and registers), which also attend densely to all tokens as queries.
+
+Shapes: q, k, v ``[B, H, N, d]`` -> ``[B, H, N, d]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from harness.methods.merging import from_layer, phase
+from harness.models.seam import AttentionFn, AttentionLayout, attention_flops, check_tokens, elem_bytes
+from harness.params import param
+
+GATHER_CHUNK_ELEMS = 1 << 25  # gathered key elements materialized at once
+
+
+@dataclass(frozen=True)
+class BlockSparseParams:
+    """Block-sparse attention knobs (names are what suites sweep)."""
+
+    bs_q_block: int = param(128, "query block size (tokens) of the block attention map", range=(1, 1 << 16))
+    bs_k_block: int = param(64, "key block size (tokens) of the block attention map", range=(1, 1 << 16))
+    bs_sparsity: float = param(0.5, "fraction of key blocks each query block drops (0: keep all)",
+                               range=(0.0, 1.0))
+    bs_cdf: float = param(0.0, "keep only the top blocks holding this estimated attention mass (0: off)",
+                          range=(0.0, 1.0))
+    bs_dense_special: bool = param(True, "camera/register tokens attend and are attended densely")
+    start_layer: int = param(0, "global layers with a smaller index use plain attention", range=(0, None))
+
+
+def select_blocks(scores: torch.Tensor, budget: int, cdf: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept key blocks per query block. scores: [..., nk] block attention (rows sum to 1).
+
+    Returns (index [..., budget] of the top ``budget`` blocks, best first; count [...] of them in
+    use: ``budget``, or with ``cdf > 0`` the fewest whose mass reaches ``cdf``, at most ``budget``)."""
+    top, index = scores.topk(budget, dim=-1)
+    if cdf <= 0:
+        return index, torch.full(scores.shape[:-1], budget, dtype=torch.long, device=scores.device)
+    before = top.cumsum(-1) - top  # mass of the better blocks
+    count = (before < cdf).sum(-1).clamp(1, budget)
+    return index, count
+
+
+@functools.lru_cache(maxsize=64)
+def _split(frames: int, tokens_per_frame: int, patch_start: int, dense_special: bool,
+           device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(special, patch) token positions of the sequence."""
+    pos = torch.arange(frames * tokens_per_frame)
+    special = pos % tokens_per_frame < patch_start
+    if not dense_special:
+        special = torch.zeros_like(special)
+    return pos[special].to(device), pos[~special].to(device)
+
+
+def _blocks(x: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B, H, n, d] -> (zero-padded blocks [B, H, nb, size, d], valid [nb, size] bool)."""
+    B, H, n, d = x.shape
+    nb = -(-n // size)
+    pad = nb * size - n
+    xb = F.pad(x, (0, 0, 0, pad)).view(B, H, nb, size, d)
+    valid = (torch.arange(nb * size, device=x.device) < n).view(nb, size)
+    return xb, valid
+
+
+def _pooled(xb: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over the valid tokens of each block: [B, H, nb, size, d] -> [B, H, nb, d]."""
+    w = valid.to(xb.dtype)
+    return (xb * w[..., None]).sum(-2) / w.sum(-1, keepdim=True)
+
+
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout,
+                           p: BlockSparseParams) -> torch.Tensor:
+    """Block-sparse global attention. q, k, v: [B, H, N, d] -> [B, H, N, d]."""
+    B, H, N, d = q.shape
+    check_tokens("block-sparse", q, layout)
+    rec = layout.recorder
+    special, patch = _split(layout.frames, layout.tokens_per_frame, layout.patch_start, p.bs_dense_special,
+                            str(q.device))
+    out = torch.empty_like(q)
+    with phase(rec, "aggregate"):
+        qp, kp, vp = (t.index_select(2, patch) for t in (q, k, v))
+        ks, vs = k.index_select(2, special), v.index_select(2, special)
+    qb, q_valid = _blocks(qp, p.bs_q_block)
+    kb, k_valid = _blocks(kp, p.bs_k_block)
+    vb, _ = _blocks(vp, p.bs_k_block)
+    nq, nk = qb.shape[2], kb.shape[2]
+    budget = max(1, nk - math.floor(p.bs_sparsity * nk + 1e-9))
+    with phase(rec, "match"):
+        logits = _pooled(qb, q_valid) @ _pooled(kb, k_valid).transpose(-1, -2) / math.sqrt(d)
+        est = torch.softmax(logits, dim=-1)  # [B, H, nq, nk] estimated block attention
+        index, count = select_blocks(est, budget, p.bs_cdf)  # [B, H, nq, budget], [B, H, nq]
+    ns = special.numel()
+    L = budget * p.bs_k_block + ns
+    used = torch.arange(budget, device=q.device) < count.unsqueeze(-1)  # [B, H, nq, budget]
+    chunk = max(1, GATHER_CHUNK_ELEMS // max(1, B * H * L * d))
+    ob = qb.new_empty(qb.shape)
+    bi = torch.arange(B, device=q.device).view(B, 1, 1, 1)
+    hi = torch.arange(H, device=q.device).view(1, H, 1, 1)
+    for i0 in range(0, nq, chunk):
+        sl = slice(i0, i0 + chunk)
+        c = index[:, :, sl].shape[2]
+        with phase(rec, "aggregate"):
+            # whole key blocks by advanced indexing (contiguous rows of bk x d, not element gathers),
+            # laid out 4-D as [B*H*c, 1, L, d]: torch's fused CPU attention takes 4-D inputs only
+            kg = kb[bi, hi, index[:, :, sl]].view(B * H * c, 1, budget * p.bs_k_block, d)
+            vg = vb[bi, hi, index[:, :, sl]].view(B * H * c, 1, budget * p.bs_k_block, d)
+            allow = (k_valid[index[:, :, sl]] & used[:, :, sl, :, None]).view(B * H * c, 1, 1, -1)
+            if ns:  # every query block also attends to the special tokens
+                kg = torch.cat([kg, ks.unsqueeze(2).expand(B, H, c, ns, d).reshape(-1, 1, ns, d)], dim=2)
+                vg = torch.cat([vg, vs.unsqueeze(2).expand(B, H, c, ns, d).reshape(-1, 1, ns, d)], dim=2)
+                allow = torch.cat([allow, allow.new_ones(B * H * c, 1, 1, ns)], dim=3)
+        with phase(rec, "attention"):
+            qc = qb[:, :, sl].reshape(B * H * c, 1, p.bs_q_block, d)
+            ob[:, :, sl] = F.scaled_dot_product_attention(qc, kg, vg, attn_mask=allow).view(
+                B, H, c, p.bs_q_block, d)
+    with phase(rec, "aggregate"):
+        out.index_copy_(2, patch, ob.reshape(B, H, -1, d)[:, :, : patch.numel()])
+    if ns:
+        with phase(rec, "attention"):
+            out.index_copy_(2, special, F.scaled_dot_product_attention(q.index_select(2, special), k, v))
+    if rec is not None:
+        _count(rec, q, count, index, q_valid, k_valid, p, ns, N)
+    return out
+
+
+def _count(rec, q: torch.Tensor, count: torch.Tensor, index: torch.Tensor, q_valid: torch.Tensor,
+           k_valid: torch.Tensor, p: BlockSparseParams, ns: int, N: int) -> None:
+    """tokens_q / tokens_kv (mean keys per query, summed over heads), attention FLOPs and bytes of
+    the kept work, kept key blocks, and the estimate's FLOPs (as matching)."""
+    B, H, nq, budget = index.shape
+    d, elem = q.shape[-1], elem_bytes(q)
+    used = torch.arange(budget, device=q.device) < count.unsqueeze(-1)
+    keys = (k_valid.sum(-1)[index] * used).sum(-1) + ns  # [B, H, nq] keys each query block attends
+    rows = q_valid.sum(-1)  # [nq] real queries per block
+    pairs = float((keys * rows).sum()) + B * H * ns * N  # (query, key) pairs: patch rows + dense special rows
+    rec.count("tokens_q", N * H)
+    rec.count("tokens_kv", pairs / (B * N))  # mean keys per query, summed over heads
+    rec.count("attn_flops", 4.0 * d * pairs)
+    # q read and out written once; each query block reads its keys and values; special rows read all
+    kv_read = 2.0 * float(keys.sum()) + (2.0 * B * H * N if ns else 0.0)
+    rec.count("attn_bytes", elem * d * (2.0 * B * H * N + kv_read))
+    rec.count("kv_blocks_kept", float(count.sum()) / (B * H))
+    rec.count("kv_blocks", float(nq * k_valid.shape[0]))
+    rec.count("match_flops", attention_flops(B, H, nq, k_valid.shape[0], d) / 2)  # the pooled scores
+
+
+def make_blocksparse(p: BlockSparseParams) -> AttentionFn:
+    """Build block-sparse attention's ``attention_fn(q, k, v, layout) -> out``."""
+    return from_layer(p.start_layer, lambda q, k, v, layout: block_sparse_attention(q, k, v, layout, p))
