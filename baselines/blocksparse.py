@@ -140,12 +140,12 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         with phase(rec, "attention"):
             out.index_copy_(2, special, F.scaled_dot_product_attention(q.index_select(2, special), k, v))
     if rec is not None:
-        _count(rec, q, count, index, q_valid, k_valid, p, ns, N)
+        _count(rec, q, count, index, q_valid, k_valid, ns, N)
     return out
 
 
 def _count(rec, q: torch.Tensor, count: torch.Tensor, index: torch.Tensor, q_valid: torch.Tensor,
-           k_valid: torch.Tensor, p: BlockSparseParams, ns: int, N: int) -> None:
+           k_valid: torch.Tensor, ns: int, N: int) -> None:
     """tokens_q / tokens_kv (mean keys per query, summed over heads), attention FLOPs and bytes of
     the kept work, kept key blocks, and the estimate's FLOPs (as matching)."""
     B, H, nq, budget = index.shape

@@ -26,11 +26,6 @@ from harness import markers
 _PROFILING = [False]  # set by harness.profiling while a profiled pass runs
 
 
-def is_profiling() -> bool:
-    """Whether a profiled pass is running."""
-    return _PROFILING[0]
-
-
 def ranges_on() -> bool:
     """Whether named ranges are recorded: during a profiled pass, or with NVTX marks on."""
     return _PROFILING[0] or markers._ON[0]
