@@ -30,10 +30,11 @@ GPU_DRIVER = "gpu_driver"
 CPU_MODEL = "cpu_model"
 GIT_COMMIT = "git_commit"
 GIT_DIRTY = "git_dirty"
+MERGE_KERNELS = "merge_kernels"
 GIT_TIMEOUT_S = 5.0
 ENV_VARS = (
     "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-    "TIMM_FUSED_ATTN", "NOX_CURRENT_SESSION",
+    "TIMM_FUSED_ATTN", "NOX_CURRENT_SESSION", "HARNESS_MERGE_KERNELS", "TRITON_INTERPRET",
 )
 CPU_GOVERNOR_PATH = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
 
@@ -115,6 +116,16 @@ def _torch_facts() -> dict[str, Any]:
     return facts
 
 
+def _merge_kernels(device_kind: str) -> str | None:
+    """What the merging primitives use on this machine's device kind (torch or triton)."""
+    from harness.methods import kernels
+
+    try:
+        return kernels.resolved(device_kind)
+    except kernels.KernelError:
+        return None
+
+
 def fingerprint(argv: list[str] | None = None, seed: int | None = None) -> dict[str, Any]:
     """A JSON-ready description of this machine, software stack and invocation.
 
@@ -135,8 +146,9 @@ def fingerprint(argv: list[str] | None = None, seed: int | None = None) -> dict[
         "harness": getattr(harness, "__version__", None),
     }
     fp.update(_torch_facts())
-    for name in ("timm", "numpy", "pandas"):
+    for name in ("timm", "numpy", "pandas", "triton"):
         fp[name] = _version(name)
+    fp[MERGE_KERNELS] = _merge_kernels(fp[DEVICE_KIND])
     fp.update(dict.fromkeys(GPU_STATIC_KEYS))
     if fp[DEVICE_KIND] == "cuda":
         fp.update(gpu_static_info("cuda"))
@@ -181,9 +193,9 @@ def comparable(a: dict[str, Any], b: dict[str, Any], *, torch_parts: int = 1) ->
     """Differences between two fingerprints that make their timings incomparable; [] if none.
 
     Checked: device kind (cpu vs cuda); GPU model when both are CUDA runs; CPU model when
-    both are CPU runs; torch version up to ``torch_parts`` numeric parts (1 = major, the
-    default; 2 = major.minor). Hostnames, timestamps, patch versions and the like are ignored.
-    Missing fields (older fingerprints) are not reported.
+    both are CPU runs; the merging kernels (torch or triton); torch version up to
+    ``torch_parts`` numeric parts (1 = major, the default; 2 = major.minor). Hostnames,
+    timestamps, patch versions and the like are ignored. Missing fields (older fingerprints) are not reported.
     """
     diffs: list[str] = []
 
@@ -198,6 +210,9 @@ def comparable(a: dict[str, Any], b: dict[str, Any], *, torch_parts: int = 1) ->
         diffs.append(f"GPU model differs: {a[GPU_NAME]} vs {b[GPU_NAME]}")
     elif kind_a == "cpu" and differ(CPU_MODEL):
         diffs.append(f"CPU model differs: {a[CPU_MODEL]} vs {b[CPU_MODEL]}")
+    if differ(MERGE_KERNELS):
+        diffs.append(f"merge kernels differ: {a[MERGE_KERNELS]} vs {b[MERGE_KERNELS]} "
+                     "(HARNESS_MERGE_KERNELS)")
     ta, tb = _version_parts(a.get(TORCH), torch_parts), _version_parts(b.get(TORCH), torch_parts)
     if ta is not None and tb is not None and ta != tb:
         level = "major" if torch_parts == 1 else "major.minor" if torch_parts == 2 else f"{torch_parts}-part"

@@ -372,6 +372,7 @@ def run_suite(
         require_ray()  # before anything is written
     else:
         _check_devices(points)  # Ray workers have the GPUs; the driver need not
+    _check_kernels(points)
     _check_memory_snapshot(points, memory_snapshot)
 
     if not resume:
@@ -579,6 +580,17 @@ def _check_devices(points: Iterable[Point]) -> None:
                 f"the suite asks for device {sorted(d for d in devices if d.startswith('cuda'))[0]!r} "
                 "but torch sees no CUDA GPU here; use a CPU preset (e.g. --preset cpu) or --set device=cpu"
             )
+
+
+def _check_kernels(points: Iterable[Point]) -> None:
+    """HARNESS_MERGE_KERNELS must name a choice that runs on every device of the suite."""
+    from harness.methods import kernels
+
+    try:
+        for device_type in sorted({p.device.split(":")[0] for p in points}):
+            kernels.resolved(device_type)
+    except kernels.KernelError as e:
+        raise RunError(str(e)) from None
 
 
 def _check_memory_snapshot(points: Sequence[Point], mode: str | None) -> None:

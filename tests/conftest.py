@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,11 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton's kernels run in its CPU interpreter here (tests/test_triton_kernels.py). Triton picks
+    # the interpreter when triton.language is imported, so this precedes any import of Triton.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from harness import registry
 from harness.params import param

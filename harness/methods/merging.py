@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from harness.methods import kernels
 from harness.models.seam import (
     AttentionFn,
     AttentionLayout,
@@ -173,7 +174,13 @@ class SlotMap:
         return self._bags[heads]
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:
-        """Plain mean per slot (empty slots are zero). x: [B, H, N, d] -> [B, H, M, d]."""
+        """Plain mean per slot (empty slots are zero). x: [B, H, N, d] -> [B, H, M, d].
+
+        With the Triton kernels (:mod:`harness.methods.kernels`) one scatter-add kernel.
+        """
+        self._heads_per_group(x.shape[1])
+        if kernels.use_triton(x):
+            return kernels.triton_merge().segment_mean(x, self.slot_of, self.n_slots, self.counts())
         B, H, N, d = x.shape
         G, M = self.slot_of.shape[1], self.n_slots
         order, offsets = self.bags(H)
@@ -209,12 +216,17 @@ def best_match(
     winning score, so they are divided out afterwards (and skipped without ``need_score``).
     The index comes from ``max`` even without the score: on CPU ``max(dim=-1)`` is about twice as
     fast as ``argmax(dim=-1)`` over the short candidate rows (both return the first maximum).
+    With the Triton kernels (:mod:`harness.methods.kernels`) similarity and maximum are one
+    kernel and no similarity is stored.
     """
     R, ns, _ = src.shape
     nc = cand.shape[1]
     if ns == 0 or nc == 0:
         score = src.new_full((R, ns), float("-inf")) if need_score else None
         return score, torch.zeros(R, ns, dtype=torch.long, device=src.device)
+    if kernels.use_triton(src):
+        score, index = kernels.triton_merge().best_match(src, cand)
+        return (score if need_score else None), index
     if chunk_elems is None:
         chunk_elems = SIM_CHUNK_ELEMS.get(src.device.type, SIM_CHUNK_ELEMS["cpu"])
     cand_t = F.normalize(cand, dim=-1).transpose(1, 2)  # [R, D, nc]
