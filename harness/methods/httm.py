@@ -230,8 +230,9 @@ def group_gather(x: torch.Tensor, groups: int) -> Callable[[torch.Tensor], torch
     """
     B, H, N, d = x.shape
     hg = H // groups
-    if hg == 1:
-        return lambda idx: x.index_select(2, idx).view(B * H, idx.numel(), d)
+    if hg == 1:  # a 3-D view: index_select along dim 2 of the 4-D tensor is several times slower on CPU
+        x3 = x.view(B * H, N, d) if x.is_contiguous() else x.reshape(B * H, N, d)
+        return lambda idx: x3.index_select(1, idx)
     x5 = x.view(B, groups, hg, N, d) if x.is_contiguous() else x.reshape(B, groups, hg, N, d)
     return lambda idx: x5.index_select(3, idx).transpose(2, 3).reshape(B * groups, idx.numel(), hg * d)
 
@@ -270,9 +271,10 @@ def filter_outliers(
     acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     rows = q.reshape(B * H * N, d).index_select(0, bh * N + n.repeat_interleave(hg)).to(acc)  # [K hg, d]
     M2 = M + extra
-    sums = q_mean.new_zeros(B * H, M2, d, dtype=acc)
+    sums = q_mean.new_empty(B * H, M2, d, dtype=acc)
+    sums[:, M:] = 0.0  # the new singleton slots (the first M are overwritten next)
     counts = sm.counts()[:, :, None, :, None].expand(B, G, hg, M, 1).reshape(B * H, M, 1)
-    sums[:, :M] = q_mean.reshape(B * H, M, d).to(acc) * counts.to(acc)
+    torch.mul(q_mean.reshape(B * H, M, d).to(acc), counts.to(acc), out=sums[:, :M])
     flat = sums.view(-1, d)
     flat.index_add_(0, sm.slot_of[b, g, n].repeat_interleave(hg) + bh * M2, rows, alpha=-1.0)
     flat.index_copy_(0, new_slot[b, g, n].repeat_interleave(hg) + bh * M2, rows)
@@ -364,7 +366,9 @@ def httm_attention(
         k_m, v_m = sm_k.merge(k), sm_k.merge(v)
         sm_q = SlotMap(a_q.slot_of.view(B, G, N), part_q.n_slots)
         sm_q, q_m = filter_outliers(q, sm_q.merge(q), sm_q, p.outlier_frac)
-        used_q = int(sm_q.slot_of.amax()) + 1  # query slots of the longest head group
+        # query slots of the longest head group: every slot below the partition's M is occupied in
+        # every group, and filter_outliers numbers the singletons M, M+1, ... up to its M'
+        used_q = sm_q.n_slots
     with phase(rec, "attention"):
         o_m = ragged_attention(q_m, k_m, v_m, used_q)
     with phase(rec, "aggregate"):

@@ -112,8 +112,8 @@ class SlotMap:
     ``unmerge(y: [B, H, M, d]) -> [B, H, N, d]`` (gather: token n gets row slot_of[n]).
 
     The merge is a segmented mean (``embedding_bag``) over the tokens sorted by slot, which
-    on CPU is several times faster than ``index_add_``; the sort is one batched sort of the
-    [B, G, N] decisions, cached, so merging K and V with one map sorts once.
+    on CPU is several times faster than ``index_add_``; the sort is one sort of the [B, G, N]
+    decisions (:func:`_sort_rows`), cached, so merging K and V with one map sorts once.
     """
 
     slot_of: torch.Tensor
@@ -165,7 +165,7 @@ class SlotMap:
             M = self.n_slots
             hg = self._heads_per_group(heads)
             dev = self.slot_of.device
-            order_g = self.slot_of.reshape(B * G, N).argsort(dim=1)  # [B G, N]
+            order_g = _sort_rows(self.slot_of.reshape(B * G, N), M)  # [B G, N]
             head_rows = torch.arange(B * heads, device=dev).view(B, G, hg, 1) * N
             order = (order_g.view(B, G, 1, N) + head_rows).reshape(-1)
             sizes = self.counts().long()[:, :, None, :].expand(B, G, hg, M).reshape(-1)
@@ -199,6 +199,22 @@ class SlotMap:
     def occupied(self) -> torch.Tensor:
         """Non-empty slots per decision row: [B, G] long."""
         return (self.counts() > 0).sum(-1)
+
+
+def _sort_rows(keys: torch.Tensor, bound: int) -> torch.Tensor:
+    """Per-row stable argsort of small non-negative integers. keys: [R, N] in [0, bound) -> [R, N].
+
+    One flat int32 sort of ``row * bound + key`` when it fits (torch sorts int32 keys stably
+    with a radix sort: about 3x faster than a batched ``argsort(dim=1)`` on CPU); the rows
+    stay apart because their keys do, and each row's positions are made relative again.
+    """
+    R, N = keys.shape
+    if R * bound >= 2**31:
+        return keys.argsort(dim=1, stable=True)
+    rows = torch.arange(R, device=keys.device).view(R, 1)
+    flat = (keys + rows * bound).to(torch.int32).reshape(-1)
+    order = flat.sort(stable=True).indices.view(R, N)
+    return order.sub_(rows * N)
 
 
 def best_match(
