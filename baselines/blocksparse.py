@@ -1,7 +1,9 @@
 """Block-sparse global attention ("Faster VGGT with Block-Sparse Global Attention", arXiv
 2509.07120), at VGGT's global-attention seam. Written from the paper's description; its public
 code depends on a CUDA-only kernel package, so this is the harness's own gathered-blocks path
-(the same code on CPU and GPU; it computes only the kept blocks, but without a fused kernel).
+(it computes only the kept blocks, without a fused kernel) and, on CUDA by default, a
+FlexAttention path whose block mask lists exactly the kept blocks, so the compiled kernel
+skips the others (``bs_backend``).
 
 Per global layer:
 
@@ -33,6 +35,7 @@ from harness.models.seam import AttentionFn, AttentionLayout, attention_flops, c
 from harness.params import param
 
 GATHER_CHUNK_ELEMS = 1 << 25  # gathered key elements materialized at once
+BACKENDS = ("auto", "gather", "flex")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class BlockSparseParams:
                           range=(0.0, 1.0))
     bs_dense_special: bool = param(True, "camera/register tokens attend and are attended densely")
     start_layer: int = param(0, "global layers with a smaller index use plain attention", range=(0, None))
+    bs_backend: str = param(
+        "auto", "kept-block attention: 'gather' (gathered key blocks, any device), 'flex' (FlexAttention "
+        "block mask: a compiled kernel on CUDA, torch's dense reference on CPU) or 'auto' (flex on CUDA)",
+        choices=BACKENDS,
+    )
 
 
 def select_blocks(scores: torch.Tensor, budget: int, cdf: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,6 +119,14 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         est = torch.softmax(logits, dim=-1)  # [B, H, nq, nk] estimated block attention
         index, count = select_blocks(est, budget, p.bs_cdf)  # [B, H, nq, budget], [B, H, nq]
     ns = special.numel()
+    if p.bs_backend == "flex" or (p.bs_backend == "auto" and q.device.type == "cuda"):
+        o_patch = _flex_patch_attention(qp, kp, vp, ks, vs, index, count, p.bs_q_block, p.bs_k_block, rec)
+        with phase(rec, "aggregate"):
+            out.index_copy_(2, patch, o_patch)
+        _special_rows(out, q, k, v, special, rec)
+        if rec is not None:
+            _count(rec, q, count, index, q_valid, k_valid, ns, N)
+        return out
     L = budget * p.bs_k_block + ns
     used = torch.arange(budget, device=q.device) < count.unsqueeze(-1)  # [B, H, nq, budget]
     chunk = max(1, GATHER_CHUNK_ELEMS // max(1, B * H * L * d))
@@ -136,12 +152,85 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                 B, H, c, p.bs_q_block, d)
     with phase(rec, "aggregate"):
         out.index_copy_(2, patch, ob.reshape(B, H, -1, d)[:, :, : patch.numel()])
-    if ns:
-        with phase(rec, "attention"):
-            out.index_copy_(2, special, F.scaled_dot_product_attention(q.index_select(2, special), k, v))
+    _special_rows(out, q, k, v, special, rec)
     if rec is not None:
         _count(rec, q, count, index, q_valid, k_valid, ns, N)
     return out
+
+
+def _special_rows(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, special: torch.Tensor,
+                  rec) -> None:
+    """The special tokens' rows of ``out`` [B, H, N, d]: dense attention over every key."""
+    if special.numel():
+        with phase(rec, "attention"):
+            out.index_copy_(2, special, F.scaled_dot_product_attention(q.index_select(2, special), k, v))
+
+
+def kept_block_map(index: torch.Tensor, count: torch.Tensor, nk: int, special_blocks: int) -> torch.Tensor:
+    """[B, H, nq, nk + special_blocks] bool: the key blocks each query block attends to.
+
+    index [B, H, nq, budget] / count [B, H, nq] from :func:`select_blocks`; the special-token
+    blocks (after the nk patch blocks) are always kept."""
+    B, H, nq, budget = index.shape
+    used = torch.arange(budget, device=index.device) < count.unsqueeze(-1)
+    kept = torch.zeros(B, H, nq, nk + special_blocks, dtype=torch.bool, device=index.device)
+    kept[..., :nk].scatter_(-1, index, used)
+    kept[..., nk:] = True
+    return kept
+
+
+def block_mask_lists(kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlexAttention's (kv_num_blocks [B, H, nq], kv_indices [B, H, nq, nkb]) int32 of a kept map:
+    each row's kept blocks first, in block order."""
+    num = kept.sum(-1, dtype=torch.int32)
+    order = torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)
+    return num, order.to(torch.int32)
+
+
+@functools.lru_cache(maxsize=1)
+def _flex_fn(device_type: str):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device_type == "cuda":
+        return torch.compile(flex_attention, dynamic=False)
+    return flex_attention  # torch's unfused reference (dense scores): for checks, not speed
+
+
+def _flex_patch_attention(qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, ks: torch.Tensor,
+                          vs: torch.Tensor, index: torch.Tensor, count: torch.Tensor, bq: int, bk: int,
+                          rec) -> torch.Tensor:
+    """Patch-query rows through FlexAttention. qp/kp/vp: [B, H, n, d] patch tokens; ks/vs:
+    [B, H, ns, d] special keys/values -> [B, H, n, d].
+
+    Keys are laid out as [patch blocks, zero-padded | special blocks, zero-padded]; the block
+    mask lists each query block's kept patch blocks plus every special block (the compiled
+    kernel visits only those), and its mask_mod repeats the same choice per token and drops the
+    padding, so the unfused CPU reference computes the same function."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import BlockMask
+
+    B, H, n, d = qp.shape
+    ns = ks.shape[2]
+    nq, nk, nsb = -(-n // bq), -(-n // bk), -(-ns // bk)
+    with phase(rec, "aggregate"):
+        q_pad = F.pad(qp, (0, 0, 0, nq * bq - n))
+        k_all = torch.cat([F.pad(kp, (0, 0, 0, nk * bk - n)), F.pad(ks, (0, 0, 0, nsb * bk - ns))], dim=2)
+        v_all = torch.cat([F.pad(vp, (0, 0, 0, nk * bk - n)), F.pad(vs, (0, 0, 0, nsb * bk - ns))], dim=2)
+        kept = kept_block_map(index, count, nk, nsb)
+        pos = torch.arange(nk * bk + nsb * bk, device=qp.device)
+        real_key = torch.where(pos < nk * bk, pos < n, pos - nk * bk < ns)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return kept[b, h, q_idx // bq, kv_idx // bk] & real_key[kv_idx]
+
+        num, lists = block_mask_lists(kept)
+        mask = BlockMask.from_kv_blocks(num, lists, BLOCK_SIZE=(bq, bk), mask_mod=mask_mod,
+                                        seq_lengths=(nq * bq, k_all.shape[2]))
+    with phase(rec, "attention"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        o = _flex_fn(qp.device.type)(q_pad, k_all, v_all, block_mask=mask)
+    return o[:, :, :n]
 
 
 def _count(rec, q: torch.Tensor, count: torch.Tensor, index: torch.Tensor, q_valid: torch.Tensor,

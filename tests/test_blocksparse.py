@@ -136,3 +136,42 @@ def test_both_new_methods_run_in_the_vggt_workload_with_their_counters(tmp_path)
         ratio = pts.loc[(method, "model"), "work_attn_flops"] / pts.loc[("vggt", "model"), "work_attn_flops"]
         assert 0 < ratio < 1, method
         assert pts.loc[(method, "model"), "fid_depth_rel_err"] > 0
+
+
+# ----------------------------------------------------------------------- FlexAttention backend
+
+
+@pytest.mark.parametrize("sparsity,cdf,special,bq,bk", [
+    (0.5, 0.0, 2, 8, 4), (0.75, 0.0, 0, 8, 4), (0.6, 0.7, 3, 4, 4), (0.0, 0.0, 2, 16, 8), (0.8, 0.0, 1, 8, 8),
+])
+def test_the_flex_backend_computes_what_the_gather_backend_computes(sparsity, cdf, special, bq, bk):
+    """FlexAttention's block mask (torch's unfused reference on CPU) against the gathered blocks,
+    with ragged tails in the patch and special blocks."""
+    q, k, v = qkv(3 * 23, seed=int(10 * sparsity) + special, heads=3)
+    outs = {}
+    for backend in ("gather", "flex"):
+        rec = Recorder()
+        p = BlockSparseParams(bs_q_block=bq, bs_k_block=bk, bs_sparsity=sparsity, bs_cdf=cdf,
+                              bs_backend=backend)
+        outs[backend] = (make_blocksparse(p)(q, k, v, layout(3, 23, special, rec=rec)), dict(rec.counters))
+    torch.testing.assert_close(outs["flex"][0], outs["gather"][0])
+    assert outs["flex"][1] == outs["gather"][1]
+    if sparsity > 0:  # and the choice matters: dense attention is different
+        assert not torch.allclose(outs["flex"][0], sdpa_attention(q, k, v))
+
+
+def test_the_flex_block_mask_lists_exactly_the_kept_blocks():
+    """The compiled kernel visits the listed blocks only: they must be the kept map (the unfused
+    CPU reference reads the per-token mask and would not notice a wrong list)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from baselines.blocksparse import block_mask_lists, kept_block_map
+
+    index = torch.tensor([[[[2, 0, 1], [1, 2, 0]]]])  # [B=1, H=1, nq=2, budget=3]
+    count = torch.tensor([[[2, 1]]])
+    kept = kept_block_map(index, count, nk=3, special_blocks=1)
+    assert kept[0, 0].tolist() == [[True, False, True, True], [False, True, False, True]]
+    num, lists = block_mask_lists(kept)
+    assert num.tolist() == [[[3, 2]]] and lists[0, 0, 0, :3].tolist() == [0, 2, 3]
+    mask = BlockMask.from_kv_blocks(num, lists, BLOCK_SIZE=(4, 2), seq_lengths=(8, 8))
+    assert torch.equal(mask.to_dense().bool(), kept)
