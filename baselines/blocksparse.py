@@ -227,10 +227,29 @@ def _flex_patch_attention(qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, 
         num, lists = block_mask_lists(kept)
         mask = BlockMask.from_kv_blocks(num, lists, BLOCK_SIZE=(bq, bk), mask_mod=mask_mod,
                                         seq_lengths=(nq * bq, k_all.shape[2]))
+    options = _kernel_tiles(bq, bk) if qp.device.type == "cuda" else None
     with phase(rec, "attention"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-        o = _flex_fn(qp.device.type)(q_pad, k_all, v_all, block_mask=mask)
+        o = _flex_fn(qp.device.type)(q_pad, k_all, v_all, block_mask=mask, kernel_options=options)
     return o[:, :, :n]
+
+
+def _kernel_tiles(bq: int, bk: int) -> dict[str, int]:
+    """Triton tile sizes that divide the mask's blocks (FlexAttention's kernel requires it):
+    the largest power of two up to 128 (queries) / 64 (keys), at least 16."""
+
+    def tile(block: int, cap: int) -> int:
+        t = cap
+        while t > 16 and block % t:
+            t //= 2
+        return t if block % t == 0 else 0
+
+    tm, tn = tile(bq, 128), tile(bk, 64)
+    if not tm or not tn:
+        raise ValueError(f"block-sparse bs_backend 'flex' on CUDA needs bs_q_block and bs_k_block that "
+                         f"are multiples of 16 (FlexAttention's kernel tiles must divide them); got {bq} and "
+                         f"{bk}. Use such block sizes or bs_backend: gather")
+    return {"BLOCK_M": tm, "BLOCK_N": tn}
 
 
 def _count(rec, q: torch.Tensor, count: torch.Tensor, index: torch.Tensor, q_valid: torch.Tensor,

@@ -175,3 +175,12 @@ def test_the_flex_block_mask_lists_exactly_the_kept_blocks():
     assert num.tolist() == [[[3, 2]]] and lists[0, 0, 0, :3].tolist() == [0, 2, 3]
     mask = BlockMask.from_kv_blocks(num, lists, BLOCK_SIZE=(4, 2), seq_lengths=(8, 8))
     assert torch.equal(mask.to_dense().bool(), kept)
+
+
+def test_flex_kernel_tiles_divide_the_blocks_or_the_choice_is_refused():
+    from baselines.blocksparse import _kernel_tiles
+
+    assert _kernel_tiles(128, 64) == {"BLOCK_M": 128, "BLOCK_N": 64}
+    assert _kernel_tiles(96, 48) == {"BLOCK_M": 32, "BLOCK_N": 16}
+    with pytest.raises(ValueError, match="multiples of 16.*got 100 and 64.*bs_backend: gather"):
+        _kernel_tiles(100, 64)
