@@ -20,6 +20,7 @@ import torch
 
 from baselines.fastvggt import FastVGGTParams, make_fastvggt
 from baselines.tome import ToMeParams, make_tome
+from harness.methods import kernels
 from harness.methods.httm import HTTMParams, make_httm
 from harness.models.seam import AttentionLayout, Recorder, sdpa_attention
 
@@ -44,6 +45,7 @@ def methods() -> dict[str, Callable]:
         "sdpa": sdpa_attention,
         "httm_q0.2_kv0.3": make_httm(HTTMParams()),
         "httm_q0.4_kv0.3": make_httm(HTTMParams(query_merge=0.7)),
+        "httm_g1": make_httm(HTTMParams(head_groups=1)),
         "fastvggt": make_fastvggt(FastVGGTParams()),
         "tome_0.5": make_tome(ToMeParams(tome_ratio=0.5)),
     }
@@ -115,7 +117,7 @@ def run(frames: int, repeats: int, device: str, dtype: torch.dtype, skip: set[st
     N = frames * P
     base = statistics.median(times["sdpa"]) if "sdpa" in times else None
     print(f"B=1 H={HEADS} d={HEAD_DIM} S={frames} P={P} N={N} device={device} dtype={dtype} "
-          f"threads={torch.get_num_threads()} repeats={repeats}")
+          f"threads={torch.get_num_threads()} repeats={repeats} merge kernels={kernels.resolved(device.split(":")[0])}")
     print(f"{'method':18s} {'median_ms':>10s} {'min..max_ms':>17s} {'speedup':>8s} {'q/N':>6s} {'kv/N':>6s} "
           f"{'match%':>7s} {'aggr%':>6s} {'attn%':>6s}")
     for n, ts in times.items():
