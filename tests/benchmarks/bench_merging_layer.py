@@ -116,8 +116,9 @@ def run(frames: int, repeats: int, device: str, dtype: torch.dtype, skip: set[st
         info[n] = (dict(rec.phases_ms), dict(rec.counters))
     N = frames * P
     base = statistics.median(times["sdpa"]) if "sdpa" in times else None
+    path = kernels.resolved(device.split(":")[0])
     print(f"B=1 H={HEADS} d={HEAD_DIM} S={frames} P={P} N={N} device={device} dtype={dtype} "
-          f"threads={torch.get_num_threads()} repeats={repeats} merge kernels={kernels.resolved(device.split(":")[0])}")
+          f"threads={torch.get_num_threads()} repeats={repeats} merge kernels={path}")
     print(f"{'method':18s} {'median_ms':>10s} {'min..max_ms':>17s} {'speedup':>8s} {'q/N':>6s} {'kv/N':>6s} "
           f"{'match%':>7s} {'aggr%':>6s} {'attn%':>6s}")
     for n, ts in times.items():
