@@ -184,3 +184,19 @@ def test_flex_kernel_tiles_divide_the_blocks_or_the_choice_is_refused():
     assert _kernel_tiles(96, 48) == {"BLOCK_M": 32, "BLOCK_N": 16}
     with pytest.raises(ValueError, match="multiples of 16.*got 100 and 64.*bs_backend: gather"):
         _kernel_tiles(100, 64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled FlexAttention kernel needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_compiled_flex_kernel_on_cuda_matches_the_gather_path(dtype):
+    """On a GPU the flex backend runs torch.compile's FlexAttention kernel, which visits only the
+    listed blocks: it must agree with the gather path at the default block sizes."""
+    frames, tokens, special = 4, 5 + 28 * 37, 5
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 4, frames * tokens, 64, generator=g).to("cuda", dtype) for _ in range(3))
+    outs = {}
+    for backend in ("gather", "flex"):
+        p = BlockSparseParams(bs_sparsity=0.75, bs_backend=backend)
+        outs[backend] = make_blocksparse(p)(q, k, v, layout(frames, tokens, special))
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(outs["flex"].float(), outs["gather"].float(), rtol=tol, atol=tol)
