@@ -82,6 +82,7 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             progress=not args.quiet, argv=["harness", *argv], allow_env_mismatch=args.allow_env_mismatch,
             max_points=args.max_points, nvtx=args.nvtx, memory_snapshot=args.memory_snapshot,
             shard=args.shard, executor=args.executor, ray_options=_ray_options(args),
+            cpu_allocator=args.cpu_allocator,
         )
     except KeyboardInterrupt as e:
         how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
@@ -401,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CUDA only: record allocations and write profiles/<hash>.memory.pickle for points "
                         "that run out of memory (oom) or for every point (all); view at "
                         "https://pytorch.org/memory_viz")
+    r.add_argument("--cpu-allocator", choices=("system", "retain"), default="system",
+                   help="CPU runs: 'retain' keeps freed memory in the process for reuse (glibc mallopt; the "
+                        "heap is trimmed before each point), so calls that allocate large temporaries stop "
+                        "page-faulting them on every call; recorded in env.json (default: system)")
     r.add_argument("--max-points", type=_positive_int, metavar="K",
                    help="run at most K of the missing points, then stop (continue with --resume); "
                         "lets a base and a head run alternate in slices on one machine")

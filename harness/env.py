@@ -31,6 +31,7 @@ CPU_MODEL = "cpu_model"
 GIT_COMMIT = "git_commit"
 GIT_DIRTY = "git_dirty"
 MERGE_KERNELS = "merge_kernels"
+CPU_ALLOCATOR = "cpu_allocator"
 GIT_TIMEOUT_S = 5.0
 ENV_VARS = (
     "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -149,6 +150,9 @@ def fingerprint(argv: list[str] | None = None, seed: int | None = None) -> dict[
     for name in ("timm", "numpy", "pandas", "triton"):
         fp[name] = _version(name)
     fp[MERGE_KERNELS] = _merge_kernels(fp[DEVICE_KIND])
+    from harness import cpu_alloc
+
+    fp[CPU_ALLOCATOR] = cpu_alloc.current()
     fp.update(dict.fromkeys(GPU_STATIC_KEYS))
     if fp[DEVICE_KIND] == "cuda":
         fp.update(gpu_static_info("cuda"))
@@ -193,7 +197,8 @@ def comparable(a: dict[str, Any], b: dict[str, Any], *, torch_parts: int = 1) ->
     """Differences between two fingerprints that make their timings incomparable; [] if none.
 
     Checked: device kind (cpu vs cuda); GPU model when both are CUDA runs; CPU model when
-    both are CPU runs; the merging kernels (torch or triton); torch version up to
+    both are CPU runs; the merging kernels (torch or triton); the CPU allocator policy
+    (``--cpu-allocator``); torch version up to
     ``torch_parts`` numeric parts (1 = major, the default; 2 = major.minor). Hostnames,
     timestamps, patch versions and the like are ignored. Missing fields (older fingerprints) are not reported.
     """
@@ -210,6 +215,9 @@ def comparable(a: dict[str, Any], b: dict[str, Any], *, torch_parts: int = 1) ->
         diffs.append(f"GPU model differs: {a[GPU_NAME]} vs {b[GPU_NAME]}")
     elif kind_a == "cpu" and differ(CPU_MODEL):
         diffs.append(f"CPU model differs: {a[CPU_MODEL]} vs {b[CPU_MODEL]}")
+    if differ(CPU_ALLOCATOR):
+        diffs.append(f"CPU allocator policy differs: {a[CPU_ALLOCATOR]} vs {b[CPU_ALLOCATOR]} "
+                     "(--cpu-allocator)")
     if differ(MERGE_KERNELS):
         diffs.append(f"merge kernels differ: {a[MERGE_KERNELS]} vs {b[MERGE_KERNELS]} "
                      "(HARNESS_MERGE_KERNELS)")

@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from harness import __version__, markers, registry
+from harness import __version__, cpu_alloc, markers, registry
 from harness import columns as C
 from harness.efficiency import PEAKS_KEY, efficiency_columns, efficiency_metric_info, peak_for, run_peaks
 from harness.env import comparable, fingerprint, placement
@@ -343,6 +343,7 @@ def run_suite(
     shard: tuple[int, int] | None = None,
     executor: str = "local",
     ray_options: Any = None,
+    cpu_allocator: str = "system",
 ) -> RunSummary:
     """Run every point of ``suite`` into ``out_dir`` (a new run directory, or one to resume).
 
@@ -354,6 +355,7 @@ def run_suite(
     ``resume`` (two revisions' runs can so alternate in short slices on one machine).
     ``nvtx``: NVTX ranges and the CUDA profiler capture window (:mod:`harness.markers`);
     ``memory_snapshot``: "oom" or "all", CUDA allocator snapshots (:mod:`harness.memory`).
+    ``cpu_allocator``: "system" or "retain" (:mod:`harness.cpu_alloc`; local executor only).
     ``shard``: (i, n) runs only shard i of n (:func:`shard_points`); merge the shards' run
     directories with ``harness merge``. ``executor``: "local" (this process) or "ray" (Ray tasks,
     :mod:`harness.ray_executor`, placed by ``ray_options``).
@@ -374,6 +376,7 @@ def run_suite(
         _check_devices(points)  # Ray workers have the GPUs; the driver need not
     _check_kernels(points)
     _check_memory_snapshot(points, memory_snapshot)
+    _apply_cpu_allocator(cpu_allocator, executor)
 
     if not resume:
         _check_new_run_dir(out)
@@ -582,6 +585,17 @@ def _check_devices(points: Iterable[Point]) -> None:
             )
 
 
+def _apply_cpu_allocator(mode: str, executor: str) -> None:
+    """Set the C allocator policy for this process before anything is measured or recorded."""
+    if mode != "system" and executor != "local":
+        raise RunError(f"--cpu-allocator {mode} applies to this process only and does not reach Ray workers; "
+                       "drop it or use the local executor")
+    try:
+        cpu_alloc.apply(mode)
+    except cpu_alloc.AllocatorError as e:
+        raise RunError(str(e)) from None
+
+
 def _check_kernels(points: Iterable[Point]) -> None:
     """HARNESS_MERGE_KERNELS must name a choice that runs on every device of the suite."""
     from harness.methods import kernels
@@ -707,6 +721,8 @@ class _Loop:
         try:
             for point in todo:
                 bar.set_postfix_str(f"{point.method} {point.hash}", refresh=False)
+                if cpu_alloc.current() == "retain":
+                    cpu_alloc.trim()  # each point starts without the previous point's retained memory
                 row, samples = self.run_point(point)
                 self.writer.append(row, samples)
                 status = row[C.STATUS]
