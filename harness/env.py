@@ -198,9 +198,9 @@ def comparable(a: dict[str, Any], b: dict[str, Any], *, torch_parts: int = 1) ->
 
     Checked: device kind (cpu vs cuda); GPU model when both are CUDA runs; CPU model when
     both are CPU runs; the merging kernels (torch or triton); the CPU allocator policy
-    (``--cpu-allocator``); torch version up to
-    ``torch_parts`` numeric parts (1 = major, the default; 2 = major.minor). Hostnames,
-    timestamps, patch versions and the like are ignored. Missing fields (older fingerprints) are not reported.
+    (``--cpu-allocator``); torch version up to ``torch_parts`` numeric parts (1 = major, the
+    default; 2 = major.minor). Hostnames, timestamps, patch versions and the like are ignored.
+    Missing fields (older fingerprints) are not reported.
     """
     diffs: list[str] = []
 
