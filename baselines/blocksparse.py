@@ -112,7 +112,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     qb, q_valid = _blocks(qp, p.bs_q_block)
     kb, k_valid = _blocks(kp, p.bs_k_block)
     vb, _ = _blocks(vp, p.bs_k_block)
-    nq, nk = qb.shape[2], kb.shape[2]
+    nk = kb.shape[2]
     budget = max(1, nk - math.floor(p.bs_sparsity * nk + 1e-9))
     with phase(rec, "match"):
         logits = _pooled(qb, q_valid) @ _pooled(kb, k_valid).transpose(-1, -2) / math.sqrt(d)
@@ -121,49 +121,50 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     ns = special.numel()
     if p.bs_backend == "flex" or (p.bs_backend == "auto" and q.device.type == "cuda"):
         o_patch = _flex_patch_attention(qp, kp, vp, ks, vs, index, count, p.bs_q_block, p.bs_k_block, rec)
-        with phase(rec, "aggregate"):
-            out.index_copy_(2, patch, o_patch)
-        _special_rows(out, q, k, v, special, rec)
-        if rec is not None:
-            _count(rec, q, count, index, q_valid, k_valid, ns, N)
-        return out
-    L = budget * p.bs_k_block + ns
-    used = torch.arange(budget, device=q.device) < count.unsqueeze(-1)  # [B, H, nq, budget]
+    else:
+        ob = _gather_patch_attention(qb, kb, vb, k_valid, ks, vs, index, count, rec)
+        o_patch = ob.reshape(B, H, -1, d)[:, :, : patch.numel()]
+    with phase(rec, "aggregate"):
+        out.index_copy_(2, patch, o_patch)
+    if ns:
+        with phase(rec, "attention"):
+            out.index_copy_(2, special, F.scaled_dot_product_attention(q.index_select(2, special), k, v))
+    if rec is not None:
+        _count(rec, q, count, index, q_valid, k_valid, ns, N)
+    return out
+
+
+def _gather_patch_attention(qb: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, k_valid: torch.Tensor,
+                            ks: torch.Tensor, vs: torch.Tensor, index: torch.Tensor, count: torch.Tensor,
+                            rec) -> torch.Tensor:
+    """Patch-query blocks through gathered key blocks. qb: [B, H, nq, bq, d]; kb/vb: [B, H, nk, bk, d];
+    k_valid: [nk, bk]; ks/vs: [B, H, ns, d] special keys/values; index/count from
+    :func:`select_blocks` -> [B, H, nq, bq, d]."""
+    B, H, nq, bq, d = qb.shape
+    bk, budget, ns = kb.shape[3], index.shape[-1], ks.shape[2]
+    L = budget * bk + ns
+    used = torch.arange(budget, device=qb.device) < count.unsqueeze(-1)  # [B, H, nq, budget]
     chunk = max(1, GATHER_CHUNK_ELEMS // max(1, B * H * L * d))
     ob = qb.new_empty(qb.shape)
-    bi = torch.arange(B, device=q.device).view(B, 1, 1, 1)
-    hi = torch.arange(H, device=q.device).view(1, H, 1, 1)
+    bi = torch.arange(B, device=qb.device).view(B, 1, 1, 1)
+    hi = torch.arange(H, device=qb.device).view(1, H, 1, 1)
     for i0 in range(0, nq, chunk):
         sl = slice(i0, i0 + chunk)
         c = index[:, :, sl].shape[2]
         with phase(rec, "aggregate"):
             # whole key blocks by advanced indexing (contiguous rows of bk x d, not element gathers),
             # laid out 4-D as [B*H*c, 1, L, d]: torch's fused CPU attention takes 4-D inputs only
-            kg = kb[bi, hi, index[:, :, sl]].view(B * H * c, 1, budget * p.bs_k_block, d)
-            vg = vb[bi, hi, index[:, :, sl]].view(B * H * c, 1, budget * p.bs_k_block, d)
+            kg = kb[bi, hi, index[:, :, sl]].view(B * H * c, 1, budget * bk, d)
+            vg = vb[bi, hi, index[:, :, sl]].view(B * H * c, 1, budget * bk, d)
             allow = (k_valid[index[:, :, sl]] & used[:, :, sl, :, None]).view(B * H * c, 1, 1, -1)
             if ns:  # every query block also attends to the special tokens
                 kg = torch.cat([kg, ks.unsqueeze(2).expand(B, H, c, ns, d).reshape(-1, 1, ns, d)], dim=2)
                 vg = torch.cat([vg, vs.unsqueeze(2).expand(B, H, c, ns, d).reshape(-1, 1, ns, d)], dim=2)
                 allow = torch.cat([allow, allow.new_ones(B * H * c, 1, 1, ns)], dim=3)
         with phase(rec, "attention"):
-            qc = qb[:, :, sl].reshape(B * H * c, 1, p.bs_q_block, d)
-            ob[:, :, sl] = F.scaled_dot_product_attention(qc, kg, vg, attn_mask=allow).view(
-                B, H, c, p.bs_q_block, d)
-    with phase(rec, "aggregate"):
-        out.index_copy_(2, patch, ob.reshape(B, H, -1, d)[:, :, : patch.numel()])
-    _special_rows(out, q, k, v, special, rec)
-    if rec is not None:
-        _count(rec, q, count, index, q_valid, k_valid, ns, N)
-    return out
-
-
-def _special_rows(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, special: torch.Tensor,
-                  rec) -> None:
-    """The special tokens' rows of ``out`` [B, H, N, d]: dense attention over every key."""
-    if special.numel():
-        with phase(rec, "attention"):
-            out.index_copy_(2, special, F.scaled_dot_product_attention(q.index_select(2, special), k, v))
+            qc = qb[:, :, sl].reshape(B * H * c, 1, bq, d)
+            ob[:, :, sl] = F.scaled_dot_product_attention(qc, kg, vg, attn_mask=allow).view(B, H, c, bq, d)
+    return ob
 
 
 def kept_block_map(index: torch.Tensor, count: torch.Tensor, nk: int, special_blocks: int) -> torch.Tensor:

@@ -178,8 +178,8 @@ class SlotMap:
 
         With the Triton kernels (:mod:`harness.methods.kernels`) one scatter-add kernel.
         """
-        self._heads_per_group(x.shape[1])
         if kernels.use_triton(x):
+            self._heads_per_group(x.shape[1])  # the torch path checks this in bags()
             return kernels.triton_merge().segment_mean(x, self.slot_of, self.n_slots, self.counts())
         B, H, N, d = x.shape
         G, M = self.slot_of.shape[1], self.n_slots
