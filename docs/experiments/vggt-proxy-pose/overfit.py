@@ -6,11 +6,12 @@
 import argparse
 
 import torch
+from common import camera_step
 
 import harness.train.vggt_proxy as vp
 from harness.metrics import geometry
 from harness.models.vggt import build_vggt
-from harness.models.vggt.pose import extri_intri_to_pose_encoding, pose_encoding_to_extri_intri
+from harness.models.vggt.pose import pose_encoding_to_extri_intri
 from harness.models.vggt.presets import VGGT_PROXY
 
 ap = argparse.ArgumentParser()
@@ -40,13 +41,6 @@ def train_auc() -> float:
 
 
 for it in range(args.steps):
-    b = batches[it % 4]
-    out = model(b["images"], heads=("camera",))
-    gt = extri_intri_to_pose_encoding(b["extrinsics"], b["intrinsics"], hw)
-    loss = vp.camera_loss(out["pose_enc_list"], gt)
-    opt.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
+    loss = camera_step(model, opt, batches[it % 4])
     if it % 25 == 0:
-        print(f"{it} loss {loss.item():.4f} training AUC@30 {train_auc():.3f}", flush=True)
+        print(f"{it} loss {loss:.4f} training AUC@30 {train_auc():.3f}", flush=True)

@@ -15,6 +15,7 @@ import time
 from dataclasses import replace
 
 import torch
+from common import clip_of, train_pairs
 
 import harness.train.vggt_proxy as vp
 from harness.data.scenes import SceneConfig, render_scene
@@ -53,9 +54,7 @@ held = vp.heldout_clips("video")
 gen = torch.Generator().manual_seed(1)
 
 
-def pair(scene, idx: torch.Tensor) -> vp.Clip:
-    return vp.normalize_clip(scene.images[idx], scene.depth[idx], scene.valid[idx], scene.extrinsics[idx],
-                             scene.intrinsics[idx])
+pair = clip_of
 
 
 def sample() -> dict[str, torch.Tensor]:
@@ -88,23 +87,12 @@ def sign_accuracy(scenes: list, first: int) -> tuple[float, float]:
     return right / n, err / (n / 2)
 
 
-opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
-t0, running = time.time(), 0.0
-for it in range(args.steps + 1):
-    if it % 250 == 0:
-        acc, e = sign_accuracy(held, 0)
-        tacc, te = sign_accuracy(pool[:12], 1)
-        print(f"{it} {time.time() - t0:.0f}s loss {running / 250:.4f} held-out sign {acc:.3f} |dqy| {e:.4f}"
-              f"  training scenes sign {tacc:.3f} |dqy| {te:.4f}", flush=True)
-        running = 0.0
-    for group in opt.param_groups:
-        group["lr"] = args.lr * min(1.0, (it + 1) / 100)
-    b = sample()
-    out = model(b["images"], heads=("camera",))
-    gt = extri_intri_to_pose_encoding(b["extrinsics"], b["intrinsics"], (vp.HEIGHT, vp.WIDTH))
-    loss = vp.camera_loss(out["pose_enc_list"], gt)
-    opt.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    running += loss.item()
+def report(it: int, loss: float) -> None:
+    acc, e = sign_accuracy(held, 0)
+    tacc, te = sign_accuracy(pool[:12], 1)
+    print(f"{it} {time.time() - t0:.0f}s loss {loss:.4f} held-out sign {acc:.3f} |dqy| {e:.4f}"
+          f"  training scenes sign {tacc:.3f} |dqy| {te:.4f}", flush=True)
+
+
+t0 = time.time()
+train_pairs(model, sample, steps=args.steps, lr=args.lr, every=250, report=report)
