@@ -140,7 +140,7 @@ class VGGTProxy(Proxy):
     # -- recipe and model ----------------------------------------------------------------
 
     def default_config(self) -> TrainConfig:
-        return TrainConfig(steps=1800, batch=4, lr=5e-4, weight_decay=0.05, warmup_steps=150,
+        return TrainConfig(steps=2000, batch=4, lr=5e-4, weight_decay=0.05, warmup_steps=150,
                            eval_every=300, ckpt_every=100, seed=0, threads=2, save_dtype="float16")
 
     def build_model(self, seed: int) -> nn.Module:

@@ -180,8 +180,8 @@ VGGT_PROXY = replace(
     dino_num_heads=16,
     camera_trunk_depth=2,
     camera_num_heads=8,
-    dpt_features=32,
-    dpt_out_channels=(32, 64, 96, 96),
+    dpt_features=64,
+    dpt_out_channels=(64, 96, 128, 128),
 )
 
 PRESETS: dict[str, VGGTConfig] = {
