@@ -121,7 +121,7 @@ def microbench(session: nox.Session) -> None:
     os.makedirs(".benchmarks", exist_ok=True)
     session.run(
         "pytest", "tests/benchmarks", "-p", "no:cacheprovider", "--override-ini=addopts=",
-        "--benchmark-timer=harness.benchtimer.synchronized_perf_counter",
+        "--benchmark-timer=harness.measure.benchtimer.synchronized_perf_counter",
         "--benchmark-json=.benchmarks/microbench.json", *session.posargs,
     )
 

@@ -41,9 +41,9 @@ class _UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from harness.merge import MergeError
-    from harness.results import RunDirError
-    from harness.runner import RunError
+    from harness.run.merge_shards import MergeError
+    from harness.run.runner import RunError
+    from harness.store.results import RunDirError
     from harness.train.loop import TrainError
 
     errors: list[type[BaseException]] = [SuiteError, RunError, RunDirError, FileNotFoundError, _UserError,
@@ -61,7 +61,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
-    from harness.runner import run_suite
+    from harness.run.runner import run_suite
 
     registry.load_builtins()
     overrides = (args.set or []) + (["metrics.profile=true"] if args.profile else [])
@@ -114,7 +114,7 @@ def _ray_options(args: argparse.Namespace) -> Any:
         if given:
             raise _UserError(f"{', '.join(given)} only apply to --executor ray")
         return None
-    from harness.ray_executor import RayOptions
+    from harness.run.ray_executor import RayOptions
 
     return RayOptions(address=args.ray_address, gpus_per_point=args.gpus_per_point,
                       cpus_per_point=1.0 if args.cpus_per_point is None else args.cpus_per_point,
@@ -285,7 +285,7 @@ def _cmd_compare(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace, argv: list[str]) -> int:
-    from harness.runner import profile_run
+    from harness.run.runner import profile_run
 
     registry.load_builtins()
     summary = profile_run(_require_run_dir(args.run), hashes=args.point or (), methods=args.method or (),
@@ -297,7 +297,7 @@ def _cmd_profile(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace, argv: list[str]) -> int:
-    from harness.merge import merge_runs
+    from harness.run.merge_shards import merge_runs
 
     summary = merge_runs([_require_run_dir(r) for r in args.runs], args.out,
                          allow_env_mismatch=args.allow_env_mismatch)
@@ -308,7 +308,7 @@ def _cmd_merge(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
-    from harness.env import fingerprint
+    from harness.measure.env import fingerprint
 
     print(json.dumps(fingerprint(argv=["harness", *argv]), indent=2, sort_keys=True, default=str))
     return EXIT_OK
@@ -355,7 +355,7 @@ def _cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness.runner import ORDERS
+    from harness.run.runner import ORDERS
 
     ap = argparse.ArgumentParser(prog="harness", description="Benchmark ViT acceleration methods: "
                                  "run suites, report, plot and compare runs.")
@@ -515,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _shard(text: str) -> tuple[int, int]:
-    from harness.runner import parse_shard
+    from harness.run.runner import parse_shard
 
     try:
         return parse_shard(text)

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from harness import columns as C
 from harness.params import did_you_mean
+from harness.store import columns as C
 from harness.workloads.base import CommonParams, Workload
 
 

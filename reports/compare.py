@@ -46,9 +46,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness import columns as C
-from harness.env import comparable
-from harness.results import RunData, load
+from harness.measure.env import comparable
+from harness.store import columns as C
+from harness.store.results import RunData, load
 from reports import stats as S
 from reports import tables as T
 
@@ -108,7 +108,7 @@ class CompareResult:
 
 def env_differences(base_env: dict[str, Any], new_env: dict[str, Any]) -> list[str]:
     """What differs between two fingerprints in ways that matter for timing (empty: comparable);
-    see :func:`harness.env.comparable`."""
+    see :func:`harness.measure.env.comparable`."""
     return list(comparable(base_env or {}, new_env or {}))
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from harness import columns as C
+from harness.store import columns as C
 from reports import tables as T
 
 if TYPE_CHECKING:

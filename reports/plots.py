@@ -12,7 +12,7 @@
 - ``<metric>_vs_speedup``: each quality/fidelity column vs speedup, one colour per method,
   with the Pareto front (direction from ``metrics.json``'s ``higher_is_better``);
 - ``roofline``: achieved TFLOP/s against arithmetic intensity per point (and per attention /
-  matching phase) under the roofs of the run's recorded peaks (:mod:`harness.efficiency`);
+  matching phase) under the roofs of the run's recorded peaks (:mod:`harness.measure.efficiency`);
 - ``phases``: the breakdown pass's phase times per variant as stacked bars.
 
 A method-specific axis (e.g. a merge ratio the reference does not have) draws the reference as
@@ -40,8 +40,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogFormatter, NullLocator  # noqa: E402
 
-from harness import columns as C  # noqa: E402
-from harness.results import RunData, load  # noqa: E402
+from harness.store import columns as C  # noqa: E402
+from harness.store.results import RunData, load  # noqa: E402
 from reports import tables as T  # noqa: E402
 from reports.status import print_warnings, run_status  # noqa: E402
 
@@ -397,7 +397,7 @@ PHASES = "phases"
 
 def _roof_entries(env: dict[str, Any], pts: pd.DataFrame) -> list[tuple[str, float, float, str]]:
     """(label, peak FLOP/s, peak bytes/s, source) of each recorded peak some point ran with."""
-    from harness.efficiency import PEAKS_KEY, peak_key
+    from harness.measure.efficiency import PEAKS_KEY, peak_key
 
     peaks = env.get(PEAKS_KEY) or {}
     used = set()

@@ -5,7 +5,7 @@ columns wide: :mod:`reports.terminal`), warns on stderr when the run is incomple
 or has duplicate rows (:mod:`reports.status`), writes ``report.md`` and ``points.csv`` (every
 column) and ``report.html`` (self-contained: tables, figures, environment; :mod:`reports.html`)
 into ``<run_dir>/report/`` (or ``out_dir``) and returns the Markdown text. It reads results files
-only (``harness.results.load``).
+only (``harness.store.results.load``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-from harness import columns as C
-from harness import env as E
-from harness.results import POINTS_FILE, POINTS_LOG, RunData, load
+from harness.measure import env as E
+from harness.store import columns as C
+from harness.store.results import POINTS_FILE, POINTS_LOG, RunData, load
 from reports import tables as T
 from reports import terminal as TV
 from reports.status import RunStatus, print_warnings, run_status
@@ -44,7 +44,7 @@ _TIMER_NOTES = {
 def env_summary(env: dict[str, Any], points: pd.DataFrame | None = None) -> str:
     """One line: device, GPU name, torch/CUDA versions, CPU model and threads, commit.
 
-    Reads ``env.json`` by the keys :mod:`harness.env` writes; absent fields are left out.
+    Reads ``env.json`` by the keys :mod:`harness.measure.env` writes; absent fields are left out.
     """
     env = env or {}
 
@@ -120,7 +120,7 @@ def timing_note(points: pd.DataFrame, suite: dict[str, Any] | None = None) -> st
 
 def peak_sources(run: RunData) -> str:
     """Where the run's peaks come from (env.json ``peaks``), in one line."""
-    from harness.efficiency import PEAKS_KEY
+    from harness.measure.efficiency import PEAKS_KEY
 
     peaks = run.env.get(PEAKS_KEY) or {}
     text = "; ".join(f"{k}: {v.get('source')}" for k, v in peaks.items() if isinstance(v, dict))

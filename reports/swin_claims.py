@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.results import load
+from harness.store.results import load
 
 
 def _label(r: pd.Series) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
-from harness import columns as C
+from harness.store import columns as C
 from reports import tables as T
 
 WIDTH = 100

@@ -1,4 +1,4 @@
-"""A scripted NVML backend for the telemetry tests (the interface of harness.telemetry.NVMLBackend)."""
+"""A scripted NVML backend for the telemetry tests (the interface of harness.measure.nvml.NVMLBackend)."""
 
 from __future__ import annotations
 

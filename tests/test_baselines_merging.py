@@ -11,10 +11,10 @@ from merge_refs import fastvggt_labels, groups_of, merged_attention, tome_labels
 
 from baselines.fastvggt import FastVGGTParams, cell_dst_mask, fastvggt_partition, make_fastvggt
 from baselines.tome import ToMeParams, make_tome, tome_partition
-from harness.columns import METRIC_PREFIXES
 from harness.methods.merging import SlotMap, assign, rows_gather
 from harness.models.seam import AttentionLayout, Recorder
 from harness.params import describe
+from harness.store.columns import METRIC_PREFIXES
 
 S, PH, PW, PS = 4, 3, 5, 5  # odd patch grid; P = 20 is even (clean A/B pairs for ToMe)
 P = PS + PH * PW

@@ -109,9 +109,9 @@ def test_block_budget_rounds_the_sparsity_down_to_whole_blocks():
 def test_both_new_methods_run_in_the_vggt_workload_with_their_counters(tmp_path):
     import textwrap
 
-    from harness import columns as C
     from harness.cli import main
-    from harness.results import load
+    from harness.store import columns as C
+    from harness.store.results import load
 
     (tmp_path / "s.yaml").write_text(textwrap.dedent("""\
         name: competitors

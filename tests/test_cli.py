@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import columns as C
 from harness.cli import main
 from harness.models.seam import attention_flops
-from harness.results import load
+from harness.store import columns as C
+from harness.store.results import load
 
 pytestmark = pytest.mark.usefixtures("one_thread", "clean_registry")
 

@@ -17,7 +17,7 @@ from test_cli import FAST, SMOKE, fake_suite_file
 
 from harness import cli
 from harness.cli import main
-from harness.results import ENV_FILE, MANIFEST_FILE, POINTS_FILE, POINTS_LOG, load
+from harness.store.results import ENV_FILE, MANIFEST_FILE, POINTS_FILE, POINTS_LOG, load
 
 pytestmark = pytest.mark.usefixtures("one_thread", "clean_registry")
 

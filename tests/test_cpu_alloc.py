@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 from test_cli import FAST, SMOKE, fake_suite_file
 
-from harness import cpu_alloc
 from harness.cli import main
-from harness.env import CPU_ALLOCATOR, comparable, fingerprint
-from harness.results import ENV_FILE, POINTS_LOG
+from harness.measure import cpu_alloc
+from harness.measure.env import CPU_ALLOCATOR, comparable, fingerprint
+from harness.store.results import ENV_FILE, POINTS_LOG
 
 REPO = Path(__file__).resolve().parents[1]
 glibc = pytest.mark.skipif(cpu_alloc._libc() is None, reason="needs glibc's mallopt (Linux)")
 
 FAULTS = """
 import resource, sys, torch
-from harness import cpu_alloc
+from harness.measure import cpu_alloc
 from harness.methods.httm import HTTMParams, make_httm
 from harness.models.seam import AttentionLayout
 cpu_alloc.apply(sys.argv[1])

@@ -11,9 +11,8 @@ import pytest
 import torch
 from tiny_suites import VGGT_LAYER_BREAKDOWN
 
-from harness import columns as C
 from harness.cli import main
-from harness.efficiency import (
+from harness.measure.efficiency import (
     PEAKS_KEY,
     Peak,
     calibrate,
@@ -23,7 +22,8 @@ from harness.efficiency import (
     peak_key,
 )
 from harness.models.seam import AttentionLayout, Recorder, attention_bytes, elem_bytes, sdpa_attention
-from harness.results import load
+from harness.store import columns as C
+from harness.store.results import load
 
 PEAK = Peak(flop_s=1e12, bytes_s=1e11, source="test")
 

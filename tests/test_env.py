@@ -11,9 +11,9 @@ import sys
 import pytest
 
 import harness
-from harness import env
-from harness.env import comparable, fingerprint, git_info
-from harness.telemetry import GPU_STATIC_KEYS
+from harness.measure import env
+from harness.measure.env import comparable, fingerprint, git_info
+from harness.measure.telemetry import GPU_STATIC_KEYS
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git executable")
 

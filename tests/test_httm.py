@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from merge_refs import httm_reference
 
-from harness.columns import METRIC_PREFIXES
 from harness.methods.httm import (
     HTTMParams,
     block_partition,
@@ -21,6 +20,7 @@ from harness.methods.httm import (
 from harness.methods.merging import SlotMap, assign
 from harness.models.seam import AttentionLayout, Recorder
 from harness.params import describe
+from harness.store.columns import METRIC_PREFIXES
 
 # small VGGT-like shape with ragged tails: P' = 42 = 16 + 16 + 10, S = 6 = 4 + 2
 S, PH, PW, PS = 6, 6, 7, 5

@@ -9,12 +9,12 @@ import pytest
 import torch
 from tiny_suites import VGGT_LAYER_BREAKDOWN
 
-from harness import columns as C
-from harness import markers
 from harness.cli import main
-from harness.memory import MemorySnapshots
+from harness.measure import markers
+from harness.measure.memory import MemorySnapshots
 from harness.models.seam import PhaseTimes, Recorder
-from harness.results import load
+from harness.store import columns as C
+from harness.store.results import load
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -92,7 +92,7 @@ def test_without_nvtx_no_mark_is_made(tmp_path, nvtx):
 
 @CUDA
 def test_on_cuda_the_capture_window_brackets_exactly_the_timed_samples(nvtx):
-    from harness.timing import Timer, TimingConfig
+    from harness.measure.timing import Timer, TimingConfig
 
     x = torch.randn(256, 256, device="cuda")
     with markers.enable():

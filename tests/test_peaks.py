@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from harness.peaks import GPU_PEAKS, PEAK_DTYPES, GpuPeak, _match, _matching, gpu_peak
+from harness.measure.peaks import GPU_PEAKS, PEAK_DTYPES, GpuPeak, _match, _matching, gpu_peak
 
 #: names torch.cuda.get_device_name() reports -> canonical entry name
 REPORTED = {

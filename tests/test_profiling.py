@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import columns as C
-from harness import runner
 from harness.cli import main
-from harness.profiling import OP_COLUMNS
-from harness.results import OPS_FILE, load, read_ops
+from harness.measure.profiling import OP_COLUMNS
+from harness.run import runner
+from harness.store import columns as C
+from harness.store.results import OPS_FILE, load, read_ops
 
 pytestmark = pytest.mark.usefixtures("one_thread", "clean_registry")
 
@@ -63,9 +63,9 @@ def test_every_point_gets_a_gzipped_chrome_trace_with_the_method_phases(profiled
 def test_model_parts_are_named_in_a_whole_model_profile(tmp_path):
     import torch
 
+    from harness.measure.profiling import profile_callable
     from harness.models.vggt import build_vggt
     from harness.models.vggt.presets import VGGT_TINY
-    from harness.profiling import profile_callable
 
     torch.manual_seed(0)
     model = build_vggt(VGGT_TINY, heads=("camera", "depth")).eval()
@@ -206,7 +206,7 @@ def test_harness_profile_refuses_a_run_whose_suite_expands_to_other_points(profi
 
 
 def test_harness_profile_refuses_a_run_in_use(profiled, tmp_path, capsys):
-    from harness.results import RunLock
+    from harness.store.results import RunLock
 
     run_dir = _copy_run(profiled, tmp_path)
     with RunLock(run_dir):

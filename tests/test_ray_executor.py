@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import columns as C
 from harness import registry
 from harness.cli import main
-from harness.results import load
+from harness.store import columns as C
+from harness.store.results import load
 
 ray = pytest.importorskip("ray", reason="the Ray executor needs the ray extra (in the test extra)")
 
@@ -107,7 +107,7 @@ def test_a_raising_point_and_a_dying_worker_are_failed_rows_and_the_others_land(
 
 
 def test_an_interrupted_ray_run_keeps_its_rows_and_resumes(tmp_path, monkeypatch):
-    from harness import ray_executor
+    from harness.run import ray_executor
 
     real = ray_executor.RayDriver._record
     seen = []
@@ -143,7 +143,7 @@ def test_ray_options_without_the_ray_executor_are_a_usage_error(tmp_path, capsys
 
 
 def test_tasks_are_model_groups_cut_so_that_every_slot_has_work():
-    from harness.ray_executor import group_points, parallel_slots
+    from harness.run.ray_executor import group_points, parallel_slots
 
     points = [("a", i) for i in range(6)] + [("b", i) for i in range(2)]
     def key(p):

@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import columns as C
 from harness import registry
 from harness.cli import main
-from harness.results import load
+from harness.store import columns as C
+from harness.store.results import load
 from harness.suite import load_suite
 from harness.workloads.attention import AttentionWorkload
 from harness.workloads.base import Bench

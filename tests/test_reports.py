@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import columns as C
-from harness.results import METRICS_FILE, RunWriter, load
+from harness.store import columns as C
+from harness.store.results import METRICS_FILE, RunWriter, load
 from reports import tables as T
 from reports.plots import pareto_front, plot_run
 from reports.summary import env_summary, report

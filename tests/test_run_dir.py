@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from test_runner import fake_suite
 
-from harness import columns as C
-from harness.results import (
+from harness.run.runner import RunError, run_suite
+from harness.store import columns as C
+from harness.store.results import (
     ENV_FILE,
     POINTS_FILE,
     POINTS_LOG,
@@ -21,7 +22,6 @@ from harness.results import (
     load,
     repair_torn_tail,
 )
-from harness.runner import RunError, run_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

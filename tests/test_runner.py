@@ -8,9 +8,9 @@ import os
 import pandas as pd
 import pytest
 
-from harness import columns as C
-from harness.results import load
-from harness.runner import RunError, order_points, run_suite
+from harness.run.runner import RunError, order_points, run_suite
+from harness.store import columns as C
+from harness.store.results import load
 from harness.suite import parse_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -261,7 +261,7 @@ def test_rows_are_appended_as_json_lines_while_running(tmp_path, fake_workload):
 
 def test_a_run_of_another_results_schema_is_refused_with_what_to_do(tmp_path, fake_workload, capsys):
     from harness.cli import main
-    from harness.results import MANIFEST_FILE, SCHEMA_VERSION, RunDirError
+    from harness.store.results import MANIFEST_FILE, SCHEMA_VERSION, RunDirError
 
     run_suite(fake_suite("methods: {plain: {}}\n"), tmp_path / "run", progress=False)
     manifest_path = tmp_path / "run" / MANIFEST_FILE

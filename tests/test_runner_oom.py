@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness import columns as C
-from harness.results import load
-from harness.runner import run_suite
+from harness.run.runner import run_suite
+from harness.store import columns as C
+from harness.store.results import load
 from harness.suite import parse_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,11 +11,11 @@ import textwrap
 import pandas as pd
 import pytest
 
-from harness import columns as C
 from harness import registry
 from harness.cli import main
-from harness.results import load
-from harness.runner import RunError, order_points, shard_points
+from harness.run.runner import RunError, order_points, shard_points
+from harness.store import columns as C
+from harness.store.results import load
 from harness.suite import parse_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")

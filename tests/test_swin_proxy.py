@@ -118,8 +118,8 @@ metrics: {evaluate: true, breakdown: false}
 
 def test_a_suite_on_the_proxy_reports_top1_and_the_importance_diagnostics(tmp_path):
     from harness import registry
-    from harness.results import load
-    from harness.runner import run_suite
+    from harness.run.runner import run_suite
+    from harness.store.results import load
     from harness.suite import parse_suite
 
     registry.load_builtins()

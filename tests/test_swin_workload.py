@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from harness import columns as C
 from harness import registry
 from harness.models.swin import (
     CheckpointError,
@@ -18,8 +17,9 @@ from harness.models.swin import (
     read_image_folder,
     synthetic_images,
 )
-from harness.results import load
-from harness.runner import run_suite
+from harness.run.runner import run_suite
+from harness.store import columns as C
+from harness.store.results import load
 from harness.suite import SuiteError, parse_suite
 from harness.workloads.base import RunContext
 from harness.workloads.swin import SwinParams, SwinWorkload

@@ -10,9 +10,9 @@ import pytest
 import torch
 from fake_nvml import FakeNVML, FakeNVMLError
 
-from harness import columns as C
-from harness import telemetry as T
-from harness.telemetry import TelemetrySample, TelemetrySampler, summarize_samples
+from harness.measure import telemetry as T
+from harness.measure.telemetry import TelemetrySample, TelemetrySampler, summarize_samples
+from harness.store import columns as C
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 SLOW_HZ = 1e-3  # the background thread never fires within a test: samples come from enter/sample_now/exit
@@ -176,7 +176,7 @@ def test_sampler_thread_starts_samples_and_stops_cleanly(fake_cuda):
 
 
 def test_missing_nvml_leaves_gpu_columns_empty_and_warns_once(fake_cuda, caplog):
-    with caplog.at_level(logging.WARNING, logger="harness.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="harness.measure.telemetry"):
         rows = [run_window(FakeNVML(init_error=FakeNVMLError("NVML Shared Library Not Found"))).summary()
                 for _ in range(2)]
     assert all(row[k] is None for row in rows for k in GPU_COLUMNS)
@@ -195,7 +195,7 @@ def test_real_backend_without_an_nvml_library_is_reported_not_raised(monkeypatch
         pynvml.nvmlShutdown()
         pytest.skip("NVML works on this machine")
     monkeypatch.setattr(T, "_nvml_warned", False)
-    with caplog.at_level(logging.WARNING, logger="harness.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="harness.measure.telemetry"):
         assert T._open_nvml(None, 0) is None
     assert "NVML unavailable" in caplog.text
 
@@ -291,7 +291,7 @@ def test_real_gpu_static_info_names_the_device():
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc/self/clear_refs")
 def test_rss_peak_is_the_window_peak_even_between_samples_and_not_the_lifetime_peak():
-    from harness.telemetry import TelemetrySampler
+    from harness.measure.telemetry import TelemetrySampler
 
     mib = 2**20
     big = bytearray(400 * mib)  # before the window: a lifetime peak must not count

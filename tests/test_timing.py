@@ -8,9 +8,17 @@ import math
 import pytest
 import torch
 
-from harness import columns as C
-from harness import timing
-from harness.timing import Measurement, Timer, TimingConfig, parse_device, stop_reason, summarize, time_fn
+from harness.measure import timing
+from harness.measure.timing import (
+    Measurement,
+    Timer,
+    TimingConfig,
+    parse_device,
+    stop_reason,
+    summarize,
+    time_fn,
+)
+from harness.store import columns as C
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -189,7 +197,7 @@ def test_sampling_time_is_recorded():
 
 def test_cuda_options_on_cpu_log_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(timing, "_warned", set())
-    with caplog.at_level(logging.WARNING, logger="harness.timing"):
+    with caplog.at_level(logging.WARNING, logger="harness.measure.timing"):
         measure([1.0], flush_l2=True, cuda_graph=True, min_samples=3, max_samples=3)
         m, _ = measure([1.0], flush_l2=True, cuda_graph=True, min_samples=3, max_samples=3)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -201,7 +201,7 @@ def test_the_merging_equivalence_tests_pass_on_the_kernel_path():
 
 
 def test_env_records_the_kernels_and_a_changed_choice_makes_timings_incomparable(monkeypatch):
-    from harness.env import MERGE_KERNELS, comparable, fingerprint
+    from harness.measure.env import MERGE_KERNELS, comparable, fingerprint
 
     monkeypatch.setenv(kernels.ENV_VAR, "torch")
     fp = fingerprint(argv=[])

@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 
 import harness.workloads.vggt  # noqa: F401 - registers the workload and its methods
-from harness import columns as C
 from harness.models.vggt import build_vggt, save_checkpoint
-from harness.results import load
-from harness.runner import run_suite
+from harness.run.runner import run_suite
+from harness.store import columns as C
+from harness.store.results import load
 from harness.suite import SuiteError, SuiteSpec, parse_suite, resolve
 from harness.workloads.base import RunContext
 from harness.workloads.vggt import VGGTParams, VGGTWorkload

@@ -14,13 +14,13 @@ import torch
 
 import harness.workloads.swin  # noqa: F401 - registers the swin workload
 import harness.workloads.vggt  # noqa: F401 - registers the vggt workload
-from harness import columns as C
 from harness.models import weights as W
 from harness.models.swin import build_swin
 from harness.models.vggt import build_vggt, save_checkpoint
 from harness.models.weights import Weights, WeightsError, check_weights, resolve_weights
-from harness.results import load
-from harness.runner import run_suite
+from harness.run.runner import run_suite
+from harness.store import columns as C
+from harness.store.results import load
 from harness.suite import SuiteError, parse_suite
 from harness.workloads.swin import SwinParams, SwinWorkload
 from harness.workloads.vggt import VGGTWorkload

@@ -21,9 +21,9 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from harness import markers
+from harness.measure import markers
 
-_PROFILING = [False]  # set by harness.profiling while a profiled pass runs
+_PROFILING = [False]  # set by harness.measure.profiling while a profiled pass runs
 
 
 def ranges_on() -> bool:
@@ -35,7 +35,7 @@ def ranges_on() -> bool:
 def named_range(name: str) -> Iterator[None]:
     """A ``torch.profiler.record_function`` range named ``name`` during a profiled pass (it then
     shows in traces and op tables) and an NVTX range of that name with ``--nvtx``
-    (:mod:`harness.markers`); nothing otherwise, so timed samples pay no profiler cost."""
+    (:mod:`harness.measure.markers`); nothing otherwise, so timed samples pay no profiler cost."""
     if not (_PROFILING[0] or markers._ON[0]):
         yield
         return
@@ -201,7 +201,7 @@ def attention_flops(batch: int, heads: int, n_q: int, n_k: int, head_dim: int) -
 
 def token_bytes(rows: int, tokens: int, width: int, bytes_per_elem: int) -> float:
     """Bytes of ``rows x tokens`` vectors of ``width`` elements of ``bytes_per_elem`` each (the
-    unit of the bytes model in :mod:`harness.efficiency`)."""
+    unit of the bytes model in :mod:`harness.measure.efficiency`)."""
     return float(rows) * tokens * width * bytes_per_elem
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness import registry
-from harness.devices import resolve_device
+from harness.measure.devices import resolve_device
 from harness.suite.problems import Issue, KeyPath
 from harness.suite.spec import Grid, SuiteSpec
 from harness.workloads.base import CommonParams, Point, Workload

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.devices import device_problem
+from harness.measure.devices import device_problem
 from harness.params import ParamInfo, describe, did_you_mean
 from harness.suite.problems import KeyPath, Problems
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from harness import registry
+from harness.measure.timing import TimingConfig
 from harness.suite.document import MAX_SUITE_BYTES, decode_suite, overlay, read_yaml
 from harness.suite.expansion import HASH_HEX_CHARS, canonical, expand
 from harness.suite.problems import Problems
 from harness.suite.spec import MetricsConfig, SuiteSpec, validate
-from harness.timing import TimingConfig
 from harness.workloads.base import CommonParams, Point
 
 SUITES_DIR = "suites"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness import registry
+from harness.measure.timing import TimingConfig
 from harness.params import did_you_mean, param
 from harness.registry import MethodSpec
 from harness.suite.document import TOP_LEVEL_KEYS
@@ -29,7 +30,6 @@ from harness.suite.fields import (
     settings_fields,
 )
 from harness.suite.problems import Problems
-from harness.timing import TimingConfig
 from harness.workloads.base import CommonParams, Workload
 
 Grid = dict[str, list[Any]]  # parameter -> the values it takes (one value: a list of one)

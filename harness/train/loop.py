@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.devices import resolve_device
+from harness.measure.devices import resolve_device
 from harness.train.base import Proxy, TrainConfig
 from harness.train.card import write_card
 

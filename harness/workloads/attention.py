@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.devices import torch_dtype
+from harness.measure.devices import torch_dtype
 from harness.models.seam import AttentionLayout, Recorder, attention_bytes, attention_flops, sdpa_attention
 from harness.params import param
 from harness.registry import MethodSpec, create_method, register_method, register_workload

@@ -19,7 +19,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
-from harness.devices import DEVICE_NAMES, DTYPE_NAMES
+from harness.measure.devices import DEVICE_NAMES, DTYPE_NAMES
 from harness.params import param
 
 
@@ -146,7 +146,7 @@ class Bench:
     counters: work counters (``work_*`` columns) known without timing.
     breakdown: optional; runs ``fn`` once with per-phase timing and returns
         ``{phase_name: ms}`` (only called when the suite asks for a breakdown).
-    info: provenance columns (``weights``, ``weights_sha256``: see :mod:`harness.columns`).
+    info: provenance columns (``weights``, ``weights_sha256``: see :mod:`harness.store.columns`).
     """
 
     fn: Callable[[], Any]

@@ -43,7 +43,7 @@ from torch import nn
 
 from baselines.uniform_quant import UniformQuantParams, make_uniform
 from harness.data.shapes import CALIB_SEED, HELDOUT_SEED, shapes_images
-from harness.devices import autocast
+from harness.measure.devices import autocast
 from harness.methods.mixaq import MixAQParams, SparseViTParams, make_mixaq, make_sparsevit
 from harness.metrics import fidelity
 from harness.metrics import work as W

@@ -38,7 +38,7 @@ from baselines.fastvggt import FastVGGTParams, make_fastvggt
 from baselines.tome import ToMeParams, make_tome
 from harness.data.readers import Frames, read_7scenes, read_nrgbd, read_scannet, to_model_input
 from harness.data.scenes import SceneConfig, render_scene
-from harness.devices import autocast, torch_dtype
+from harness.measure.devices import autocast, torch_dtype
 from harness.methods.httm import HTTMParams, make_httm
 from harness.metrics import fidelity, geometry
 from harness.models.seam import AttentionFn, AttentionLayout, Recorder, sdpa_attention
@@ -250,7 +250,7 @@ def _summarize_recorder(rec: Recorder, layers: int, heads: int, n_tokens: int) -
 
 def _call_work(counters: dict[str, float]) -> dict[str, float]:
     """``work_flops`` / ``work_bytes`` of a timed call that is exactly the attention core (its
-    attention, matching and merge work; see :mod:`harness.efficiency`)."""
+    attention, matching and merge work; see :mod:`harness.measure.efficiency`)."""
     flops = counters.get("work_attn_flops", 0.0) + counters.get("work_match_flops", 0.0)
     nbytes = sum(counters.get(f"work_{k}_bytes", 0.0) for k in ("attn", "agg", "match"))
     return {"work_flops": flops, "work_bytes": nbytes}

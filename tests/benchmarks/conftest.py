@@ -2,7 +2,7 @@
 
 These files are not part of the normal test run (pyproject's addopts ignores this folder);
 the session runs them with ``--override-ini=addopts=`` and
-``--benchmark-timer=harness.benchtimer.synchronized_perf_counter``. That timer synchronizes
+``--benchmark-timer=harness.measure.benchtimer.synchronized_perf_counter``. That timer synchronizes
 the CUDA device before every clock read, so on a GPU a benchmark measures the kernels and not
 only their asynchronous launches; on CPU it is plain ``time.perf_counter``. A CUDA benchmark
 run with another timer fails with a message saying so (see the ``device`` fixture).
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SYNC_TIMER = "harness.benchtimer.synchronized_perf_counter"
+SYNC_TIMER = "harness.measure.benchtimer.synchronized_perf_counter"
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:

@@ -14,7 +14,7 @@ mkdir -p "$out"
 "$py" -m pytest -q -p no:cacheprovider -rs tests/test_triton_kernels.py tests/test_blocksparse.py \
     2>&1 | tail -25 | tee "$out/tests.txt"
 "$py" -m pytest tests/benchmarks/test_bench_merge_kernels.py -q -p no:cacheprovider --override-ini=addopts= \
-    --benchmark-timer=harness.benchtimer.synchronized_perf_counter --benchmark-json="$out/microbench.json" \
+    --benchmark-timer=harness.measure.benchtimer.synchronized_perf_counter --benchmark-json="$out/microbench.json" \
     2>&1 | tail -25 | tee "$out/microbench.txt"
 for kern in triton torch; do
     HARNESS_MERGE_KERNELS=$kern PYTHONPATH=. "$py" tests/benchmarks/bench_merging_layer.py --device cuda \

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from harness import columns as C
-from harness.results import RunWriter
-from harness.timing import Timer, TimingConfig
+from harness.measure.timing import Timer, TimingConfig
+from harness.store import columns as C
+from harness.store.results import RunWriter
 
 SAMPLES_PER_ROUND = 200
 SAMPLES_PER_POINT = 30

@@ -33,9 +33,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from harness import columns as C
-from harness import env as E
-from harness.devices import parse_device
+from harness.measure import env as E
+from harness.measure.devices import parse_device
+from harness.store import columns as C
 
 log = logging.getLogger(__name__)
 

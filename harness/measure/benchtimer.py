@@ -2,7 +2,7 @@
 
 pytest-benchmark reads a host clock; CUDA launches are asynchronous, so without a
 synchronize the clock measures kernel *launches*. ``nox -s microbench`` passes
-``--benchmark-timer=harness.benchtimer.synchronized_perf_counter``: it synchronizes the
+``--benchmark-timer=harness.measure.benchtimer.synchronized_perf_counter``: it synchronizes the
 current CUDA device before reading ``time.perf_counter`` whenever CUDA is initialized, and
 is plain ``perf_counter`` on CPU.
 """

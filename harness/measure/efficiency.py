@@ -19,7 +19,7 @@ Columns (``eff_`` prefix; ``<scope>`` is empty for the whole call, ``<phase>_`` 
 ``eff_<scope>bw_frac`` that over the peak bandwidth.
 
 Peaks (:class:`Peak`): on a GPU the vendor's dense figures by device name
-(:mod:`harness.peaks`); on a CPU, or a GPU not in that table, a calibration measured once per
+(:mod:`harness.measure.peaks`); on a CPU, or a GPU not in that table, a calibration measured once per
 run (the best of a few square matmuls and large copies at the point's dtype and threads),
 recorded in the run's ``env.json`` under ``peaks``. A calibrated peak is what this machine
 reaches in a plain matmul, not a datasheet figure: a fraction near 1 means "as fast as a
@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from harness import columns as C
+from harness.store import columns as C
 
 #: method phase -> (FLOPs counter, bytes counter); None where no model exists
 PHASE_WORK: dict[str, tuple[str | None, str | None]] = {
@@ -171,7 +171,7 @@ def calibrate(device: str, dtype: str, threads: int) -> Peak:
     N x N @ N x N matmul (2 N^3 FLOPs) and of a copy of a large buffer (read + write)."""
     import torch
 
-    from harness.devices import torch_dtype
+    from harness.measure.devices import torch_dtype
 
     key = peak_key(device, dtype, threads)
     if key in _calibrated:
@@ -208,7 +208,7 @@ def table_peak(device: str, dtype: str) -> Peak | None:
     """The vendor's dense peak of the current CUDA device for ``dtype`` (None off the table)."""
     import torch
 
-    from harness.peaks import gpu_peak
+    from harness.measure.peaks import gpu_peak
 
     name = torch.cuda.get_device_name(torch.device(device))
     entry = gpu_peak(name)

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import columns as C
 from harness.registry import PLUGINS_ENV
+from harness.store import columns as C
 
 RAY_MISSING = (
     "--executor ray needs Ray, which is not installed here. Install the extra with "
@@ -65,7 +65,7 @@ class RayOptions:
 
 def require_ray() -> Any:
     """The ``ray`` module, or RunError in one paragraph when it is not installed."""
-    from harness.runner import RunError
+    from harness.run.runner import RunError
 
     try:
         import ray
@@ -78,7 +78,7 @@ def group_points(points: Sequence[Any], model_key: Any, slots: int = 1) -> list[
     """Task slices: points grouped by model (first appearance order, each group in the given order),
     groups longer than ceil(len(points) / slots) cut into consecutive slices of that length, so
     ``slots`` parallel workers all get work while each slice builds its model once."""
-    from harness.runner import _hashable
+    from harness.run.runner import _hashable
 
     groups: dict[Any, list[Any]] = {}
     for p in points:
@@ -107,7 +107,7 @@ class _MemoryWriter:
         self.metrics: dict[str, Any] = {}
 
     def trace_path(self, point_hash: str) -> Path:
-        from harness.results import PROFILES_DIR
+        from harness.store.results import PROFILES_DIR
 
         return self.run_dir / PROFILES_DIR / f"{point_hash}.trace.json.gz"
 
@@ -133,9 +133,10 @@ def run_group(resolved: dict[str, Any], preset: str | None, suite_hash: str, has
               nvtx: bool, memory_snapshot: str | None) -> Iterator[dict[str, Any]]:
     """A Ray task: run the points ``hashes`` of the recorded suite in order, yielding one result per
     point (row, samples, operator rows, files, new metric entries, this worker's peaks)."""
-    from harness import markers, registry
-    from harness.efficiency import run_peaks
-    from harness.runner import RunSummary, _Loop
+    from harness import registry
+    from harness.measure import markers
+    from harness.measure.efficiency import run_peaks
+    from harness.run.runner import RunSummary, _Loop
     from harness.suite.loader import parse_recorded_suite
 
     registry.load_builtins()
@@ -256,7 +257,7 @@ class RayDriver:
                 ray.shutdown()
 
     def _task_died(self, job: _Job, e: BaseException, queue: deque, bar: Any) -> None:
-        from harness.runner import base_row
+        from harness.run.runner import base_row
 
         culprit = job.points[0]
         job.attempts[culprit.hash] = job.attempts.get(culprit.hash, 0) + 1
@@ -271,7 +272,7 @@ class RayDriver:
 
     def _record(self, result: dict[str, Any], bar: Any) -> None:
         """Write one point: its files, operator rows and metric entries, then its row (the commit)."""
-        from harness.results import _atomic_write_bytes
+        from harness.store.results import _atomic_write_bytes
 
         for rel, data in result.get("files", {}).items():
             path = self.writer.run_dir / rel

@@ -134,7 +134,7 @@ def fingerprint(argv: list[str] | None = None, seed: int | None = None) -> dict[
     None on a CPU-only machine. git fields describe the checkout the harness is imported from.
     """
     import harness
-    from harness.telemetry import GPU_STATIC_KEYS, gpu_static_info
+    from harness.measure.telemetry import GPU_STATIC_KEYS, gpu_static_info
 
     fp: dict[str, Any] = {
         "fingerprint_version": FINGERPRINT_VERSION,
@@ -150,7 +150,7 @@ def fingerprint(argv: list[str] | None = None, seed: int | None = None) -> dict[
     for name in ("timm", "numpy", "pandas", "triton"):
         fp[name] = _version(name)
     fp[MERGE_KERNELS] = _merge_kernels(fp[DEVICE_KIND])
-    from harness import cpu_alloc
+    from harness.measure import cpu_alloc
 
     fp[CPU_ALLOCATOR] = cpu_alloc.current()
     fp.update(dict.fromkeys(GPU_STATIC_KEYS))
@@ -172,12 +172,12 @@ _placements: dict[str, dict[str, Any]] = {}
 def placement(device: str) -> dict[str, Any]:
     """Where a point on ``device`` runs: ``host`` and, on CUDA, ``gpu_name`` and ``gpu_uuid`` of the
     device as this process sees it (a Ray worker sees only its assigned GPU). Cached per device."""
-    from harness import columns as C
+    from harness.store import columns as C
 
     if device not in _placements:
         info: dict[str, Any] = {C.HOST: socket.gethostname(), C.GPU_NAME: None, C.GPU_UUID: None}
         if str(device).startswith("cuda"):
-            from harness.telemetry import gpu_static_info
+            from harness.measure.telemetry import gpu_static_info
 
             gpu = gpu_static_info(device)
             info[C.GPU_NAME], info[C.GPU_UUID] = gpu.get(GPU_NAME), gpu.get("gpu_uuid")

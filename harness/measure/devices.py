@@ -1,6 +1,6 @@
 """Devices and dtypes: the one place for which names a suite may use and what they mean.
 
-The device names accepted here are exactly those the timer (:mod:`harness.timing`) and the
+The device names accepted here are exactly those the timer (:mod:`harness.measure.timing`) and the
 telemetry sampler handle, so a suite that loads can run; ``auto`` is resolved here only.
 torch is imported lazily (suites load and validate without it).
 """

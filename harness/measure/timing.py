@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from harness import columns as C
-from harness import markers
-from harness.devices import parse_device
+from harness.measure import markers
+from harness.measure.devices import parse_device
 from harness.params import did_you_mean, param
+from harness.store import columns as C
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from harness import columns as C
+from harness.store import columns as C
 
 #: version of the run-directory layout and columns; :func:`load` refuses other versions
 SCHEMA_VERSION = 2  # 2: suite.resolved.yaml records which parameters belong to whom

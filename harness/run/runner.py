@@ -40,13 +40,22 @@ from typing import Any
 
 import yaml
 
-from harness import __version__, cpu_alloc, markers, registry
-from harness import columns as C
-from harness.efficiency import PEAKS_KEY, efficiency_columns, efficiency_metric_info, peak_for, run_peaks
-from harness.env import comparable, fingerprint, placement
-from harness.memory import MemorySnapshots
-from harness.profiling import profile_callable
-from harness.results import (
+from harness import __version__, registry
+from harness.measure import cpu_alloc, markers
+from harness.measure.efficiency import (
+    PEAKS_KEY,
+    efficiency_columns,
+    efficiency_metric_info,
+    peak_for,
+    run_peaks,
+)
+from harness.measure.env import comparable, fingerprint, placement
+from harness.measure.memory import MemorySnapshots
+from harness.measure.profiling import profile_callable
+from harness.measure.telemetry import TelemetrySampler
+from harness.measure.timing import Timer, summarize
+from harness.store import columns as C
+from harness.store.results import (
     ENV_FILE,
     LOCK_FILE,
     MANIFEST_FILE,
@@ -66,8 +75,6 @@ from harness.results import (
     write_json,
 )
 from harness.suite import Suite, SuiteError
-from harness.telemetry import TelemetrySampler
-from harness.timing import Timer, summarize
 from harness.workloads.base import Bench, Point, RunContext, Workload
 
 ORDERS = ("grid", "shuffle", "interleave")
@@ -353,12 +360,12 @@ def run_suite(
     point needs a device this machine lacks. The directory is locked while the run writes.
     ``max_points``: run at most this many of the missing points, leaving the rest to a later
     ``resume`` (two revisions' runs can so alternate in short slices on one machine).
-    ``nvtx``: NVTX ranges and the CUDA profiler capture window (:mod:`harness.markers`);
-    ``memory_snapshot``: "oom" or "all", CUDA allocator snapshots (:mod:`harness.memory`).
-    ``cpu_allocator``: "system" or "retain" (:mod:`harness.cpu_alloc`; local executor only).
+    ``nvtx``: NVTX ranges and the CUDA profiler capture window (:mod:`harness.measure.markers`);
+    ``memory_snapshot``: "oom" or "all", CUDA allocator snapshots (:mod:`harness.measure.memory`).
+    ``cpu_allocator``: "system" or "retain" (:mod:`harness.measure.cpu_alloc`; local executor only).
     ``shard``: (i, n) runs only shard i of n (:func:`shard_points`); merge the shards' run
     directories with ``harness merge``. ``executor``: "local" (this process) or "ray" (Ray tasks,
-    :mod:`harness.ray_executor`, placed by ``ray_options``).
+    :mod:`harness.run.ray_executor`, placed by ``ray_options``).
     """
     out = Path(out_dir)
     argv = list(sys.argv if argv is None else argv)
@@ -369,7 +376,7 @@ def run_suite(
     if executor not in EXECUTORS:
         raise RunError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
     if executor == "ray":
-        from harness.ray_executor import require_ray
+        from harness.run.ray_executor import require_ray
 
         require_ray()  # before anything is written
     else:
@@ -424,7 +431,7 @@ def run_suite(
         todo = todo[: len(todo) - left]
         try:
             if executor == "ray":
-                from harness.ray_executor import RayDriver, RayOptions
+                from harness.run.ray_executor import RayDriver, RayOptions
 
                 RayDriver(suite, writer, run_id, summary, ray_options or RayOptions(), nvtx=nvtx,
                           memory_snapshot=memory_snapshot,
@@ -608,7 +615,7 @@ def _check_kernels(points: Iterable[Point]) -> None:
 
 
 def _check_memory_snapshot(points: Sequence[Point], mode: str | None) -> None:
-    from harness.memory import SNAPSHOT_MODES
+    from harness.measure.memory import SNAPSHOT_MODES
 
     if mode is None:
         return

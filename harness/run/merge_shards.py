@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from harness import columns as C
-from harness.env import CPU_MODEL, GPU_NAME, comparable
-from harness.results import (
+from harness.measure.env import CPU_MODEL, GPU_NAME, comparable
+from harness.store import columns as C
+from harness.store.results import (
     METRICS_FILE,
     PROFILES_DIR,
     SUITE_FILE,
@@ -59,7 +59,7 @@ class MergeSummary:
 def merge_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                allow_env_mismatch: bool = False) -> MergeSummary:
     """Merge ``run_dirs`` into the new run directory ``out_dir``; raises MergeError."""
-    from harness.runner import RunError, _check_new_run_dir, _check_writable
+    from harness.run.runner import RunError, _check_new_run_dir, _check_writable
 
     dirs = [Path(d) for d in run_dirs]
     if len(dirs) < 1:

@@ -12,11 +12,11 @@ Timing (``TIMING``): summary of the per-sample device time in milliseconds.
 Telemetry (``TELEMETRY``): NVML on GPU; RSS / CPU time on CPU. Empty when unavailable.
 Metrics: ``q_*`` quality vs ground truth, ``fid_*`` fidelity vs the reference method,
     ``work_*`` counters, ``bd_*_ms`` breakdown phases, ``eff_*`` efficiency (achieved FLOP/s and
-    bandwidth, their fraction of the device's peak: :mod:`harness.efficiency`). Their meaning
+    bandwidth, their fraction of the device's peak: :mod:`harness.measure.efficiency`). Their meaning
     and direction are in the run directory's ``metrics.json``.
 
 ``samples.parquet``: run_id, point_hash, sample (index), device_ms, host_ms.
-The run directory's files and ``run.json`` belong to :mod:`harness.results`.
+The run directory's files and ``run.json`` belong to :mod:`harness.store.results`.
 """
 
 from __future__ import annotations
