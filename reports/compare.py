@@ -46,9 +46,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.errors import HarnessError
 from harness.measure.env import comparable
+from harness.store import RunData, load
 from harness.store import columns as C
-from harness.store.results import RunData, load
 from reports import stats as S
 from reports import tables as T
 
@@ -69,7 +70,7 @@ ROW_COLUMNS = (
 )
 
 
-class CompareError(ValueError):
+class CompareError(HarnessError, ValueError):
     """Two runs cannot be compared (no common points, or environments that differ)."""
 
 

@@ -15,15 +15,14 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from harness.store import columns as C
 from reports import tables as T
-
-if TYPE_CHECKING:
-    from reports.summary import ReportParts
+from reports import terminal as TV
+from reports.parts import ReportParts, env_summary
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
@@ -91,16 +90,13 @@ def _value(v: Any) -> str:
 
 def render(parts: ReportParts, figures: Sequence[Path]) -> str:
     """The page for a run's report parts and figure files (PNG)."""
-    from reports import summary as S
-    from reports import terminal as TV
-
     run = parts.run
     pngs = [p for p in figures if p.suffix == ".png"]
     overview = [p for p in pngs if p.stem == "overview"]
     others = [p for p in pngs if p.stem != "overview"]
     body = [f"<h1>{_e(parts.title)}</h1>", "<ul>"]
     body += [f"<li><strong>{_e(k)}</strong>: {_e(v)}</li>" for k, v in parts.meta]
-    body.append(f"<li><strong>environment</strong>: {_e(S.env_summary(run.env, run.points))}</li>")
+    body.append(f"<li><strong>environment</strong>: {_e(env_summary(run.env, run.points))}</li>")
     body.append(f"<li><strong>points</strong>: {_e(parts.points_line())}</li></ul>")
     body += [f'<div class="warning"><strong>Warning</strong>: {_e(w)}</div>' for w in parts.status.warnings()]
     if overview:

@@ -40,8 +40,9 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogFormatter, NullLocator  # noqa: E402
 
+from harness.measure.efficiency import PEAKS_KEY, peak_key  # noqa: E402
+from harness.store import RunData, load  # noqa: E402
 from harness.store import columns as C  # noqa: E402
-from harness.store.results import RunData, load  # noqa: E402
 from reports import tables as T  # noqa: E402
 from reports.status import print_warnings, run_status  # noqa: E402
 
@@ -397,8 +398,6 @@ PHASES = "phases"
 
 def _roof_entries(env: dict[str, Any], pts: pd.DataFrame) -> list[tuple[str, float, float, str]]:
     """(label, peak FLOP/s, peak bytes/s, source) of each recorded peak some point ran with."""
-    from harness.measure.efficiency import PEAKS_KEY, peak_key
-
     peaks = env.get(PEAKS_KEY) or {}
     used = set()
     for _, r in pts.iterrows():

@@ -111,7 +111,7 @@ def test_both_new_methods_run_in_the_vggt_workload_with_their_counters(tmp_path)
 
     from harness.cli import main
     from harness.store import columns as C
-    from harness.store.results import load
+    from harness.store import load
 
     (tmp_path / "s.yaml").write_text(textwrap.dedent("""\
         name: competitors

@@ -10,7 +10,7 @@ import pytest
 from harness.cli import main
 from harness.models.seam import attention_flops
 from harness.store import columns as C
-from harness.store.results import load
+from harness.store import load
 
 pytestmark = pytest.mark.usefixtures("one_thread", "clean_registry")
 
@@ -102,12 +102,12 @@ def test_resume_with_other_settings_exits_2(tmp_path, fake_workload, capsys):
 
 
 def test_failing_report_does_not_lose_the_run(tmp_path, fake_workload, capsys, monkeypatch):
-    import reports.summary
+    from harness.cli import common
 
     def broken(run_dir, out_dir=None):
         raise RuntimeError("no tables today")
 
-    monkeypatch.setattr(reports.summary, "report", broken)
+    monkeypatch.setattr(common, "report", broken)
     suite = fake_suite_file(tmp_path, "methods: {plain: {}}\n")
     assert main(["run", suite, "--out", str(tmp_path / "run"), "-q", *FAST]) == 0
     err = capsys.readouterr().err

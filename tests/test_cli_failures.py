@@ -17,7 +17,7 @@ from test_cli import FAST, SMOKE, fake_suite_file
 
 from harness import cli
 from harness.cli import main
-from harness.store.results import ENV_FILE, MANIFEST_FILE, POINTS_FILE, POINTS_LOG, load
+from harness.store import ENV_FILE, MANIFEST_FILE, POINTS_FILE, POINTS_LOG, load
 
 pytestmark = pytest.mark.usefixtures("one_thread", "clean_registry")
 
@@ -114,7 +114,7 @@ def test_ctrl_c_during_the_final_report_says_the_run_is_complete(tmp_path, fake_
     def interrupted(out):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_report_after_run", interrupted)
+    monkeypatch.setattr(cli.run, "report_after_run", interrupted)
     suite = fake_suite_file(tmp_path, "methods: {plain: {}}\n")
     assert main(["run", suite, "--out", str(tmp_path / "run"), "-q", *FAST]) == cli.EXIT_INTERRUPTED
     err = no_traceback(capsys.readouterr().err)

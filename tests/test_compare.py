@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from harness.store import RunWriter
 from harness.store import columns as C
-from harness.store.results import RunWriter
 from reports import stats as S
 from reports.compare import CompareError, compare_runs
 

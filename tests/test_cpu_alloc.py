@@ -16,7 +16,7 @@ from test_cli import FAST, SMOKE, fake_suite_file
 from harness.cli import main
 from harness.measure import cpu_alloc
 from harness.measure.env import CPU_ALLOCATOR, comparable, fingerprint
-from harness.store.results import ENV_FILE, POINTS_LOG
+from harness.store import ENV_FILE, POINTS_LOG
 
 REPO = Path(__file__).resolve().parents[1]
 glibc = pytest.mark.skipif(cpu_alloc._libc() is None, reason="needs glibc's mallopt (Linux)")

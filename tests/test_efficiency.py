@@ -23,7 +23,7 @@ from harness.measure.efficiency import (
 )
 from harness.models.seam import AttentionLayout, Recorder, attention_bytes, elem_bytes, sdpa_attention
 from harness.store import columns as C
-from harness.store.results import load
+from harness.store import load
 
 PEAK = Peak(flop_s=1e12, bytes_s=1e11, source="test")
 

@@ -13,7 +13,7 @@ import pytest
 import harness
 from harness.measure import env
 from harness.measure.env import comparable, fingerprint, git_info
-from harness.measure.telemetry import GPU_STATIC_KEYS
+from harness.measure.nvml import GPU_STATIC_KEYS
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git executable")
 

@@ -14,7 +14,7 @@ from harness.measure import markers
 from harness.measure.memory import MemorySnapshots
 from harness.models.seam import PhaseTimes, Recorder
 from harness.store import columns as C
-from harness.store.results import load
+from harness.store import load
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

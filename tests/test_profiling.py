@@ -13,9 +13,9 @@ import pytest
 
 from harness.cli import main
 from harness.measure.profiling import OP_COLUMNS
-from harness.run import runner
+from harness.run import point_loop
+from harness.store import OPS_FILE, load, read_ops
 from harness.store import columns as C
-from harness.store.results import OPS_FILE, load, read_ops
 
 pytestmark = pytest.mark.usefixtures("one_thread", "clean_registry")
 
@@ -107,7 +107,7 @@ def test_the_profiled_pass_leaves_the_timed_samples_unchanged(profiled):
 
 def test_the_profile_runs_after_the_last_timed_sample(tmp_path, fake_workload, monkeypatch):
     order = []
-    real_measure = runner.Timer.measure
+    real_measure = point_loop.Timer.measure
 
     def timed(self, fn, device="cpu"):
         m = real_measure(self, fn, device=device)
@@ -118,8 +118,8 @@ def test_the_profile_runs_after_the_last_timed_sample(tmp_path, fake_workload, m
         order.append(("profile", point_hash))
         return []
 
-    monkeypatch.setattr(runner.Timer, "measure", timed)
-    monkeypatch.setattr(runner, "profile_callable", profiled_pass)
+    monkeypatch.setattr(point_loop.Timer, "measure", timed)
+    monkeypatch.setattr(point_loop, "profile_callable", profiled_pass)
     suite = tmp_path / "f.yaml"
     suite.write_text("name: f\nworkload: fake\nmethods: {plain: {}}\nmetrics: {profile: true}\n"
                      "timing: {warmup_n: 0, min_samples: 2, max_samples: 2, budget_s: 0.01}\n")
@@ -206,7 +206,7 @@ def test_harness_profile_refuses_a_run_whose_suite_expands_to_other_points(profi
 
 
 def test_harness_profile_refuses_a_run_in_use(profiled, tmp_path, capsys):
-    from harness.store.results import RunLock
+    from harness.store import RunLock
 
     run_dir = _copy_run(profiled, tmp_path)
     with RunLock(run_dir):

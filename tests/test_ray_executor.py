@@ -14,7 +14,7 @@ import pytest
 from harness import registry
 from harness.cli import main
 from harness.store import columns as C
-from harness.store.results import load
+from harness.store import load
 
 ray = pytest.importorskip("ray", reason="the Ray executor needs the ray extra (in the test extra)")
 

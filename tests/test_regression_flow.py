@@ -29,7 +29,7 @@ import torch
 from harness import registry
 from harness.cli import main
 from harness.store import columns as C
-from harness.store.results import load
+from harness.store import load
 from harness.suite import load_suite
 from harness.workloads.attention import AttentionWorkload
 from harness.workloads.base import Bench

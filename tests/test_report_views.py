@@ -24,8 +24,8 @@ import pytest
 from test_reports import make_run
 
 from harness.cli import main
+from harness.store import MANIFEST_FILE, RunLock, RunWriter, load, lock_holder
 from harness.store import columns as C
-from harness.store.results import MANIFEST_FILE, RunLock, RunWriter, load, lock_holder
 from reports import plots as P
 from reports import tables as T
 from reports.status import run_status

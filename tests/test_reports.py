@@ -11,11 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harness.store import METRICS_FILE, RunWriter, load
 from harness.store import columns as C
-from harness.store.results import METRICS_FILE, RunWriter, load
 from reports import tables as T
+from reports.parts import env_summary
 from reports.plots import pareto_front, plot_run
-from reports.summary import env_summary, report
+from reports.summary import report
 
 SUITE = {
     "name": "toy",

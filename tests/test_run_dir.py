@@ -9,19 +9,22 @@ import pandas as pd
 import pytest
 from test_runner import fake_suite
 
-from harness.run.runner import RunError, run_suite
-from harness.store import columns as C
-from harness.store.results import (
+from harness.errors import RunError
+from harness.run.options import RunOptions
+from harness.run.runner import run_suite
+from harness.store import (
     ENV_FILE,
     POINTS_FILE,
     POINTS_LOG,
     SAMPLES_FILE,
     SAMPLES_LOG,
+    RunDirError,
     RunLock,
     RunWriter,
     load,
     repair_torn_tail,
 )
+from harness.store import columns as C
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,7 +36,7 @@ def interrupted_run(tmp_path, fake_workload, after: int = 3):
     suite = fake_suite(SWEEP)
     fake_workload.interrupt_after = after
     with pytest.raises(KeyboardInterrupt):
-        run_suite(suite, tmp_path / "run", progress=False)
+        run_suite(suite, tmp_path / "run", RunOptions(progress=False))
     fake_workload.interrupt_after = None
     return suite, tmp_path / "run"
 
@@ -51,7 +54,7 @@ def test_a_torn_last_line_is_cut_before_resuming_and_said(tmp_path, fake_workloa
     suite, run_dir = interrupted_run(tmp_path, fake_workload)
     with open(run_dir / log, "a") as f:
         f.write('{"point_hash": "0123456789abcdef", "status": "o')  # a kill mid-write
-    summary = run_suite(suite, run_dir, resume=True, progress=False)
+    summary = run_suite(suite, run_dir, RunOptions(resume=True, progress=False))
     assert any(log in n and "torn last line" in n for n in summary.notes)
     assert_complete(run_dir, suite)
     for line in (run_dir / log).read_text().splitlines():
@@ -76,7 +79,7 @@ def test_samples_of_a_point_that_never_committed_are_dropped(tmp_path, fake_work
             f.write(json.dumps({C.RUN_ID: "x", C.HASH: orphan, C.SAMPLE: i, C.DEVICE_MS: 1.0,
                                 C.HOST_MS: 1.0}) + "\n")
     assert orphan not in set(load(run_dir).samples[C.HASH])  # ignored on load already
-    summary = run_suite(suite, run_dir, resume=True, progress=False)
+    summary = run_suite(suite, run_dir, RunOptions(resume=True, progress=False))
     assert any("dropped 2 samples" in n for n in summary.notes)
     assert_complete(run_dir, suite)  # the point ran again: its samples appear once, not twice
 
@@ -84,19 +87,19 @@ def test_samples_of_a_point_that_never_committed_are_dropped(tmp_path, fake_work
 def test_a_deleted_points_log_does_not_double_the_samples(tmp_path, fake_workload):
     suite, run_dir = interrupted_run(tmp_path, fake_workload)
     (run_dir / POINTS_LOG).unlink()
-    run_suite(suite, run_dir, resume=True, progress=False)
+    run_suite(suite, run_dir, RunOptions(resume=True, progress=False))
     assert_complete(run_dir, suite)
 
 
 def test_a_run_directory_in_use_is_refused_naming_the_holder(tmp_path, fake_workload):
     suite, run_dir = interrupted_run(tmp_path, fake_workload)
     with RunLock(run_dir):  # another process writing the run (flock is per open file)
-        with pytest.raises(RunError, match=r"is in use by pid \d+ on host .*wait for that run"):
-            run_suite(suite, run_dir, resume=True, progress=False)
-        with pytest.raises(RunError, match="is in use by pid") as e:
-            run_suite(suite, run_dir, progress=False)
+        with pytest.raises(RunDirError, match=r"is in use by pid \d+ on host .*wait for that run"):
+            run_suite(suite, run_dir, RunOptions(resume=True, progress=False))
+        with pytest.raises(RunDirError, match="is in use by pid") as e:
+            run_suite(suite, run_dir, RunOptions(progress=False))
         assert "Pass --resume" not in str(e.value)  # never recommends resuming a live run
-    run_suite(suite, run_dir, resume=True, progress=False)  # released: resumes
+    run_suite(suite, run_dir, RunOptions(resume=True, progress=False))  # released: resumes
     assert_complete(run_dir, suite)
 
 
@@ -106,8 +109,8 @@ def test_resume_on_another_machine_is_refused_unless_allowed(tmp_path, fake_work
     env["cpu_model"] = "Some Other CPU 9000"
     (run_dir / ENV_FILE).write_text(json.dumps(env))
     with pytest.raises(RunError, match="CPU model differs: Some Other CPU 9000 vs .*--allow-env-mismatch"):
-        run_suite(suite, run_dir, resume=True, progress=False)
-    run_suite(suite, run_dir, resume=True, progress=False, allow_env_mismatch=True)
+        run_suite(suite, run_dir, RunOptions(resume=True, progress=False))
+    run_suite(suite, run_dir, RunOptions(resume=True, progress=False, allow_env_mismatch=True))
     resumed = load(run_dir).manifest["resumed"]
     assert len(resumed) == 1 and resumed[0]["env"]["cpu_model"] != "Some Other CPU 9000"
     assert_complete(run_dir, suite)
@@ -117,8 +120,8 @@ def test_out_with_a_leftover_points_log_but_no_manifest_is_refused(tmp_path, fak
     out = tmp_path / "out"
     out.mkdir()
     (out / POINTS_LOG).write_text('{"point_hash": "0123456789abcdef", "status": "ok"}\n')
-    with pytest.raises(RunError, match="holds points.jsonl but no run.json.*move them away"):
-        run_suite(fake_suite(SWEEP), out, progress=False)
+    with pytest.raises(RunDirError, match="holds points.jsonl but no run.json.*move them away"):
+        run_suite(fake_suite(SWEEP), out, RunOptions(progress=False))
     assert (out / POINTS_LOG).read_text().count("\n") == 1  # untouched
 
 
@@ -126,8 +129,8 @@ def test_out_that_is_a_non_empty_directory_is_refused(tmp_path, fake_workload):
     out = tmp_path / "out"
     out.mkdir()
     (out / "thesis.tex").write_text("do not touch")
-    with pytest.raises(RunError, match=r"is not empty and is not a run directory \(it holds thesis.tex\)"):
-        run_suite(fake_suite(SWEEP), out, progress=False)
+    with pytest.raises(RunDirError, match=r"is not empty and is not a run directory \(it holds thesis.tex\)"):
+        run_suite(fake_suite(SWEEP), out, RunOptions(progress=False))
     assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
 
 
@@ -148,6 +151,6 @@ def test_appending_does_not_rewrite_the_tables_and_load_reads_the_logs(tmp_path)
 
 def test_a_finished_run_has_both_tables(tmp_path, fake_workload):
     suite = fake_suite(SWEEP)
-    run_suite(suite, tmp_path / "run", progress=False)
+    run_suite(suite, tmp_path / "run", RunOptions(progress=False))
     assert len(pd.read_parquet(tmp_path / "run" / POINTS_FILE)) == len(suite.points())
     assert len(pd.read_parquet(tmp_path / "run" / SAMPLES_FILE)) == len(suite.points()) * N_SAMPLES

@@ -8,9 +8,12 @@ import os
 import pandas as pd
 import pytest
 
-from harness.run.runner import RunError, order_points, run_suite
+from harness.errors import RunError
+from harness.run.options import RunOptions
+from harness.run.points import order_points
+from harness.run.runner import run_suite
+from harness.store import RunDirError, load
 from harness.store import columns as C
-from harness.store.results import load
 from harness.suite import parse_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,7 +31,7 @@ def rows(run_dir):
 
 def test_every_point_gets_one_ok_row_with_timing_metrics_and_samples(tmp_path, fake_workload):
     suite = fake_suite("sweep: {size: [2, 3]}\nmethods: {plain: {}, knob: {}}\n")
-    summary = run_suite(suite, tmp_path / "run", progress=False)
+    summary = run_suite(suite, tmp_path / "run", RunOptions(progress=False))
     run = load(tmp_path / "run")
     pts = run.points
     assert (summary.total, summary.ok, summary.exit_code) == (4, 4, 0)
@@ -43,7 +46,7 @@ def test_every_point_gets_one_ok_row_with_timing_metrics_and_samples(tmp_path, f
 
 def test_run_directory_records_manifest_env_suite_and_metrics(tmp_path, fake_workload):
     suite = fake_suite("methods: {plain: {}}\n")
-    run_suite(suite, tmp_path / "run", progress=False, argv=["harness", "run", "f.yaml"])
+    run_suite(suite, tmp_path / "run", RunOptions(progress=False, argv=["harness", "run", "f.yaml"]))
     run = load(tmp_path / "run")
     assert run.manifest["suite"] == "f" and run.manifest["suite_hash"] == suite.hash
     assert run.manifest["argv"] == ["harness", "run", "f.yaml"]
@@ -56,8 +59,8 @@ def test_run_directory_records_manifest_env_suite_and_metrics(tmp_path, fake_wor
 
 def test_seed_is_recorded_and_makes_outputs_reproducible(tmp_path, fake_workload):
     suite = fake_suite("sweep: {seed: [0, 1]}\nmethods: {plain: {}}\n")
-    run_suite(suite, tmp_path / "a", progress=False)
-    run_suite(suite, tmp_path / "b", progress=False)
+    run_suite(suite, tmp_path / "a", RunOptions(progress=False))
+    run_suite(suite, tmp_path / "b", RunOptions(progress=False))
     a, b = rows(tmp_path / "a"), rows(tmp_path / "b")
     assert list(a["seed"]) == [0, 1]
     assert list(a["q_sum"]) == list(b["q_sum"])
@@ -66,7 +69,7 @@ def test_seed_is_recorded_and_makes_outputs_reproducible(tmp_path, fake_workload
 
 def test_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path, fake_workload):
     suite = fake_suite("sweep: {mode: [ok, raise, ok], size: [2, 3]}\nmethods: {plain: {}}\n")
-    summary = run_suite(suite, tmp_path / "run", progress=False)
+    summary = run_suite(suite, tmp_path / "run", RunOptions(progress=False))
     pts = rows(tmp_path / "run")
     failed = pts[pts[C.STATUS] == C.FAILED]
     assert summary.counts == {C.OK: 2, C.FAILED: 2}
@@ -78,13 +81,13 @@ def test_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path, fake_workload
 
 def test_allow_failures_makes_the_exit_code_zero(tmp_path, fake_workload):
     suite = fake_suite("sweep: {mode: [ok, raise]}\nmethods: {plain: {}}\n")
-    summary = run_suite(suite, tmp_path / "run", progress=False, allow_failures=True)
+    summary = run_suite(suite, tmp_path / "run", RunOptions(progress=False, allow_failures=True))
     assert summary.not_ok == 1 and summary.exit_code == 0
 
 
 def test_nan_output_gives_status_nan(tmp_path, fake_workload):
     suite = fake_suite("sweep: {mode: [ok, nan]}\nmethods: {plain: {}}\n")
-    run_suite(suite, tmp_path / "run", progress=False)
+    run_suite(suite, tmp_path / "run", RunOptions(progress=False))
     pts = rows(tmp_path / "run").set_index("mode")
     assert pts.loc["nan", C.STATUS] == C.NAN and pts.loc["ok", C.STATUS] == C.OK
     assert pts.loc["nan", C.ERROR].startswith("output holds NaN/Inf")
@@ -93,7 +96,7 @@ def test_nan_output_gives_status_nan(tmp_path, fake_workload):
 
 def test_nan_metric_gives_status_nan(tmp_path, fake_workload):
     suite = fake_suite("fixed: {mode: nan_metric}\nmethods: {plain: {}}\n")
-    run_suite(suite, tmp_path / "run", progress=False)
+    run_suite(suite, tmp_path / "run", RunOptions(progress=False))
     pts = rows(tmp_path / "run")
     assert pts[C.STATUS].iloc[0] == C.NAN and pts[C.ERROR].iloc[0] == "non-finite q_sum"
     assert pd.isna(pts["q_sum"].iloc[0])
@@ -101,7 +104,7 @@ def test_nan_metric_gives_status_nan(tmp_path, fake_workload):
 
 def test_out_of_memory_gives_status_oom(tmp_path, fake_workload):
     suite = fake_suite("sweep: {mode: [oom, ok]}\nmethods: {plain: {}}\n")
-    summary = run_suite(suite, tmp_path / "run", progress=False)
+    summary = run_suite(suite, tmp_path / "run", RunOptions(progress=False))
     pts = rows(tmp_path / "run").set_index("mode")
     assert pts.loc["oom", C.STATUS] == C.OOM and "out of memory" in pts.loc["oom", C.ERROR]
     assert summary.counts == {C.OOM: 1, C.OK: 1}
@@ -111,7 +114,7 @@ def test_model_is_built_once_per_model_key(tmp_path, fake_workload):
     suite = fake_suite(
         "sweep: {size: [2, 3], scale: [1, 2]}\nmethods: {plain: {}, knob: {level: [0, 1, 2]}}\n"
     )
-    run_suite(suite, tmp_path / "run", progress=False)
+    run_suite(suite, tmp_path / "run", RunOptions(progress=False))
     assert [b.size for b in fake_workload.builds] == [2, 3]  # scale is not part of the model key
     assert len(rows(tmp_path / "run")) == 2 * 2 * 4
 
@@ -123,7 +126,7 @@ def test_failed_model_build_fails_its_points_without_rebuilding(tmp_path, fake_w
 
     monkeypatch.setattr(fake_workload, "build_model", broken)
     suite = fake_suite("methods: {plain: {}, knob: {}}\n")
-    run_suite(suite, tmp_path / "run", progress=False)
+    run_suite(suite, tmp_path / "run", RunOptions(progress=False))
     pts = rows(tmp_path / "run")
     assert len(fake_workload.builds) == 1
     assert (pts[C.STATUS] == C.FAILED).all()
@@ -134,9 +137,9 @@ def test_resume_after_interrupt_runs_every_point_exactly_once(tmp_path, fake_wor
     suite = fake_suite("sweep: {size: [2, 3, 4]}\nmethods: {plain: {}, knob: {}}\n")
     fake_workload.interrupt_after = 4
     with pytest.raises(KeyboardInterrupt):
-        run_suite(suite, tmp_path / "run", progress=False)
+        run_suite(suite, tmp_path / "run", RunOptions(progress=False))
     assert len(rows(tmp_path / "run")) == 4  # rows were written as points finished
-    summary = run_suite(suite, tmp_path / "run", resume=True, progress=False)
+    summary = run_suite(suite, tmp_path / "run", RunOptions(resume=True, progress=False))
     pts = rows(tmp_path / "run")
     assert (summary.skipped, summary.ran) == (4, 2)
     assert sorted(pts[C.HASH]) == sorted(p.hash for p in suite.points())
@@ -145,29 +148,29 @@ def test_resume_after_interrupt_runs_every_point_exactly_once(tmp_path, fake_wor
 
 
 def test_resume_refuses_another_suites_run_dir(tmp_path, fake_workload):
-    run_suite(fake_suite("methods: {plain: {}}\n"), tmp_path / "run", progress=False)
+    run_suite(fake_suite("methods: {plain: {}}\n"), tmp_path / "run", RunOptions(progress=False))
     other = fake_suite("sweep: {size: [7]}\nmethods: {plain: {}}\n", name="other")
     with pytest.raises(RunError, match="cannot resume .*suite 'f' with suite hash .* differ"):
-        run_suite(other, tmp_path / "run", resume=True, progress=False)
+        run_suite(other, tmp_path / "run", RunOptions(resume=True, progress=False))
 
 
 def test_resume_refuses_a_directory_without_a_run(tmp_path, fake_workload):
     with pytest.raises(RunError, match="not a run directory"):
-        run_suite(fake_suite("methods: {plain: {}}\n"), tmp_path, resume=True, progress=False)
+        run_suite(fake_suite("methods: {plain: {}}\n"), tmp_path, RunOptions(resume=True, progress=False))
 
 
 def test_existing_run_dir_is_not_overwritten_without_resume(tmp_path, fake_workload):
     suite = fake_suite("methods: {plain: {}}\n")
-    run_suite(suite, tmp_path / "run", progress=False)
-    with pytest.raises(RunError, match="already holds a run.*--resume"):
-        run_suite(suite, tmp_path / "run", progress=False)
+    run_suite(suite, tmp_path / "run", RunOptions(progress=False))
+    with pytest.raises(RunDirError, match="already holds a run.*--resume"):
+        run_suite(suite, tmp_path / "run", RunOptions(progress=False))
 
 
 def test_unwritable_output_dir_is_refused_before_running(tmp_path, fake_workload):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(RunError, match=r"cannot write the run directory .*file/run.*--out"):
-        run_suite(fake_suite("methods: {plain: {}}\n"), blocker / "run", progress=False)
+    with pytest.raises(RunDirError, match=r"cannot write the run directory .*file/run.*--out"):
+        run_suite(fake_suite("methods: {plain: {}}\n"), blocker / "run", RunOptions(progress=False))
     assert fake_workload.builds == []
 
 
@@ -177,8 +180,8 @@ def test_read_only_output_dir_is_refused(tmp_path, fake_workload):
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        with pytest.raises(RunError, match="cannot write the run directory"):
-            run_suite(fake_suite("methods: {plain: {}}\n"), ro / "run", progress=False)
+        with pytest.raises(RunDirError, match="cannot write the run directory"):
+            run_suite(fake_suite("methods: {plain: {}}\n"), ro / "run", RunOptions(progress=False))
     finally:
         ro.chmod(0o700)
 
@@ -189,12 +192,12 @@ def test_cuda_points_are_refused_without_a_gpu(tmp_path, fake_workload, monkeypa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     suite = fake_suite("fixed: {device: cuda}\nmethods: {plain: {}}\n")
     with pytest.raises(RunError, match="asks for device 'cuda' but torch sees no CUDA GPU"):
-        run_suite(suite, tmp_path / "run", progress=False)
+        run_suite(suite, tmp_path / "run", RunOptions(progress=False))
 
 
 def test_breakdown_phases_become_bd_columns(tmp_path, fake_workload):
     suite = fake_suite("methods: {plain: {}}\n", extra="metrics: {breakdown: true}\n")
-    run_suite(suite, tmp_path / "run", progress=False)
+    run_suite(suite, tmp_path / "run", RunOptions(progress=False))
     run = load(tmp_path / "run")
     assert run.points["bd_scale_ms"].iloc[0] == 0.5 and run.points["bd_add_ms"].iloc[0] == 0.25
     assert run.metrics["bd_scale_ms"]["unit"] == "ms"
@@ -202,7 +205,7 @@ def test_breakdown_phases_become_bd_columns(tmp_path, fake_workload):
 
 def test_evaluate_can_be_switched_off(tmp_path, fake_workload):
     suite = fake_suite("methods: {plain: {}}\n", extra="metrics: {evaluate: false}\n")
-    run_suite(suite, tmp_path / "run", progress=False)
+    run_suite(suite, tmp_path / "run", RunOptions(progress=False))
     assert "q_sum" not in rows(tmp_path / "run").columns
 
 
@@ -254,16 +257,16 @@ def test_rows_are_appended_as_json_lines_while_running(tmp_path, fake_workload):
     suite = fake_suite("sweep: {size: [2, 3]}\nmethods: {plain: {}}\n")
     fake_workload.interrupt_after = 1
     with pytest.raises(KeyboardInterrupt):
-        run_suite(suite, tmp_path / "run", progress=False)
+        run_suite(suite, tmp_path / "run", RunOptions(progress=False))
     lines = (tmp_path / "run" / "points.jsonl").read_text().splitlines()
     assert [json.loads(x)["size"] for x in lines] == [2]
 
 
 def test_a_run_of_another_results_schema_is_refused_with_what_to_do(tmp_path, fake_workload, capsys):
     from harness.cli import main
-    from harness.store.results import MANIFEST_FILE, SCHEMA_VERSION, RunDirError
+    from harness.store import MANIFEST_FILE, SCHEMA_VERSION, RunDirError
 
-    run_suite(fake_suite("methods: {plain: {}}\n"), tmp_path / "run", progress=False)
+    run_suite(fake_suite("methods: {plain: {}}\n"), tmp_path / "run", RunOptions(progress=False))
     manifest_path = tmp_path / "run" / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text())
     manifest["schema_version"] = SCHEMA_VERSION + 1
@@ -275,4 +278,5 @@ def test_a_run_of_another_results_schema_is_refused_with_what_to_do(tmp_path, fa
     err = capsys.readouterr().err
     assert "schema version" in err and "Traceback" not in err
     with pytest.raises(RunError, match="cannot resume: .* schema version"):
-        run_suite(fake_suite("methods: {plain: {}}\n"), tmp_path / "run", resume=True, progress=False)
+        run_suite(fake_suite("methods: {plain: {}}\n"), tmp_path / "run",
+                  RunOptions(resume=True, progress=False))

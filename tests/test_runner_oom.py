@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from harness.run.options import RunOptions
 from harness.run.runner import run_suite
 from harness.store import columns as C
-from harness.store.results import load
+from harness.store import load
 from harness.suite import parse_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,7 +37,7 @@ def test_cpu_allocation_failures_are_oom_and_other_errors_failed(tmp_path, fake_
     monkeypatch.setattr(fake_workload, "bench", bench)
     text = "name: f\nworkload: fake\nsweep: {size: [2, 3, 4, 5, 6]}\nmethods: {plain: {}}\n" + FAST
     suite = parse_suite(text, source="f.yaml")
-    summary = run_suite(suite, tmp_path / "run", progress=False)
+    summary = run_suite(suite, tmp_path / "run", RunOptions(progress=False))
     pts = load(tmp_path / "run").points.set_index("size")
     assert pts[C.STATUS].to_dict() == {2: C.OOM, 3: C.OOM, 4: C.OK, 5: C.OOM, 6: C.FAILED}
     assert "DefaultCPUAllocator: can't allocate memory" in pts.loc[2, C.ERROR]
@@ -50,6 +51,6 @@ def test_a_cpu_allocation_failure_while_building_the_model_is_oom(tmp_path, fake
 
     monkeypatch.setattr(fake_workload, "build_model", build_model)
     suite = parse_suite(f"name: f\nworkload: fake\nmethods: {{plain: {{}}}}\n{FAST}", source="f.yaml")
-    run_suite(suite, tmp_path / "run", progress=False)
+    run_suite(suite, tmp_path / "run", RunOptions(progress=False))
     (status,) = load(tmp_path / "run").points[C.STATUS]
     assert status == C.OOM

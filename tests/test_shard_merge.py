@@ -13,9 +13,10 @@ import pytest
 
 from harness import registry
 from harness.cli import main
-from harness.run.runner import RunError, order_points, shard_points
+from harness.errors import RunError
+from harness.run.points import order_points, shard_points
 from harness.store import columns as C
-from harness.store.results import load
+from harness.store import load
 from harness.suite import parse_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -118,13 +118,14 @@ metrics: {evaluate: true, breakdown: false}
 
 def test_a_suite_on_the_proxy_reports_top1_and_the_importance_diagnostics(tmp_path):
     from harness import registry
+    from harness.run.options import RunOptions
     from harness.run.runner import run_suite
-    from harness.store.results import load
+    from harness.store import load
     from harness.suite import parse_suite
 
     registry.load_builtins()
     out = tmp_path / "run"
-    run_suite(parse_suite(SUITE), out, progress=False, argv=["test"])
+    run_suite(parse_suite(SUITE), out, RunOptions(progress=False, argv=["test"]))
     rows = {r["method"]: r for _, r in load(out).points.iterrows()}
     fp32, mix = rows["fp32"], rows["mixaq"]
     assert fp32["status"] == mix["status"] == "ok"

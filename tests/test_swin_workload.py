@@ -17,9 +17,10 @@ from harness.models.swin import (
     read_image_folder,
     synthetic_images,
 )
+from harness.run.options import RunOptions
 from harness.run.runner import run_suite
 from harness.store import columns as C
-from harness.store.results import load
+from harness.store import load
 from harness.suite import SuiteError, parse_suite
 from harness.workloads.base import RunContext
 from harness.workloads.swin import SwinParams, SwinWorkload
@@ -49,7 +50,7 @@ def run_rows(tmp_path_factory: pytest.TempPathFactory):
     try:
         suite = parse_suite(SUITE)
         out = tmp_path_factory.mktemp("swin") / "run"
-        run_suite(suite, out, progress=False, argv=["test"])
+        run_suite(suite, out, RunOptions(progress=False, argv=["test"]))
     finally:
         torch.set_num_threads(n)
     df = load(out).points

@@ -10,6 +10,7 @@ import pytest
 import torch
 from fake_nvml import FakeNVML, FakeNVMLError
 
+from harness.measure import nvml as N
 from harness.measure import telemetry as T
 from harness.measure.telemetry import TelemetrySample, TelemetrySampler, summarize_samples
 from harness.store import columns as C
@@ -31,10 +32,11 @@ class FakeClock:
 def fake_cuda(monkeypatch):
     """Pretend the sampler runs on cuda:0 without touching CUDA; torch's peak reads 123 MiB."""
     monkeypatch.setattr(T, "parse_device", lambda d: torch.device("cuda", 0))
+    monkeypatch.setattr(N, "parse_device", lambda d: torch.device("cuda", 0))
     monkeypatch.setattr(T, "_cuda_window_start", lambda dev: None)
     monkeypatch.setattr(T, "_cuda_window_end", lambda dev: 123.0)
-    monkeypatch.setattr(T, "_torch_uuid", lambda i: "GPU-fake-0")
-    monkeypatch.setattr(T, "_nvml_warned", False)
+    monkeypatch.setattr(N, "torch_uuid", lambda i: "GPU-fake-0")
+    monkeypatch.setattr(N, "_nvml_warned", False)
 
 
 def run_window(backend: FakeNVML, n_middle: int = 1, step_s: float = 1.0) -> TelemetrySampler:
@@ -141,7 +143,7 @@ def test_sampler_takes_enter_middle_and_exit_samples(fake_cuda):
 
 
 def test_sampler_converts_units_and_ors_throttle_bits(fake_cuda):
-    nv = FakeNVML({"mem_used_bytes": [2 * T.MIB, 6 * T.MIB, 4 * T.MIB], "clock_event_reasons": [0, 0x20, 0x1],
+    nv = FakeNVML({"mem_used_bytes": [2 * N.MIB, 6 * N.MIB, 4 * N.MIB], "clock_event_reasons": [0, 0x20, 0x1],
                    "sm_clock_mhz": [1900.0, 1400.0, 1600.0]})  # mean 1633.3
     row = run_window(nv).summary()
     assert (row[C.GPU_MEM_PEAK_MB], row[C.THROTTLE_REASONS], row[C.THROTTLED]) == (6.0, 0x21, True)
@@ -176,7 +178,7 @@ def test_sampler_thread_starts_samples_and_stops_cleanly(fake_cuda):
 
 
 def test_missing_nvml_leaves_gpu_columns_empty_and_warns_once(fake_cuda, caplog):
-    with caplog.at_level(logging.WARNING, logger="harness.measure.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="harness.measure.nvml"):
         rows = [run_window(FakeNVML(init_error=FakeNVMLError("NVML Shared Library Not Found"))).summary()
                 for _ in range(2)]
     assert all(row[k] is None for row in rows for k in GPU_COLUMNS)
@@ -194,9 +196,9 @@ def test_real_backend_without_an_nvml_library_is_reported_not_raised(monkeypatch
     else:
         pynvml.nvmlShutdown()
         pytest.skip("NVML works on this machine")
-    monkeypatch.setattr(T, "_nvml_warned", False)
-    with caplog.at_level(logging.WARNING, logger="harness.measure.telemetry"):
-        assert T._open_nvml(None, 0) is None
+    monkeypatch.setattr(N, "_nvml_warned", False)
+    with caplog.at_level(logging.WARNING, logger="harness.measure.nvml"):
+        assert N.open_nvml(None, 0) is None
     assert "NVML unavailable" in caplog.text
 
 
@@ -223,38 +225,38 @@ def test_rate_must_be_positive():
 
 def test_handle_is_found_by_uuid_first():
     nv = FakeNVML(uuids=["GPU-a", "GPU-b", "GPU-c"])
-    assert T.resolve_handle(nv, 0, torch_uuid="GPU-c", visible_devices="0") == 2
+    assert N.resolve_handle(nv, 0, torch_uuid="GPU-c", visible_devices="0") == 2
 
 
 def test_handle_follows_cuda_visible_devices_indices():
     nv = FakeNVML(uuids=["GPU-a", "GPU-b", "GPU-c"])
-    assert T.resolve_handle(nv, 0, torch_uuid=None, visible_devices="2,0") == 2
-    assert T.resolve_handle(nv, 1, torch_uuid="GPU-unknown", visible_devices="2,0") == 0
+    assert N.resolve_handle(nv, 0, torch_uuid=None, visible_devices="2,0") == 2
+    assert N.resolve_handle(nv, 1, torch_uuid="GPU-unknown", visible_devices="2,0") == 0
 
 
 def test_handle_follows_cuda_visible_devices_uuids():
     nv = FakeNVML(uuids=["GPU-a", "GPU-b"])
-    assert T.resolve_handle(nv, 0, visible_devices="GPU-b") == 1
+    assert N.resolve_handle(nv, 0, visible_devices="GPU-b") == 1
 
 
 def test_handle_falls_back_to_the_torch_index():
     nv = FakeNVML(uuids=["GPU-a", "GPU-b"])
-    assert T.resolve_handle(nv, 1) == 1
+    assert N.resolve_handle(nv, 1) == 1
 
 
 # --- static info ------------------------------------------------------------------------------
 
 
 def test_static_info_on_cpu_is_all_empty():
-    assert T.gpu_static_info("cpu") == dict.fromkeys(T.GPU_STATIC_KEYS)
+    assert N.gpu_static_info("cpu") == dict.fromkeys(N.GPU_STATIC_KEYS)
 
 
 def test_static_info_reads_nvml_facts_in_fingerprint_units(fake_cuda):
     nv = FakeNVML(static={"name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-fake-0", "driver_version": "580.1",
                           "power_limit_mw": 700_000, "max_sm_clock_mhz": 1980, "persistence_mode": True,
-                          "mig_mode": False, "memory_total_bytes": 80 * 1024 * T.MIB})
-    info = T.gpu_static_info("cuda:0", backend=nv)
-    assert set(info) == set(T.GPU_STATIC_KEYS)
+                          "mig_mode": False, "memory_total_bytes": 80 * 1024 * N.MIB})
+    info = N.gpu_static_info("cuda:0", backend=nv)
+    assert set(info) == set(N.GPU_STATIC_KEYS)
     assert (info["gpu_name"], info["gpu_driver"], info["gpu_power_limit_w"]) == ("NVIDIA H100 80GB HBM3",
                                                                                  "580.1", 700.0)
     assert (info["gpu_max_sm_clock_mhz"], info["gpu_persistence_mode"], info["gpu_mig_mode"]) == (1980, True,
@@ -263,7 +265,7 @@ def test_static_info_reads_nvml_facts_in_fingerprint_units(fake_cuda):
 
 
 def test_static_info_without_nvml_keeps_the_torch_uuid(fake_cuda):
-    info = T.gpu_static_info("cuda:0", backend=FakeNVML(init_error=FakeNVMLError("no driver")))
+    info = N.gpu_static_info("cuda:0", backend=FakeNVML(init_error=FakeNVMLError("no driver")))
     assert info["gpu_uuid"] == "GPU-fake-0" and info["gpu_driver"] is None
 
 
@@ -285,7 +287,7 @@ def test_real_gpu_window_reports_allocator_peak_and_some_nvml_readings():
 
 @needs_cuda
 def test_real_gpu_static_info_names_the_device():
-    info = T.gpu_static_info("cuda")
+    info = N.gpu_static_info("cuda")
     assert info["gpu_name"] and info["gpu_uuid"]
 
 

@@ -21,9 +21,10 @@ from PIL import Image
 
 import harness.workloads.vggt  # noqa: F401 - registers the workload and its methods
 from harness.models.vggt import build_vggt, save_checkpoint
+from harness.run.options import RunOptions
 from harness.run.runner import run_suite
 from harness.store import columns as C
-from harness.store.results import load
+from harness.store import load
 from harness.suite import SuiteError, SuiteSpec, parse_suite, resolve
 from harness.workloads.base import RunContext
 from harness.workloads.vggt import VGGTParams, VGGTWorkload
@@ -115,7 +116,7 @@ def points(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
     try:
         suite = parse_suite(SUITE.format(**{k: str(v) for k, v in files.items()}), source="vggt-test.yaml")
         out = tmp_path_factory.mktemp("vggt-run") / "run"
-        run_suite(suite, out, progress=False, argv=["test"])
+        run_suite(suite, out, RunOptions(progress=False, argv=["test"]))
     finally:
         torch.set_num_threads(n)
     return load(out).points
@@ -346,7 +347,7 @@ def scene_points(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     try:
         suite = parse_suite(SCENES_SUITE.format(ckpt=files["same_ckpt"]), source="vggt-scenes.yaml")
         out = tmp_path_factory.mktemp("vggt-scenes") / "run"
-        run_suite(suite, out, progress=False, argv=["test"])
+        run_suite(suite, out, RunOptions(progress=False, argv=["test"]))
     finally:
         torch.set_num_threads(n)
     return load(out).points

@@ -18,9 +18,10 @@ from harness.models import weights as W
 from harness.models.swin import build_swin
 from harness.models.vggt import build_vggt, save_checkpoint
 from harness.models.weights import Weights, WeightsError, check_weights, resolve_weights
+from harness.run.options import RunOptions
 from harness.run.runner import run_suite
 from harness.store import columns as C
-from harness.store.results import load
+from harness.store import load
 from harness.suite import SuiteError, parse_suite
 from harness.workloads.swin import SwinParams, SwinWorkload
 from harness.workloads.vggt import VGGTWorkload
@@ -339,7 +340,7 @@ def test_vggt_suite_with_an_uncached_hf_spec_validates_and_the_point_fails_with_
     text = ("name: t\nworkload: vggt\nfixed: {preset: vggt-tiny, frames: 1, height: 28, width: 28, "
             "checkpoint: 'hf:acme/absent'}\nmethods: {vggt: {}}\n"
             "timing: {warmup_n: 0, min_samples: 1, max_samples: 1, budget_s: 0.0}\n")
-    run_suite(parse_suite(text), tmp_path / "run", progress=False, argv=["test"])
+    run_suite(parse_suite(text), tmp_path / "run", RunOptions(progress=False, argv=["test"]))
     row = load(tmp_path / "run").points.iloc[0]
     assert row[C.STATUS] == "failed"
     assert "model build failed: WeightsError: cannot get the weights hf:acme/absent" in row[C.ERROR]
@@ -406,7 +407,7 @@ def test_swin_pretrained_offline_is_a_failed_point_with_the_paragraph(
                         lambda *a, **k: pytest.fail("the suite check downloads"))
     suite = parse_suite(text)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", real)
-    run_suite(suite, tmp_path / "run", progress=False, argv=["test"])
+    run_suite(suite, tmp_path / "run", RunOptions(progress=False, argv=["test"]))
     row = load(tmp_path / "run").points.iloc[0]
     assert row[C.STATUS] == "failed"
     assert ("model build failed: WeightsError: cannot get the weights pretrained: true for swin_t"

@@ -23,13 +23,15 @@ import ctypes.util
 import functools
 import sys
 
+from harness.errors import HarnessError
+
 MODES = ("system", "retain")
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 RETAIN = {M_MMAP_THRESHOLD: 1 << 30, M_TRIM_THRESHOLD: 1 << 30, M_TOP_PAD: 256 << 20}
 _current = "system"
 
 
-class AllocatorError(RuntimeError):
+class AllocatorError(HarnessError, RuntimeError):
     """The requested allocator policy cannot be set here."""
 
 

@@ -34,6 +34,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+
+from harness.measure.devices import torch_dtype
+from harness.measure.peaks import gpu_peak
 from harness.store import columns as C
 
 #: method phase -> (FLOPs counter, bytes counter); None where no model exists
@@ -145,8 +149,6 @@ def peak_key(device: str, dtype: str, threads: int) -> str:
 
 def effective_threads(threads: int) -> int:
     """The torch thread count a point runs with (``threads=0`` keeps torch's default)."""
-    import torch
-
     return threads if threads > 0 else torch.get_num_threads()
 
 
@@ -169,10 +171,6 @@ def calibrate(device: str, dtype: str, threads: int) -> Peak:
     """Measure this machine's matmul FLOP/s and copy bandwidth at ``dtype`` (on CPU with
     ``threads`` torch threads): the best of :data:`CALIBRATION_REPEATS` calls of an
     N x N @ N x N matmul (2 N^3 FLOPs) and of a copy of a large buffer (read + write)."""
-    import torch
-
-    from harness.measure.devices import torch_dtype
-
     key = peak_key(device, dtype, threads)
     if key in _calibrated:
         return _calibrated[key]
@@ -206,10 +204,6 @@ def calibrate(device: str, dtype: str, threads: int) -> Peak:
 
 def table_peak(device: str, dtype: str) -> Peak | None:
     """The vendor's dense peak of the current CUDA device for ``dtype`` (None off the table)."""
-    import torch
-
-    from harness.measure.peaks import gpu_peak
-
     name = torch.cuda.get_device_name(torch.device(device))
     entry = gpu_peak(name)
     if entry is None:

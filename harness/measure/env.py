@@ -18,6 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.measure import cpu_alloc
+from harness.measure.nvml import GPU_DRIVER as GPU_DRIVER  # env.json key; reports read it from here
+from harness.measure.nvml import GPU_NAME, GPU_STATIC_KEYS, gpu_static_info
+from harness.methods import kernels
+from harness.store import columns as C
+from harness.version import PACKAGE_PARENT, __version__
+
 FINGERPRINT_VERSION = 1
 
 # env.json keys that reports read (the fingerprint has more; these are the stable ones)
@@ -25,8 +32,6 @@ TORCH = "torch"
 CUDA = "cuda"
 TORCH_THREADS = "torch_threads"
 DEVICE_KIND = "device_kind"
-GPU_NAME = "gpu_name"
-GPU_DRIVER = "gpu_driver"
 CPU_MODEL = "cpu_model"
 GIT_COMMIT = "git_commit"
 GIT_DIRTY = "git_dirty"
@@ -119,8 +124,6 @@ def _torch_facts() -> dict[str, Any]:
 
 def _merge_kernels(device_kind: str) -> str | None:
     """What the merging primitives use on this machine's device kind (torch or triton)."""
-    from harness.methods import kernels
-
     try:
         return kernels.resolved(device_kind)
     except kernels.KernelError:
@@ -130,12 +133,9 @@ def _merge_kernels(device_kind: str) -> str | None:
 def fingerprint(argv: list[str] | None = None, seed: int | None = None) -> dict[str, Any]:
     """A JSON-ready description of this machine, software stack and invocation.
 
-    GPU fields describe the current CUDA device (see ``telemetry.GPU_STATIC_KEYS``) and are
+    GPU fields describe the current CUDA device (see :data:`harness.measure.nvml.GPU_STATIC_KEYS`) and are
     None on a CPU-only machine. git fields describe the checkout the harness is imported from.
     """
-    import harness
-    from harness.measure.telemetry import GPU_STATIC_KEYS, gpu_static_info
-
     fp: dict[str, Any] = {
         "fingerprint_version": FINGERPRINT_VERSION,
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -144,14 +144,12 @@ def fingerprint(argv: list[str] | None = None, seed: int | None = None) -> dict[
         "python_implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "harness": getattr(harness, "__version__", None),
+        "harness": __version__,
     }
     fp.update(_torch_facts())
     for name in ("timm", "numpy", "pandas", "triton"):
         fp[name] = _version(name)
     fp[MERGE_KERNELS] = _merge_kernels(fp[DEVICE_KIND])
-    from harness.measure import cpu_alloc
-
     fp[CPU_ALLOCATOR] = cpu_alloc.current()
     fp.update(dict.fromkeys(GPU_STATIC_KEYS))
     if fp[DEVICE_KIND] == "cuda":
@@ -160,7 +158,7 @@ def fingerprint(argv: list[str] | None = None, seed: int | None = None) -> dict[
     fp["cpu_count"] = os.cpu_count()
     fp["cpu_governor"] = _cpu_governor()
     fp["env_vars"] = {k: os.environ.get(k) for k in ENV_VARS}
-    fp.update(git_info(Path(harness.__file__).resolve().parent.parent))
+    fp.update(git_info(PACKAGE_PARENT))
     fp["argv"] = list(sys.argv if argv is None else argv)
     fp["seed"] = seed
     return fp
@@ -172,13 +170,9 @@ _placements: dict[str, dict[str, Any]] = {}
 def placement(device: str) -> dict[str, Any]:
     """Where a point on ``device`` runs: ``host`` and, on CUDA, ``gpu_name`` and ``gpu_uuid`` of the
     device as this process sees it (a Ray worker sees only its assigned GPU). Cached per device."""
-    from harness.store import columns as C
-
     if device not in _placements:
         info: dict[str, Any] = {C.HOST: socket.gethostname(), C.GPU_NAME: None, C.GPU_UUID: None}
         if str(device).startswith("cuda"):
-            from harness.measure.telemetry import gpu_static_info
-
             gpu = gpu_static_info(device)
             info[C.GPU_NAME], info[C.GPU_UUID] = gpu.get(GPU_NAME), gpu.get("gpu_uuid")
         _placements[device] = info

@@ -16,9 +16,9 @@ approximate: on Ampere+ ``nvmlDeviceGetPowerUsage`` is a 1 s average, and on A10
 sensor samples only part of the time. Use windows of a second or more.
 
 Missing NVML (no library, no driver, init error) never raises: the GPU columns stay None and
-one warning is logged per process. The NVML access is a small injectable backend
-(:class:`NVMLBackend`): :class:`PynvmlBackend` is the real one; the tests replay scripted readings
-through a fake of the same interface (``tests/fake_nvml.py``).
+one warning is logged per process. The NVML access is :mod:`harness.measure.nvml`'s small
+injectable backend; the tests replay scripted readings through a fake of the same interface
+(``tests/helpers/fake_nvml.py``).
 """
 
 from __future__ import annotations
@@ -31,206 +31,22 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from harness.measure import env as E
 from harness.measure.devices import parse_device
+from harness.measure.nvml import (
+    MIB,
+    THROTTLE_MASK,
+    NVMLBackend,
+    open_nvml,
+    safe_reading,
+)
 from harness.store import columns as C
 
 log = logging.getLogger(__name__)
 
-MIB = 2**20
-SW_POWER_CAP = 0x4
-HW_SLOWDOWN = 0x8
-SW_THERMAL = 0x20
-HW_THERMAL = 0x40
-HW_POWER_BRAKE = 0x80
-THROTTLE_MASK = SW_POWER_CAP | HW_SLOWDOWN | SW_THERMAL | HW_THERMAL | HW_POWER_BRAKE
-
 ENERGY_COUNTER = "counter"
 ENERGY_INTEGRATED = "integrated_power"
-
-GPU_STATIC_KEYS = (
-    E.GPU_NAME, "gpu_uuid", E.GPU_DRIVER, "gpu_capability", "gpu_memory_total_mb", "gpu_power_limit_w",
-    "gpu_max_sm_clock_mhz", "gpu_persistence_mode", "gpu_mig_mode",
-)
-
-_nvml_warned = False  # one "NVML unavailable" line per process
-
-
-class NVMLBackend(Protocol):
-    """What the sampler needs from NVML. Every reading may raise (unsupported, lost GPU)."""
-
-    def init(self) -> None: ...
-    def shutdown(self) -> None: ...
-    def handle_by_index(self, index: int) -> Any: ...
-    def handle_by_uuid(self, uuid: str) -> Any: ...
-    # readings, sampled during the window
-    def power_mw(self, h: Any) -> float: ...
-    def energy_mj(self, h: Any) -> float: ...
-    def sm_clock_mhz(self, h: Any) -> float: ...
-    def temperature_c(self, h: Any) -> float: ...
-    def gpu_util_pct(self, h: Any) -> float: ...
-    def mem_used_bytes(self, h: Any) -> float: ...
-    def clock_event_reasons(self, h: Any) -> int: ...
-    # static facts, for the environment fingerprint
-    def name(self, h: Any) -> str: ...
-    def uuid(self, h: Any) -> str: ...
-    def driver_version(self) -> str: ...
-    def power_limit_mw(self, h: Any) -> float: ...
-    def max_sm_clock_mhz(self, h: Any) -> float: ...
-    def memory_total_bytes(self, h: Any) -> float: ...
-    def persistence_mode(self, h: Any) -> bool: ...
-    def mig_mode(self, h: Any) -> bool: ...
-
-
-class PynvmlBackend:
-    """The real backend over ``pynvml`` (install ``nvidia-ml-py``, not the deprecated ``pynvml``)."""
-
-    def __init__(self) -> None:
-        self._nv: Any = None
-
-    def init(self) -> None:
-        import pynvml  # ImportError when nvidia-ml-py is missing
-
-        pynvml.nvmlInit()  # NVMLError when the library or driver is missing
-        self._nv = pynvml
-
-    def shutdown(self) -> None:
-        if self._nv is not None:
-            self._nv.nvmlShutdown()
-            self._nv = None
-
-    def handle_by_index(self, index: int) -> Any:
-        return self._nv.nvmlDeviceGetHandleByIndex(index)
-
-    def handle_by_uuid(self, uuid: str) -> Any:
-        return self._nv.nvmlDeviceGetHandleByUUID(uuid)
-
-    def power_mw(self, h: Any) -> float:
-        return float(self._nv.nvmlDeviceGetPowerUsage(h))
-
-    def energy_mj(self, h: Any) -> float:
-        return float(self._nv.nvmlDeviceGetTotalEnergyConsumption(h))
-
-    def sm_clock_mhz(self, h: Any) -> float:
-        return float(self._nv.nvmlDeviceGetClockInfo(h, self._nv.NVML_CLOCK_SM))
-
-    def temperature_c(self, h: Any) -> float:
-        return float(self._nv.nvmlDeviceGetTemperature(h, self._nv.NVML_TEMPERATURE_GPU))
-
-    def gpu_util_pct(self, h: Any) -> float:
-        return float(self._nv.nvmlDeviceGetUtilizationRates(h).gpu)
-
-    def mem_used_bytes(self, h: Any) -> float:
-        return float(self._nv.nvmlDeviceGetMemoryInfo(h).used)
-
-    def clock_event_reasons(self, h: Any) -> int:
-        nv = self._nv
-        new = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
-        if new is not None:
-            try:
-                return int(new(h))
-            except nv.NVMLError_FunctionNotFound:  # driver older than the binding
-                pass
-        return int(nv.nvmlDeviceGetCurrentClocksThrottleReasons(h))
-
-    def name(self, h: Any) -> str:
-        return str(self._nv.nvmlDeviceGetName(h))
-
-    def uuid(self, h: Any) -> str:
-        return str(self._nv.nvmlDeviceGetUUID(h))
-
-    def driver_version(self) -> str:
-        return str(self._nv.nvmlSystemGetDriverVersion())
-
-    def power_limit_mw(self, h: Any) -> float:
-        return float(self._nv.nvmlDeviceGetEnforcedPowerLimit(h))
-
-    def max_sm_clock_mhz(self, h: Any) -> float:
-        return float(self._nv.nvmlDeviceGetMaxClockInfo(h, self._nv.NVML_CLOCK_SM))
-
-    def memory_total_bytes(self, h: Any) -> float:
-        return float(self._nv.nvmlDeviceGetMemoryInfo(h).total)
-
-    def persistence_mode(self, h: Any) -> bool:
-        return bool(self._nv.nvmlDeviceGetPersistenceMode(h))
-
-    def mig_mode(self, h: Any) -> bool:
-        return bool(self._nv.nvmlDeviceGetMigMode(h)[0])
-
-
-def _torch_uuid(index: int) -> str | None:
-    """The NVML-style UUID (``GPU-...``/``MIG-...``) torch reports for a visible device."""
-    try:
-        import torch
-
-        raw = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-    except Exception:
-        return None
-    if raw is None:
-        return None
-    s = str(raw)
-    return s if s.startswith(("GPU-", "MIG-")) else f"GPU-{s}"
-
-
-def resolve_handle(backend: NVMLBackend, torch_index: int, torch_uuid: str | None = None,
-                   visible_devices: str | None = None) -> Any:
-    """The NVML handle of torch's ``cuda:torch_index``.
-
-    By UUID when torch reports one; else through ``CUDA_VISIBLE_DEVICES`` (an NVML index or a
-    UUID at that position); else NVML index = torch index (correct when nothing is hidden and
-    ``CUDA_DEVICE_ORDER=PCI_BUS_ID``; NVML enumerates in PCI order).
-    """
-    if torch_uuid:
-        try:
-            return backend.handle_by_uuid(torch_uuid)
-        except Exception:
-            pass
-    entries = [e.strip() for e in (visible_devices or "").split(",") if e.strip()]
-    if torch_index < len(entries):
-        entry = entries[torch_index]
-        if entry.isdigit():
-            return backend.handle_by_index(int(entry))
-        try:
-            return backend.handle_by_uuid(entry)
-        except Exception:
-            pass
-    return backend.handle_by_index(torch_index)
-
-
-def _warn_nvml_once(reason: str) -> None:
-    global _nvml_warned
-    if not _nvml_warned:
-        _nvml_warned = True
-        log.warning("NVML unavailable (%s): GPU telemetry columns will be empty", reason)
-
-
-def _open_nvml(backend: NVMLBackend | None, torch_index: int) -> tuple[NVMLBackend, Any] | None:
-    """(initialized backend, handle) or None (with one warning per process) when NVML is unusable."""
-    be = backend if backend is not None else PynvmlBackend()
-    try:
-        be.init()
-    except Exception as e:  # ImportError, NVMLError_LibraryNotFound, driver errors
-        _warn_nvml_once(f"{type(e).__name__}: {e}")
-        return None
-    try:
-        handle = resolve_handle(be, torch_index, _torch_uuid(torch_index),
-                                os.environ.get("CUDA_VISIBLE_DEVICES"))
-    except Exception as e:
-        _warn_nvml_once(f"no NVML handle for cuda:{torch_index}: {type(e).__name__}: {e}")
-        _safe(be.shutdown)
-        return None
-    return be, handle
-
-
-def _safe(read: Callable[[], Any]) -> Any:
-    """The reading, or None when it raises (unsupported, transient NVML error)."""
-    try:
-        return read()
-    except Exception as e:
-        log.debug("telemetry reading failed: %s: %s", type(e).__name__, e)
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,10 +243,10 @@ class TelemetrySampler:
         self._cpu_s = self._torch_peak_mb = None
         if self._dev.type == "cuda":
             _cuda_window_start(self._dev)
-            self._nvml = _open_nvml(self._backend, self._dev.index)
+            self._nvml = open_nvml(self._backend, self._dev.index)
             if self._nvml is not None:
                 be, h = self._nvml
-                self._energy0 = _safe(lambda: be.energy_mj(h))
+                self._energy0 = safe_reading(lambda: be.energy_mj(h))
         self._cpu0 = time.process_time()
         self._hwm_reset = _reset_peak_rss()
         self._rss_window_peak_mb = None
@@ -442,7 +258,7 @@ class TelemetrySampler:
 
     def __exit__(self, *exc: Any) -> None:
         if self._dev.type == "cuda":
-            self._torch_peak_mb = _safe(lambda: _cuda_window_end(self._dev))
+            self._torch_peak_mb = safe_reading(lambda: _cuda_window_end(self._dev))
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -452,8 +268,8 @@ class TelemetrySampler:
         self._rss_window_peak_mb = _peak_rss_mb() if self._hwm_reset else None
         if self._nvml is not None:
             be, h = self._nvml
-            self._energy1 = _safe(lambda: be.energy_mj(h))
-            _safe(be.shutdown)
+            self._energy1 = safe_reading(lambda: be.energy_mj(h))
+            safe_reading(be.shutdown)
 
     def _loop(self) -> None:
         period = 1.0 / self.rate_hz
@@ -468,15 +284,15 @@ class TelemetrySampler:
         fields: dict[str, Any] = {"t_s": self._clock(), "rss_mb": _rss_mb()}
         if self._nvml is not None:
             be, h = self._nvml
-            power_mw = _safe(lambda: be.power_mw(h))
-            mem_b = _safe(lambda: be.mem_used_bytes(h))
+            power_mw = safe_reading(lambda: be.power_mw(h))
+            mem_b = safe_reading(lambda: be.mem_used_bytes(h))
             fields.update(
                 power_w=None if power_mw is None else power_mw / 1e3,
-                sm_clock_mhz=_safe(lambda: be.sm_clock_mhz(h)),
-                temp_c=_safe(lambda: be.temperature_c(h)),
-                gpu_util_pct=_safe(lambda: be.gpu_util_pct(h)),
+                sm_clock_mhz=safe_reading(lambda: be.sm_clock_mhz(h)),
+                temp_c=safe_reading(lambda: be.temperature_c(h)),
+                gpu_util_pct=safe_reading(lambda: be.gpu_util_pct(h)),
                 mem_used_mb=None if mem_b is None else mem_b / MIB,
-                reasons=_safe(lambda: be.clock_event_reasons(h)),
+                reasons=safe_reading(lambda: be.clock_event_reasons(h)),
             )
         sample = TelemetrySample(**fields)
         with self._lock:
@@ -491,50 +307,3 @@ class TelemetrySampler:
             energy_end_mj=self._energy1, torch_peak_alloc_mb=self._torch_peak_mb, cpu_time_s=cpu_s,
             rss_fallback_mb=_maxrss_mb(), rss_window_peak_mb=self._rss_window_peak_mb,
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# static facts
-
-
-def gpu_static_info(device: Any = "cuda", backend: NVMLBackend | None = None) -> dict[str, Any]:
-    """GPU facts for the environment fingerprint: the ``GPU_STATIC_KEYS``, None where unknown.
-
-    Name, UUID, capability and total memory come from torch when NVML is unavailable; the
-    driver, power limit (W), max SM clock, persistence and MIG mode need NVML. A CPU device
-    (or no CUDA) gives all None. Never raises.
-    """
-    info: dict[str, Any] = dict.fromkeys(GPU_STATIC_KEYS)
-    try:
-        dev = parse_device(device)
-    except (ValueError, RuntimeError):
-        return info
-    if dev.type != "cuda":
-        return info
-    import torch
-
-    props = _safe(lambda: torch.cuda.get_device_properties(dev))
-    if props is not None:
-        info[E.GPU_NAME] = props.name
-        info["gpu_capability"] = f"{props.major}.{props.minor}"
-        info["gpu_memory_total_mb"] = props.total_memory / MIB
-    info["gpu_uuid"] = _torch_uuid(dev.index)
-    nvml = _open_nvml(backend, dev.index)
-    if nvml is None:
-        return info
-    be, h = nvml
-    limit_mw = _safe(lambda: be.power_limit_mw(h))
-    mem_total = _safe(lambda: be.memory_total_bytes(h))
-    nvml_info = {
-        E.GPU_NAME: _safe(lambda: be.name(h)),
-        "gpu_uuid": _safe(lambda: be.uuid(h)),
-        E.GPU_DRIVER: _safe(be.driver_version),
-        "gpu_memory_total_mb": None if mem_total is None else mem_total / MIB,
-        "gpu_power_limit_w": None if limit_mw is None else limit_mw / 1e3,
-        "gpu_max_sm_clock_mhz": _safe(lambda: be.max_sm_clock_mhz(h)),
-        "gpu_persistence_mode": _safe(lambda: be.persistence_mode(h)),
-        "gpu_mig_mode": _safe(lambda: be.mig_mode(h)),
-    }
-    info.update({k: v for k, v in nvml_info.items() if v is not None})
-    _safe(be.shutdown)
-    return info

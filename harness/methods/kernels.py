@@ -21,11 +21,13 @@ from types import ModuleType
 
 import torch
 
+from harness.errors import HarnessError
+
 ENV_VAR = "HARNESS_MERGE_KERNELS"
 CHOICES = ("auto", "torch", "triton")
 
 
-class KernelError(RuntimeError):
+class KernelError(HarnessError, RuntimeError):
     """The requested kernels cannot run here (one paragraph, no traceback needed)."""
 
 

@@ -20,13 +20,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness.errors import HarnessError
+
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 SAFETENSORS_SUFFIXES = (".safetensors",)
 #: Keys shown per kind of mismatch in an error message (the rest are counted).
 SHOW_KEYS = 10
 
 
-class CheckpointError(ValueError):
+class CheckpointError(HarnessError, ValueError):
     """A checkpoint is unreadable or does not match the model (missing, unexpected or misshapen keys)."""
 
 

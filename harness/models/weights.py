@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import HarnessError
 from harness.models.checkpoint import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
 
 HF_PREFIX = "hf:"
@@ -44,7 +45,7 @@ _TRUE = {"1", "on", "yes", "true"}
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 
-class WeightsError(FileNotFoundError):
+class WeightsError(HarnessError, FileNotFoundError):
     """A weight specification names no readable file (bad syntax, unknown proxy, not downloadable)."""
 
 

@@ -13,6 +13,7 @@ runs made on machines whose fingerprints differ in what matters for timing (unle
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -22,15 +23,17 @@ from typing import Any
 
 import yaml
 
+from harness.errors import HarnessError
 from harness.measure.env import CPU_MODEL, GPU_NAME, comparable
-from harness.store import columns as C
-from harness.store.results import (
+from harness.store import (
     METRICS_FILE,
     PROFILES_DIR,
     SUITE_FILE,
     RunDirError,
     RunLogs,
     RunWriter,
+    check_new_run_dir,
+    check_writable,
     in_use_message,
     lock_holder,
     read_env,
@@ -38,20 +41,24 @@ from harness.store.results import (
     read_manifest,
     write_logs,
 )
+from harness.store import columns as C
 
 
-class MergeError(ValueError):
+class MergeError(HarnessError, ValueError):
     """Run directories that cannot be merged (the message says which and why)."""
 
 
 @dataclass
 class MergeSummary:
+    """What ``harness merge`` did: the merged directory, how many runs and points went into it."""
+
     out: Path
     runs: int
     points: int
     suite_points: int | None
 
     def line(self) -> str:
+        """The one line the CLI prints."""
         of = f" of the suite's {self.suite_points}" if self.suite_points else ""
         return f"merged {self.runs} run(s): {self.points}{of} points in {self.out}"
 
@@ -59,8 +66,6 @@ class MergeSummary:
 def merge_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                allow_env_mismatch: bool = False) -> MergeSummary:
     """Merge ``run_dirs`` into the new run directory ``out_dir``; raises MergeError."""
-    from harness.run.runner import RunError, _check_new_run_dir, _check_writable
-
     dirs = [Path(d) for d in run_dirs]
     if len(dirs) < 1:
         raise MergeError("harness merge needs at least one run directory")
@@ -101,9 +106,9 @@ def merge_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
             seen[h] = d
     out = Path(out_dir)
     try:
-        _check_new_run_dir(out)
-        _check_writable(out)
-    except RunError as e:
+        check_new_run_dir(out)
+        check_writable(out)
+    except RunDirError as e:
         raise MergeError(str(e)) from None
     _write(out, dirs, manifests, envs, logs)
     total = first.get("suite_points")
@@ -113,8 +118,6 @@ def merge_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
 
 def _write(out: Path, dirs: list[Path], manifests: list[dict[str, Any]], envs: list[dict[str, Any]],
            logs: list[RunLogs]) -> None:
-    import json
-
     first = manifests[0]
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     merged_from = [{"run_dir": str(d), "run_id": m.get("run_id"), "shard": m.get("shard"),

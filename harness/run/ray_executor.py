@@ -35,8 +35,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from harness import registry
+from harness.errors import RunError
+from harness.measure import markers
+from harness.measure.efficiency import run_peaks
 from harness.registry import PLUGINS_ENV
+from harness.run.options import RayOptions
+from harness.run.point_loop import PointLoop
+from harness.run.points import hashable_key
+from harness.run.rows import base_row
+from harness.run.summary import RunSummary
+from harness.store import PROFILES_DIR, atomic_write_bytes
 from harness.store import columns as C
+from harness.suite.loader import parse_recorded_suite
 
 RAY_MISSING = (
     "--executor ray needs Ray, which is not installed here. Install the extra with "
@@ -45,28 +58,9 @@ RAY_MISSING = (
 )
 
 
-@dataclass(frozen=True)
-class RayOptions:
-    """How points are placed on a Ray cluster.
-
-    address: None starts a local Ray on this machine; "auto" joins the cluster ``ray start``
-    started here; "ray://HOST:10001" connects a Ray client. gpus_per_point: GPUs each task holds
-    (None: 1 when the points run on CUDA, else 0). cpus_per_point: CPUs each task holds (Ray sets
-    the task's OMP_NUM_THREADS to it). max_in_flight: most tasks submitted at once (None: all;
-    Ray queues them by resources). retries: extra attempts for a point whose task died.
-    """
-
-    address: str | None = None
-    gpus_per_point: float | None = None
-    cpus_per_point: float = 1.0
-    max_in_flight: int | None = None
-    retries: int = 0
-
-
 def require_ray() -> Any:
-    """The ``ray`` module, or RunError in one paragraph when it is not installed."""
-    from harness.run.runner import RunError
-
+    """The ``ray`` module, or RunError in one paragraph when it is not installed (Ray is an optional
+    dependency: the ``ray`` extra; importing it here, not at the top, keeps the harness usable without it)."""
     try:
         import ray
     except ImportError:
@@ -78,11 +72,9 @@ def group_points(points: Sequence[Any], model_key: Any, slots: int = 1) -> list[
     """Task slices: points grouped by model (first appearance order, each group in the given order),
     groups longer than ceil(len(points) / slots) cut into consecutive slices of that length, so
     ``slots`` parallel workers all get work while each slice builds its model once."""
-    from harness.run.runner import _hashable
-
     groups: dict[Any, list[Any]] = {}
     for p in points:
-        groups.setdefault(_hashable(model_key(p)), []).append(p)
+        groups.setdefault(hashable_key(model_key(p)), []).append(p)
     size = max(1, -(-len(points) // max(1, slots)))
     return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
 
@@ -98,7 +90,7 @@ def parallel_slots(resources: dict[str, float], gpus: float, cpus: float) -> int
 # ------------------------------------------------------------------------------------ worker side
 
 
-class _MemoryWriter:
+class MemoryWriter:
     """What a worker's runner loop would write, kept for the driver (which alone writes the run)."""
 
     def __init__(self, tmp: str) -> None:
@@ -107,8 +99,6 @@ class _MemoryWriter:
         self.metrics: dict[str, Any] = {}
 
     def trace_path(self, point_hash: str) -> Path:
-        from harness.store.results import PROFILES_DIR
-
         return self.run_dir / PROFILES_DIR / f"{point_hash}.trace.json.gz"
 
     def append_ops(self, rows: Any) -> None:
@@ -133,12 +123,6 @@ def run_group(resolved: dict[str, Any], preset: str | None, suite_hash: str, has
               nvtx: bool, memory_snapshot: str | None) -> Iterator[dict[str, Any]]:
     """A Ray task: run the points ``hashes`` of the recorded suite in order, yielding one result per
     point (row, samples, operator rows, files, new metric entries, this worker's peaks)."""
-    from harness import registry
-    from harness.measure import markers
-    from harness.measure.efficiency import run_peaks
-    from harness.run.runner import RunSummary, _Loop
-    from harness.suite.loader import parse_recorded_suite
-
     registry.load_builtins()
     suite = parse_recorded_suite(resolved, preset, "suite.resolved.yaml")
     if suite.hash != suite_hash:
@@ -149,8 +133,8 @@ def run_group(resolved: dict[str, Any], preset: str | None, suite_hash: str, has
     peaks = run_peaks(dict.fromkeys((p.device, p.dtype, p.common.threads) for p in points))
     wl = registry.get_workload(suite.workload)()
     with tempfile.TemporaryDirectory(prefix="harness-ray-") as tmp, markers.enable(nvtx):
-        writer = _MemoryWriter(tmp)
-        loop = _Loop(suite, wl, writer, run_id, RunSummary(Path(tmp), run_id, len(points), 0),  # type: ignore[arg-type]
+        writer = MemoryWriter(tmp)
+        loop = PointLoop(suite, wl, writer, run_id, RunSummary(Path(tmp), run_id, len(points), 0),
                      peaks, memory_snapshot)
         try:
             for point in points:
@@ -204,8 +188,7 @@ class RayDriver:
         self.peak_keys: set[str] = set()
 
     def run(self, todo: Sequence[Any], model_key: Any, progress: bool) -> None:
-        from tqdm import tqdm
-
+        """Run ``todo`` as Ray tasks (grouped by ``model_key``), recording each point as it arrives."""
         ray = require_ray()
         started = not ray.is_initialized()
         if started:
@@ -257,8 +240,6 @@ class RayDriver:
                 ray.shutdown()
 
     def _task_died(self, job: _Job, e: BaseException, queue: deque, bar: Any) -> None:
-        from harness.run.runner import base_row
-
         culprit = job.points[0]
         job.attempts[culprit.hash] = job.attempts.get(culprit.hash, 0) + 1
         if job.attempts[culprit.hash] > self.options.retries:
@@ -272,12 +253,10 @@ class RayDriver:
 
     def _record(self, result: dict[str, Any], bar: Any) -> None:
         """Write one point: its files, operator rows and metric entries, then its row (the commit)."""
-        from harness.store.results import _atomic_write_bytes
-
         for rel, data in result.get("files", {}).items():
             path = self.writer.run_dir / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write_bytes(path, data)
+            atomic_write_bytes(path, data)
         if result.get("metrics"):
             self.writer.update_metrics(result["metrics"])
         if result.get("ops"):

@@ -1,5 +1,49 @@
 """The run directory: files, lock, manifest, per-point writes, resume repairs, loading.
 
-:mod:`~harness.store.columns` names every column of ``points.parquet``; the rest of this package
-owns the on-disk format (nothing else writes a run directory).
+This package owns the on-disk format; nothing else writes a run directory. Its public names are
+importable from here (``from harness.store import load, RunWriter``):
+
+- :mod:`~harness.store.layout`: the files of a run directory, the manifest, :class:`RunDirError`
+- :mod:`~harness.store.files`: atomic writes and JSON-lines logs (torn tails repaired)
+- :mod:`~harness.store.lock`: one writing process at a time
+- :mod:`~harness.store.checks`: whether a directory may receive a new run
+- :mod:`~harness.store.writer`: :class:`RunWriter`, one durable row per finished point
+- :mod:`~harness.store.load`: :func:`load` a run into DataFrames
+- :mod:`~harness.store.columns`: the name of every column of ``points.parquet``
 """
+
+from harness.store.checks import check_new_run_dir, check_writable
+from harness.store.files import atomic_write_bytes, read_jsonl, repair_torn_tail, write_json
+from harness.store.layout import (
+    ENV_FILE,
+    LOCK_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    OPS_FILE,
+    OPS_LOG,
+    POINTS_FILE,
+    POINTS_LOG,
+    PROFILED_AT,
+    PROFILES_DIR,
+    SAMPLES_FILE,
+    SAMPLES_LOG,
+    SCHEMA_VERSION,
+    SUITE_FILE,
+    RunDirError,
+    is_run_dir,
+    note_resume,
+    read_env,
+    read_manifest,
+)
+from harness.store.load import RunData, load, read_ops, read_tables
+from harness.store.lock import RunLock, in_use_message, lock_holder
+from harness.store.writer import RunLogs, RunWriter, read_logs, write_logs
+
+__all__ = [
+    "ENV_FILE", "LOCK_FILE", "MANIFEST_FILE", "METRICS_FILE", "OPS_FILE", "OPS_LOG", "POINTS_FILE",
+    "POINTS_LOG", "PROFILED_AT", "PROFILES_DIR", "SAMPLES_FILE", "SAMPLES_LOG", "SCHEMA_VERSION",
+    "SUITE_FILE", "RunData", "RunDirError", "RunLock", "RunLogs", "RunWriter", "atomic_write_bytes",
+    "check_new_run_dir", "check_writable", "in_use_message", "is_run_dir", "load", "lock_holder",
+    "note_resume", "read_env", "read_jsonl", "read_logs", "read_manifest", "read_ops", "read_tables",
+    "repair_torn_tail", "write_json", "write_logs",
+]

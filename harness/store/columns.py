@@ -16,7 +16,7 @@ Metrics: ``q_*`` quality vs ground truth, ``fid_*`` fidelity vs the reference me
     and direction are in the run directory's ``metrics.json``.
 
 ``samples.parquet``: run_id, point_hash, sample (index), device_ms, host_ms.
-The run directory's files and ``run.json`` belong to :mod:`harness.store.results`.
+The run directory's files and ``run.json`` belong to :mod:`harness.store`.
 """
 
 from __future__ import annotations

@@ -67,6 +67,7 @@ chains them into a :class:`Suite`. :class:`Problems` (:mod:`~harness.suite.probl
 locations and words every problem.
 """
 
+from harness.suite.catalog import find_suite_file, packaged_suite_files, packaged_suites_dir
 from harness.suite.document import (
     MAX_DOCUMENT_VALUES,
     MAX_SUITE_BYTES,
@@ -86,7 +87,7 @@ from harness.suite.expansion import (
     point_hash,
     resolve,
 )
-from harness.suite.loader import SUITES_DIR, Suite, find_suite_file, load_suite, parse_suite
+from harness.suite.loader import Suite, load_suite, parse_suite
 from harness.suite.problems import Issue, KeyPath, Problems, SuiteError, dotted
 from harness.suite.spec import (
     DEFAULT_POINT_LIMIT,
@@ -100,9 +101,10 @@ from harness.suite.spec import (
 
 __all__ = [
     "DEFAULT_POINT_LIMIT", "HASH_HEX_CHARS", "MAX_DOCUMENT_VALUES", "MAX_SUITE_BYTES", "PRESET_KEYS",
-    "REGRESSION_KEYS", "SUITES_DIR", "TOP_LEVEL_KEYS",
+    "REGRESSION_KEYS", "TOP_LEVEL_KEYS",
     "Expansion", "Include", "Issue", "KeyPath", "MetricsConfig", "Overlaid", "Problems",
     "RegressionConfig", "Rejected", "Suite", "SuiteError", "SuiteSpec",
     "count_points", "decode_suite", "dotted", "expand", "find_suite_file", "load_suite", "overlay",
-    "parse_suite", "point_hash", "read_yaml", "resolve", "validate",
+    "packaged_suite_files", "packaged_suites_dir", "parse_suite", "point_hash", "read_yaml", "resolve",
+    "validate",
 ]

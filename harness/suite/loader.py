@@ -19,13 +19,12 @@ from typing import Any
 
 from harness import registry
 from harness.measure.timing import TimingConfig
+from harness.suite.catalog import find_suite_file
 from harness.suite.document import MAX_SUITE_BYTES, decode_suite, overlay, read_yaml
 from harness.suite.expansion import HASH_HEX_CHARS, canonical, expand
 from harness.suite.problems import Problems
 from harness.suite.spec import MetricsConfig, SuiteSpec, validate
 from harness.workloads.base import CommonParams, Point
-
-SUITES_DIR = "suites"
 
 
 @dataclass
@@ -68,22 +67,6 @@ class Suite:
             if len(values) > 1:
                 varying.append(k)
         return varying
-
-
-def find_suite_file(path: str | Path) -> Path:
-    """``path`` itself, or ``suites/<path>.yaml`` for a bare suite name. FileNotFoundError otherwise."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    if p.suffix == "" and len(p.parts) == 1:
-        for ext in (".yaml", ".yml"):
-            cand = Path(SUITES_DIR) / (p.name + ext)
-            if cand.is_file():
-                return cand
-    raise FileNotFoundError(
-        f"suite file {str(path)!r} not found (give a path to a .yaml file, or the name of a suite in "
-        f"./{SUITES_DIR}/; `harness list` shows the suites found there)"
-    )
 
 
 def load_suite(

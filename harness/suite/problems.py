@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from harness.errors import HarnessError
+
 KeyPath = tuple[Any, ...]
 
 
-class SuiteError(ValueError):
+class SuiteError(HarnessError, ValueError):
     """A suite that cannot run. ``problems`` holds one paragraph per problem."""
 
     def __init__(self, problems: Sequence[str], source: str = "suite") -> None:

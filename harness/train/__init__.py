@@ -7,9 +7,13 @@ imports this package: benchmarks only read the weights.
 
 from __future__ import annotations
 
+import importlib
+
+from harness.params import did_you_mean
 from harness.train.base import Proxy, TrainConfig
 
-#: name -> "module:Class"; imported on demand so `harness train --help` stays fast
+#: name -> "module:Class"; a proxy's module (and its model and data code) is imported only when
+#: that proxy is asked for, since benchmarking never needs the trainers
 PROXIES: dict[str, str] = {
     "vggt-proxy": "harness.train.vggt_proxy:VGGTProxy",
     "swin-proxy": "harness.train.swin_proxy:SwinProxy",
@@ -18,10 +22,6 @@ PROXIES: dict[str, str] = {
 
 def get_proxy(name: str) -> Proxy:
     """The proxy registered under ``name`` (unknown names raise with the known ones)."""
-    import importlib
-
-    from harness.params import did_you_mean
-
     if name not in PROXIES:
         raise KeyError(f"unknown proxy {name!r}{did_you_mean(name, list(PROXIES))}; "
                        f"known proxies: {', '.join(PROXIES)}")

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.errors import HarnessError
 from harness.measure.devices import resolve_device
 from harness.train.base import Proxy, TrainConfig
 from harness.train.card import write_card
@@ -40,7 +41,7 @@ CURVES_PLOT = "curves.png"
 WEIGHTS_FILE = "model.safetensors"
 
 
-class TrainError(ValueError):
+class TrainError(HarnessError, ValueError):
     """A training run cannot start or continue (bad output folder, mismatched resume)."""
 
 

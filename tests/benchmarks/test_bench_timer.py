@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from harness.measure.timing import Timer, TimingConfig
+from harness.store import RunWriter
 from harness.store import columns as C
-from harness.store.results import RunWriter
 
 SAMPLES_PER_ROUND = 200
 SAMPLES_PER_POINT = 30

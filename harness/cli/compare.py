@@ -1,0 +1,46 @@
+"""``harness compare BASE NEW``: the regression gate (exit 1 on a regression, 2 when it cannot judge)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from harness.cli.common import EXIT_FAIL, EXIT_OK, UsageError, require_run_dir
+from reports.compare import CompareError, compare_runs
+
+NAME = "compare"
+
+
+def setup(sub: Any) -> None:
+    """Add the ``compare`` command."""
+    cp = sub.add_parser(NAME, help="regression gate: exit 1 when NEW is worse than BASE, 2 when the runs "
+                                   "cannot be compared")
+    cp.add_argument("base", help="baseline run directory")
+    cp.add_argument("new", help="candidate run directory")
+    cp.add_argument("--threshold", type=float,
+                    help="minimum relative change that counts (default: the suite's)")
+    cp.add_argument("--alpha", type=float,
+                    help="significance level (default: the suite's regression.alpha, else 0.01)")
+    cp.add_argument("--allow-env-mismatch", action="store_true",
+                    help="compare even when the environment fingerprints differ")
+    cp.add_argument("--allow-missing", action="store_true",
+                    help="points ok in BASE but missing from NEW do not fail the gate")
+    cp.add_argument("--markdown", metavar="FILE", help="also write the markdown summary here")
+    cp.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    """Compare the two runs point by point; print (and optionally write) the markdown summary."""
+    base, new = require_run_dir(args.base), require_run_dir(args.new)
+    try:
+        result = compare_runs(base, new, threshold=args.threshold, alpha=args.alpha,
+                              allow_env_mismatch=args.allow_env_mismatch, allow_missing=args.allow_missing)
+    except CompareError:
+        raise
+    except ValueError as e:  # a threshold or alpha out of range
+        raise UsageError(str(e)) from None
+    print(result.markdown)
+    if args.markdown:
+        Path(args.markdown).write_text(result.markdown)
+    return EXIT_FAIL if result.regressed else EXIT_OK

@@ -1,0 +1,73 @@
+"""Resuming a run: the directory must hold this suite's run, started on a comparable machine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.errors import RunError
+from harness.measure.env import comparable, fingerprint
+from harness.run.rows import now_iso
+from harness.store import (
+    MANIFEST_FILE,
+    RunDirError,
+    RunWriter,
+    check_writable,
+    is_run_dir,
+    note_resume,
+    read_env,
+    read_manifest,
+)
+from harness.suite import Suite
+from harness.workloads.base import Point
+
+
+def common_seed(points: Sequence[Point]) -> int | None:
+    """The seed every point shares (recorded in the fingerprint), or None when they differ."""
+    seeds = {p.seed for p in points}
+    return seeds.pop() if len(seeds) == 1 else None
+
+
+def open_for_resume(out: Path, suite: Suite, argv: list[str], points: Sequence[Point],
+                     allow_env_mismatch: bool,
+                     shard: tuple[int, int] | None = None) -> tuple[RunWriter, str, list[str]]:
+    """Checks that ``out`` holds this suite's run, started on a comparable machine; records the
+    resumption (with this machine's fingerprint) and repairs the logs. Raises RunError."""
+    if not is_run_dir(out):
+        raise RunError(
+            f"cannot resume {out}: it is not a run directory ({MANIFEST_FILE} is missing); "
+            "start a new run with --out instead"
+        )
+    try:
+        manifest = read_manifest(out)
+        stored_env = read_env(out)
+    except RunDirError as e:
+        raise RunError(f"cannot resume: {e}") from None
+    if manifest.get("suite_hash") != suite.hash:
+        raise RunError(
+            f"cannot resume {out}: it holds a run of suite {manifest.get('suite')!r} with suite hash "
+            f"{manifest.get('suite_hash')!r}, but the suite given resolves to {suite.name!r} with hash "
+            f"{suite.hash!r} (points, timing or metrics settings differ). Resume with the same suite file, "
+            "--preset and --set options, or start a new run with --out."
+        )
+    given = f"{shard[0]}/{shard[1]}" if shard else None
+    if manifest.get("shard") != given:
+        def says(s: Any) -> str:
+            return f"--shard {s}" if s else "no --shard"
+
+        raise RunError(f"cannot resume {out}: it holds a run made with {says(manifest.get('shard'))}, but "
+                       f"this command gives {says(given)}; resume each shard with its own --shard option")
+    env = fingerprint(argv=argv, seed=common_seed(points))
+    diffs = comparable(stored_env, env)
+    if diffs and not allow_env_mismatch:
+        raise RunError(
+            f"cannot resume {out}: this machine differs from the one that started the run "
+            f"({'; '.join(diffs)}), so its timings would not be comparable with the recorded ones. Resume "
+            "where the run started, or pass --allow-env-mismatch to mix them (each resumption's "
+            f"fingerprint is recorded in {MANIFEST_FILE})."
+        )
+    check_writable(out)
+    note_resume(out, now_iso(), argv, env)
+    writer, notes = RunWriter.open_existing(out)
+    return writer, str(manifest.get("run_id")), notes

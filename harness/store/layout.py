@@ -1,0 +1,98 @@
+"""The run directory: its files, its manifest, and whether a path may hold a new run.
+
+Layout of ``RUN_DIR``::
+
+    run.json               manifest: schema version, run id, suite name, suite hash, argv, created_at
+    suite.resolved.yaml    the suite after preset and --set overrides
+    env.json               environment fingerprint
+    metrics.json           meaning/direction of every q_/fid_/work_ column
+    points.jsonl           durable append-only log, one JSON row per finished point
+    points.parquet         the same rows as a table (rewritten after every point)
+    samples.jsonl / samples.parquet   raw per-sample timings
+
+Rows are appended the moment a point finishes, so a killed run keeps every finished
+point; the JSONL logs are the source of truth and the parquet tables are exports built from
+them (see :class:`RunWriter`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.store.files import write_json
+
+#: version of the run-directory layout and columns; :func:`load` refuses other versions
+SCHEMA_VERSION = 2  # 2: suite.resolved.yaml records which parameters belong to whom
+# run directory files
+MANIFEST_FILE = "run.json"
+SUITE_FILE = "suite.resolved.yaml"
+ENV_FILE = "env.json"
+METRICS_FILE = "metrics.json"
+POINTS_LOG = "points.jsonl"
+POINTS_FILE = "points.parquet"
+SAMPLES_LOG = "samples.jsonl"
+SAMPLES_FILE = "samples.parquet"
+OPS_LOG = "ops.jsonl"
+OPS_FILE = "ops.parquet"
+PROFILED_AT = "profiled_at"  # ops rows of one profiled pass share this stamp
+PROFILES_DIR = "profiles"
+LOCK_FILE = ".lock"  # held by the process writing the run; says which one
+
+
+class RunDirError(HarnessError, ValueError):
+    """A path that is not a readable run directory of this harness's schema (one paragraph)."""
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a run (its manifest exists)."""
+    return (Path(path) / MANIFEST_FILE).exists()
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``run.json`` of a run directory, its schema version checked.
+
+    Raises RunDirError naming the path and what to do when it is missing, unreadable, or
+    written by a harness with another results schema."""
+    run_dir = Path(run_dir)
+    path = run_dir / MANIFEST_FILE
+    if not path.exists():
+        raise RunDirError(f"{run_dir} is not a run directory: {MANIFEST_FILE} is missing "
+                          "(a run directory is what `harness run` writes under --out)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        msg = f"{path} cannot be read as JSON ({e}); it is not a run this harness wrote"
+        raise RunDirError(msg) from None
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        wrote = manifest.get("harness_version", "an unknown version")
+        raise RunDirError(
+            f"{run_dir} was written with results schema version {version} (harness {wrote}); this harness "
+            f"reads version {SCHEMA_VERSION}. Re-run its suite with this harness (the suite is in "
+            f"{run_dir / SUITE_FILE}), or read it with the harness version that wrote it."
+        )
+    return manifest
+
+
+def read_env(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``env.json`` of a run ({} when absent); RunDirError naming the file when it is damaged."""
+    path = Path(run_dir) / ENV_FILE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{path} cannot be read as JSON ({e}); restore it from a copy of the run, "
+                          "or start a new run") from None
+
+
+def note_resume(run_dir: str | os.PathLike, at: str, argv: list[str], env: dict[str, Any]) -> dict[str, Any]:
+    """Record one resumption (time, command line, machine fingerprint) in ``run.json``."""
+    manifest = read_manifest(run_dir)
+    manifest.setdefault("resumed", []).append({"at": at, "argv": argv, "env": env})
+    write_json(Path(run_dir) / MANIFEST_FILE, manifest)
+    return manifest

@@ -1,0 +1,128 @@
+"""Reading a run directory into DataFrames: ``load(path)`` -> :class:`RunData`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from harness.store import columns as C
+from harness.store.files import read_jsonl
+from harness.store.layout import (
+    ENV_FILE,
+    METRICS_FILE,
+    OPS_LOG,
+    POINTS_FILE,
+    POINTS_LOG,
+    PROFILED_AT,
+    SAMPLES_FILE,
+    SAMPLES_LOG,
+    SUITE_FILE,
+    RunDirError,
+    read_manifest,
+)
+
+
+def read_ops(run_dir: Path) -> pd.DataFrame:
+    """The operator table of a profiled run (rows of committed points only, of each point's
+    latest profile: ``harness profile`` appends a newer one); empty when none."""
+    run_dir = Path(run_dir)
+    done = {r.get(C.HASH) for r in read_jsonl(run_dir / POINTS_LOG)}
+    rows = [r for r in read_jsonl(run_dir / OPS_LOG) if r.get(C.HASH) in done]
+    latest: dict[str, str] = {}
+    for r in rows:
+        latest[r[C.HASH]] = max(latest.get(r[C.HASH], ""), str(r.get(PROFILED_AT) or ""))
+    return pd.DataFrame([r for r in rows if str(r.get(PROFILED_AT) or "") == latest[r[C.HASH]]])
+
+
+def read_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(points, samples) of a run from its logs (the source of truth), samples only of committed
+    points. Without logs (a run directory copied without them): the parquet tables."""
+    run_dir = Path(run_dir)
+    if not (run_dir / POINTS_LOG).exists() and (run_dir / POINTS_FILE).exists():
+        points = pd.read_parquet(run_dir / POINTS_FILE)
+        samples = (pd.read_parquet(run_dir / SAMPLES_FILE) if (run_dir / SAMPLES_FILE).exists()
+                   else pd.DataFrame(columns=list(C.SAMPLE_COLUMNS)))
+        return points, samples
+    rows = read_jsonl(run_dir / POINTS_LOG)
+    done = {r.get(C.HASH) for r in rows}
+    samples = [r for r in read_jsonl(run_dir / SAMPLES_LOG) if r.get(C.HASH) in done]
+    return _points_frame(rows), pd.DataFrame(samples, columns=list(C.SAMPLE_COLUMNS))
+
+
+def _points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    for col in C.IDENTITY:
+        if col not in df.columns:
+            df[col] = None
+    # mixed-type config columns (e.g. a param that is an int for one method and absent for
+    # another) are fine in pandas; parquet needs one type per column, so stringify mixed objects
+    for col in df.columns:
+        if df[col].dtype == object:
+            present = [v for v in df[col] if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            types = {type(v) for v in present}
+            if len(types) > 1 and not types <= {int, float}:
+                df[col] = df[col].map(lambda v: None if v is None else str(v))
+    return df
+
+
+@dataclass
+class RunData:
+    """A loaded run directory."""
+
+    path: Path
+    points: pd.DataFrame
+    samples: pd.DataFrame
+    manifest: dict[str, Any]
+    suite: dict[str, Any]
+    env: dict[str, Any]
+    metrics: dict[str, Any]
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        """Points whose status is ok."""
+        return self.points[self.points[C.STATUS] == C.OK]
+
+
+def load(path: str | os.PathLike) -> RunData:
+    """Load a run directory into DataFrames (``points``, ``samples``) and its metadata.
+
+    Raises RunDirError (see :func:`read_manifest`) when ``path`` is not a run directory of
+    this schema version.
+    """
+    run_dir = Path(path)
+    manifest = read_manifest(run_dir)
+    points, samples = read_tables(run_dir)
+
+    def damaged(path: Path, e: Exception) -> RunDirError:
+        first = (str(e).splitlines() or [""])[0]
+        return RunDirError(f"{path} is damaged ({type(e).__name__}: {first}); restore it from a copy of the "
+                           "run, or re-run its suite")
+
+    def _json(name: str) -> dict[str, Any]:
+        p = run_dir / name
+        try:
+            return json.loads(p.read_text()) if p.exists() else {}
+        except (ValueError, UnicodeDecodeError) as e:
+            raise damaged(p, e) from None
+
+    suite_path = run_dir / SUITE_FILE
+    try:
+        suite = yaml.safe_load(suite_path.read_text()) if suite_path.exists() else {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise damaged(suite_path, e) from None
+    return RunData(
+        path=run_dir,
+        points=points,
+        samples=samples,
+        manifest=manifest,
+        suite=suite or {},
+        env=_json(ENV_FILE),
+        metrics=_json(METRICS_FILE),
+    )

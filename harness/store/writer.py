@@ -1,0 +1,166 @@
+"""Writing a run directory: one durable row per finished point, its samples, its operator rows.
+
+A point is committed by its row in ``points.jsonl``; the parquet tables are exports of the logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.store import columns as C
+from harness.store.files import (
+    atomic_write_bytes,
+    jsonable,
+    read_jsonl,
+    repair_torn_tail,
+    write_json,
+    write_jsonl_atomic,
+)
+from harness.store.layout import (
+    ENV_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    OPS_FILE,
+    OPS_LOG,
+    POINTS_FILE,
+    POINTS_LOG,
+    PROFILES_DIR,
+    SAMPLES_FILE,
+    SAMPLES_LOG,
+    SCHEMA_VERSION,
+    SUITE_FILE,
+)
+from harness.store.load import read_ops, read_tables
+
+
+@dataclass
+class RunLogs:
+    """The committed rows of a run directory's logs: points, their samples, their operator rows."""
+
+    points: list[dict[str, Any]]
+    samples: list[dict[str, Any]]
+    ops: list[dict[str, Any]]
+
+
+def read_logs(run_dir: str | os.PathLike) -> RunLogs:
+    """Every committed point of a run with its samples and operator rows (orphans left out)."""
+    run_dir = Path(run_dir)
+    points = read_jsonl(run_dir / POINTS_LOG)
+    done = {r.get(C.HASH) for r in points}
+    return RunLogs(points=points,
+                   samples=[r for r in read_jsonl(run_dir / SAMPLES_LOG) if r.get(C.HASH) in done],
+                   ops=[r for r in read_jsonl(run_dir / OPS_LOG) if r.get(C.HASH) in done])
+
+
+def write_logs(run_dir: str | os.PathLike, logs: RunLogs) -> None:
+    """Write the three logs of a new run directory (each atomically; ops only when there are any)."""
+    run_dir = Path(run_dir)
+    write_jsonl_atomic(run_dir / SAMPLES_LOG, logs.samples)
+    if logs.ops:
+        write_jsonl_atomic(run_dir / OPS_LOG, logs.ops)
+    write_jsonl_atomic(run_dir / POINTS_LOG, logs.points)  # last: the rows commit the points
+
+
+class RunWriter:
+    """Appends rows to a run directory. Create with :meth:`create` or :meth:`open_existing`.
+
+    A point is committed by its row in ``points.jsonl``; its samples are written just before it
+    and count only once the row exists (samples without a row are orphans: dropped on resume
+    and ignored on load). The parquet tables are exports built from the logs by
+    :meth:`flush_tables` (at the end of a run, on resume, on demand), never on every append.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    @classmethod
+    def create(
+        cls,
+        run_dir: Path,
+        manifest: dict[str, Any],
+        suite_resolved: dict[str, Any],
+        env: dict[str, Any],
+        metrics: dict[str, Any],
+    ) -> RunWriter:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / MANIFEST_FILE, {"schema_version": SCHEMA_VERSION, **manifest})
+        atomic_write_bytes(run_dir / SUITE_FILE, yaml.safe_dump(suite_resolved, sort_keys=False).encode())
+        write_json(run_dir / ENV_FILE, env)
+        write_json(run_dir / METRICS_FILE, metrics)
+        return cls(run_dir)
+
+    @classmethod
+    def open_existing(cls, run_dir: Path) -> tuple[RunWriter, list[str]]:
+        """Reopen a run for appending after repairing its logs; returns notes on what was repaired."""
+        writer = cls(Path(run_dir))
+        notes = []
+        for name in (POINTS_LOG, SAMPLES_LOG):
+            dropped = repair_torn_tail(writer.run_dir / name)
+            if dropped:
+                notes.append(f"{name}: cut a torn last line ({dropped} bytes of an unfinished write)")
+        done = writer.finished_hashes()
+        samples = read_jsonl(writer.run_dir / SAMPLES_LOG)
+        kept = [r for r in samples if r.get(C.HASH) in done]
+        if len(kept) != len(samples):
+            write_jsonl_atomic(writer.run_dir / SAMPLES_LOG, kept)
+            notes.append(f"{SAMPLES_LOG}: dropped {len(samples) - len(kept)} samples of points that never "
+                         "finished (they run again)")
+        return writer, notes
+
+    def finished_hashes(self) -> set[str]:
+        """Hashes of points already recorded (any status): a resumed run skips these."""
+        return {r[C.HASH] for r in read_jsonl(self.run_dir / POINTS_LOG) if C.HASH in r}
+
+    def append(self, row: dict[str, Any], samples: Iterable[dict[str, Any]] = ()) -> None:
+        """Durably record one finished point: its samples, then its row (the commit)."""
+        with open(self.run_dir / SAMPLES_LOG, "a") as f:
+            for s in samples:
+                f.write(json.dumps({k: jsonable(v) for k, v in s.items()}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        with open(self.run_dir / POINTS_LOG, "a") as f:
+            f.write(json.dumps({k: jsonable(v) for k, v in row.items()}, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def trace_path(self, point_hash: str) -> Path:
+        """Where the profiled pass of a point writes its Chrome/Perfetto trace."""
+        return self.run_dir / PROFILES_DIR / f"{point_hash}.trace.json.gz"
+
+    def append_ops(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Operator rows of a point's profiled pass (written before its row commits the point)."""
+        with open(self.run_dir / OPS_LOG, "a") as f:
+            for r in rows:
+                f.write(json.dumps({k: jsonable(v) for k, v in r.items()}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def update_metrics(self, metrics: dict[str, Any]) -> None:
+        path = self.run_dir / METRICS_FILE
+        current = json.loads(path.read_text()) if path.exists() else {}
+        current.update(metrics)
+        write_json(path, current)
+
+    def flush_tables(self) -> None:
+        """Build points.parquet and samples.parquet from the logs (both written, then both renamed)."""
+        points, samples = read_tables(self.run_dir)
+        staged = []
+        for df, name in ((points, POINTS_FILE), (samples, SAMPLES_FILE)):
+            tmp = self.run_dir / (name + ".tmp")
+            df.to_parquet(tmp, index=False)
+            staged.append((tmp, self.run_dir / name))
+        for tmp, final in staged:
+            os.replace(tmp, final)
+        if (self.run_dir / OPS_LOG).exists():
+            ops = read_ops(self.run_dir)
+            tmp = self.run_dir / (OPS_FILE + ".tmp")
+            ops.to_parquet(tmp, index=False)
+            os.replace(tmp, self.run_dir / OPS_FILE)
