@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from harness.methods.merging import phase
 from harness.models.seam import AttentionFn, AttentionLayout, attention_bytes, attention_flops, check_tokens
 from harness.params import param
+from harness.registry import register_method
 
 KEY_CHUNK_ELEMS = 1 << 26  # keys materialized at once (elements of the per-frame key sets)
 
@@ -149,6 +150,9 @@ def avggt_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: A
     return subsampled_attention(q, k, v, layout, p)
 
 
+@register_method("avggt", params=AVGGTParams, workloads=("vggt",),
+                 doc="AVGGT-style: early global layers as frame attention, K/V grid-subsampled (arXiv "
+                     "2512.02541)")
 def make_avggt(p: AVGGTParams) -> AttentionFn:
     """Build AVGGT's ``attention_fn(q, k, v, layout) -> out``."""
     return lambda q, k, v, layout: avggt_attention(q, k, v, layout, p)

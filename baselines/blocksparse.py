@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from harness.methods.merging import from_layer, phase
 from harness.models.seam import AttentionFn, AttentionLayout, attention_flops, check_tokens, elem_bytes
 from harness.params import param
+from harness.registry import register_method
 
 GATHER_CHUNK_ELEMS = 1 << 25  # gathered key elements materialized at once
 BACKENDS = ("auto", "gather", "flex")
@@ -274,6 +275,9 @@ def _count(rec, q: torch.Tensor, count: torch.Tensor, index: torch.Tensor, q_val
     rec.count("match_flops", attention_flops(B, H, nq, k_valid.shape[0], d) / 2)  # the pooled scores
 
 
+@register_method("blocksparse", params=BlockSparseParams, workloads=("vggt",),
+                 doc="block-sparse global attention: top key blocks per query block from a pooled "
+                     "block map (arXiv 2509.07120)")
 def make_blocksparse(p: BlockSparseParams) -> AttentionFn:
     """Build block-sparse attention's ``attention_fn(q, k, v, layout) -> out``."""
     return from_layer(p.start_layer, lambda q, k, v, layout: block_sparse_attention(q, k, v, layout, p))

@@ -3,7 +3,7 @@
 A clean re-implementation of ``mystorm16/FastVGGT`` (ToMeSD's random 2-D dst split plus the
 whole first frame as targets, matching on the layer's normed input, salient tokens protected,
 one assignment shared by Q, K, V). Steps and every deviation from upstream's code (its quirks):
-docs/merging-methods.md.
+docs/methods/merging.md.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from harness.methods.merging import (
 )
 from harness.models.seam import AttentionFn, AttentionLayout, elem_bytes, sdpa_attention, token_bytes
 from harness.params import param
+from harness.registry import register_method
 
 SALIENT_RULES = ("stride", "dissimilar")
 
@@ -149,6 +150,8 @@ def fastvggt_attention(
     return out
 
 
+@register_method("fastvggt", params=FastVGGTParams, workloads=("vggt",),
+                 doc="FastVGGT-style merging (ToMeSD 2x2 random dst, frame 0 kept)")
 def make_fastvggt(p: FastVGGTParams) -> AttentionFn:
     """Build FastVGGT's ``attention_fn(q, k, v, layout) -> out``."""
     warned = [False]

@@ -2,7 +2,7 @@
 
 Bipartite matching of alternating tokens on the head-averaged keys, the top-r most similar A
 tokens merged into their B partner, one assignment shared by Q, K and V, optional proportional
-attention, unmerge by copy. Steps and the deviations the seam forces: docs/merging-methods.md.
+attention, unmerge by copy. Steps and the deviations the seam forces: docs/methods/merging.md.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from harness.methods.merging import (
 )
 from harness.models.seam import AttentionFn, AttentionLayout, elem_bytes, token_bytes
 from harness.params import param
+from harness.registry import register_method
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ def tome_attention(
     return out
 
 
+@register_method("tome", params=ToMeParams, workloads=("vggt",),
+                 doc="ToMe-style bipartite merging, uniform across heads")
 def make_tome(p: ToMeParams) -> AttentionFn:
     """Build ToMe's ``attention_fn(q, k, v, layout) -> out``."""
 

@@ -31,6 +31,7 @@ from harness.methods.mixaq import (
     softmax_quant_param,
 )
 from harness.params import param
+from harness.registry import register_method
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ def apply(model: nn.Module, params: UniformQuantParams, calib_images: torch.Tens
     return mixaq.apply(model, mix, calib_images, seed, ref_a_bits=params.ref_a_bits or params.a_bits)
 
 
+@register_method("uniform", params=UniformQuantParams, workloads=("swin",),
+                 doc="uniform W{w_bits}A{a_bits} post-training fake quantization")
 def make_uniform(params: UniformQuantParams) -> Any:
     """MethodSpec.build for ``uniform``."""
     return mixaq.make_transform(apply, params)

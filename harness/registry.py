@@ -1,21 +1,39 @@
 """Name -> factory registry for workloads and methods (timm's ``create_model`` feel).
 
-Built-in workloads and methods register themselves when their modules are imported;
-:func:`load_builtins` imports them all. ``harness list`` prints what is registered.
+A method registers itself where it is defined, as timm's ``@register_model``::
+
+    @register_method("httm", params=HTTMParams, workloads=("vggt",), doc="head-wise merging")
+    def make_httm(p: HTTMParams) -> AttentionFn: ...
+
+and a workload with ``@register_workload`` on its class. :func:`load_builtins` imports the
+built-in modules (:data:`BUILTIN_MODULES`) and those named in ``$HARNESS_PLUGINS``; ``harness
+list`` prints what is registered. The registry is plain module-level data.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from harness.errors import HarnessError
 from harness.params import did_you_mean
 from harness.store import columns as C
 from harness.workloads.base import CommonParams, Workload
+
+
+class RegistryError(HarnessError, ValueError):
+    """A method or workload that cannot be registered (a name clash, parameters that are not a
+    dataclass, a metric-column prefix in a parameter name)."""
+
+
+class PluginError(HarnessError, ImportError):
+    """A module named in ``$HARNESS_PLUGINS`` that cannot be imported, or fails while registering."""
 
 
 @dataclass(frozen=True)
@@ -37,10 +55,20 @@ class MethodSpec:
 _WORKLOADS: dict[str, type[Workload]] = {}
 _METHODS: dict[tuple[str, str], MethodSpec] = {}
 
+#: modules whose import registers the built-in workloads and methods, in registration order
 BUILTIN_MODULES = (
     "harness.workloads.attention",
     "harness.workloads.vggt",
     "harness.workloads.swin",
+    "harness.methods.plain",
+    "harness.methods.httm",
+    "harness.methods.mixaq",
+    "baselines.tome",
+    "baselines.fastvggt",
+    "baselines.blocksparse",
+    "baselines.avggt",
+    "baselines.uniform_quant",
+    "baselines.sparsevit",
 )
 
 
@@ -49,7 +77,7 @@ BUILTIN_MODULES = (
 def _check_param_names(owner: str, cls: type) -> None:
     bad = [n for n in param_names(cls) if n.startswith(C.METRIC_PREFIXES)]
     if bad:
-        raise ValueError(
+        raise RegistryError(
             f"{owner}: parameter names {bad} start with a metric-column prefix "
             f"({', '.join(C.METRIC_PREFIXES)}); rename them"
         )
@@ -60,7 +88,7 @@ def _check_clash(workload: type[Workload], spec: MethodSpec) -> None:
     taken = set(param_names(workload.Params)) | set(param_names(CommonParams))
     clash = sorted(set(param_names(spec.params)) & taken)
     if clash:
-        raise ValueError(
+        raise RegistryError(
             f"method {spec.name!r}: parameters {clash} clash with parameters of workload {workload.name!r} "
             "or the common ones; rename them"
         )
@@ -81,18 +109,53 @@ def register_workload(cls: type[Workload]) -> type[Workload]:
     return cls
 
 
-def register_method(spec: MethodSpec) -> MethodSpec:
-    """Register a method for each workload it names. Its parameter names must not clash with
-    the workload's or the common parameters; a different spec under a registered name replaces
-    it, with a warning."""
+def register_method(name: str | MethodSpec, *, params: type | None = None, workloads: Sequence[str] = (),
+                    doc: str = "") -> Any:
+    """Register a method; used as a decorator on the function that builds it::
+
+        @register_method("mine", params=MyParams, workloads=("vggt",), doc="what it does")
+        def make_mine(p: MyParams) -> AttentionFn: ...
+
+    ``params`` is the (frozen) dataclass of the method's knobs, declared with :func:`harness.param`:
+    its field names are what a suite sets and sweeps. The decorated function gets one instance
+    and returns what the workloads apply: an ``attention_fn(q, k, v, layout)`` for ``vggt`` and
+    ``attention``, a model transform ``(model, calib_images, seed=0) -> model`` for ``swin``. It is
+    returned unchanged. ``register_method(spec)`` registers a ready :class:`MethodSpec` instead.
+
+    Raises RegistryError when ``params`` is not a dataclass, no workload is named, or a parameter
+    name clashes with the workload's or the common parameters; a different method under a
+    registered name replaces it, with a warning.
+    """
+    if isinstance(name, MethodSpec):
+        return _add_method(name)
+    if params is None or not dataclasses.is_dataclass(params) or not isinstance(params, type):
+        raise RegistryError(f"method {name!r}: params={params!r} must be a dataclass of the method's knobs "
+                            "(declare each field with harness.param)")
+    if isinstance(workloads, str) or not workloads:
+        raise RegistryError(f"method {name!r}: workloads={workloads!r} must name the workloads it applies "
+                            "to, e.g. workloads=('vggt',)")
+
+    def decorator(build: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        _add_method(MethodSpec(name, params, build, tuple(workloads), doc or _first_line(build.__doc__)))
+        return build
+
+    return decorator
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n")[0]
+
+
+def _add_method(spec: MethodSpec) -> MethodSpec:
+    """Register ``spec`` for each workload it names (see :func:`register_method`)."""
     _check_param_names(f"method {spec.name!r}", spec.params)
     for w in spec.workloads:
         if w in _WORKLOADS:
             _check_clash(_WORKLOADS[w], spec)
         old = _METHODS.get((w, spec.name))
-        if old is not None and old is not spec:
+        if old is not None and old != spec:
             warnings.warn(f"method {spec.name!r} of workload {w!r} registered again: the new spec replaces "
-                          "the old one", stacklevel=2)
+                          "the old one", stacklevel=3)
         _METHODS[(w, spec.name)] = spec
     return spec
 
@@ -101,19 +164,33 @@ PLUGINS_ENV = "HARNESS_PLUGINS"  # comma-separated modules that register more wo
 
 
 def load_builtins() -> None:
-    """Import every built-in workload module (each registers itself and its methods), then the
-    modules named in ``$HARNESS_PLUGINS`` (your own workloads and methods; Ray workers get the
-    variable from the driver, so they know them too)."""
-    import os
-
+    """Import every built-in module (each registers its workload or methods), then the modules
+    named in ``$HARNESS_PLUGINS`` (your own workloads and methods; Ray workers get the variable from
+    the driver, so they know them too). Raises PluginError, in one paragraph, for a plugin module
+    that cannot be imported or fails while registering."""
     for mod in BUILTIN_MODULES:
         importlib.import_module(mod)
-    for mod in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+    for mod in plugin_modules():
         try:
             importlib.import_module(mod)
         except ImportError as e:
-            raise ImportError(f"${PLUGINS_ENV} names module {mod!r}, which cannot be imported ({e}); "
+            raise PluginError(f"${PLUGINS_ENV} names module {mod!r}, which cannot be imported ({e}); "
                               "install it or put its folder on PYTHONPATH") from None
+        except Exception as e:  # noqa: BLE001 - a plugin's own bug, named with where it happened
+            raise PluginError(f"${PLUGINS_ENV} module {mod!r} failed while it was imported: "
+                              f"{type(e).__name__}: {e}{_where(e)}; fix the module, or remove it from "
+                              f"${PLUGINS_ENV}") from None
+
+
+def plugin_modules() -> list[str]:
+    """The module names in ``$HARNESS_PLUGINS`` (comma-separated; blanks ignored)."""
+    return [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
+
+
+def _where(e: BaseException) -> str:
+    """`` (at FILE:LINE)`` of the innermost frame of ``e``'s traceback, or ""."""
+    frames = traceback.extract_tb(e.__traceback__)
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
 def workload_names() -> list[str]:

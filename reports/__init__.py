@@ -1,6 +1,6 @@
 """Reports from run directories: tables, Markdown/CSV summaries, plots and the regression gate.
 
-Everything here reads results files only (``harness.store.results.load``); no model or method is
+Everything here reads results files only (``harness.store.load``); no model or method is
 imported.
 
 - :mod:`reports.tables`: swept axes, speedup vs the reference, variant labels (``httm#3``),

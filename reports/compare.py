@@ -224,33 +224,8 @@ def compare_runs(
         raise ValueError(f"compare_runs: alpha must be in (0, 1), got {a}")
     if not (math.isfinite(thr) and thr >= 0):  # nan or inf would switch the gate off
         raise ValueError(f"compare_runs: threshold must be a finite number >= 0 (0.05 = 5%), got {thr}")
-
     bp, np_ = _last_by_hash(base.points), _last_by_hash(new.points)
-    both = [h for h in bp.index if h in np_.index]
-    if not both:
-        raise CompareError(
-            f"Refusing to compare {base.path} with {new.path}: they have no point in common "
-            f"({len(bp)} points in base, {len(np_)} in new, none with the same point_hash). A point "
-            "hash covers the workload, method and every resolved parameter, so the two runs must "
-            "sweep at least one identical configuration (same suite, preset and --set overrides)."
-        )
-    common = [h for h in both if bp.at[h, C.STATUS] == C.OK]
-    if not common:
-        raise CompareError(
-            f"Refusing to compare {base.path} with {new.path}: none of the {len(both)} shared points "
-            "finished ok in the base run, so there is no baseline to gate against; fix or rerun the "
-            "base first."
-        )
-
-    mixed = gpu_model_mismatches(bp, np_, common)
-    if mixed and not allow_env_mismatch:
-        shown = "; ".join(f"{h}: {b} vs {n}" for h, b, n in mixed[:3]) + ("; ..." if len(mixed) > 3 else "")
-        raise CompareError(
-            f"Refusing to compare {base.path} with {new.path}: {len(mixed)} paired point(s) ran on different "
-            f"GPU models ({shown}). Their latencies measure the GPUs, not the code; pin both runs to one "
-            "GPU model (one node type in the Ray cluster or job array), or pass --allow-env-mismatch."
-        )
-
+    both, common = _paired_points(base, new, bp, np_, allow_env_mismatch)
     axes = T.varying_columns(pd.concat([bp, np_], ignore_index=True))
     label_axes = [x for x in axes if x != C.METHOD]
 
@@ -269,24 +244,61 @@ def compare_runs(
             continue
         rows.append(_latency_row(h, label(h), b_row, n_row, bs.get(h), ns.get(h), thr, a, n_boot, seed))
         rows += _quality_rows(h, label(h), b_row, n_row, base, new, reg)
-    for h in both:
-        if bp.at[h, C.STATUS] != C.OK and np_.at[h, C.STATUS] == C.OK:
-            rows.append(_row(**{C.HASH: h}, config=label(h), kind=KIND_STATUS, metric=C.STATUS,
-                             verdict=S.FIXED, note=f"{bp.at[h, C.STATUS]} -> ok"))
-
     only_base = [h for h in bp.index if h not in np_.index]
-    for h in only_base:
-        if bp.at[h, C.STATUS] == C.OK:
-            rows.append(_row(**{C.HASH: h}, config=label(h), kind=KIND_STATUS, metric=C.STATUS,
-                             verdict=S.NOT_GATED if allow_missing else S.REGRESSION,
-                             note="ok in base, missing from new (its run never recorded it)"
-                                  + (" (allowed)" if allow_missing else "")))
+    rows += _status_rows(bp, np_, both, only_base, label, allow_missing)
     df = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
     regressed = bool((df["verdict"] == S.REGRESSION).any())
     only_new = [h for h in np_.index if h not in bp.index]
     md = _markdown(base, new, df, regressed, len(common), thr, a, diffs, only_base, only_new)
     return CompareResult(rows=df, markdown=md, regressed=regressed, n_common=len(common),
                          env_differences=diffs)
+
+
+def _paired_points(base: RunData, new: RunData, bp: pd.DataFrame, np_: pd.DataFrame,
+                   allow_env_mismatch: bool) -> tuple[list[str], list[str]]:
+    """(hashes in both runs, those of them ok in base); CompareError when there is nothing to gate
+    or paired points ran on different GPU models."""
+    both = [h for h in bp.index if h in np_.index]
+    if not both:
+        raise CompareError(
+            f"Refusing to compare {base.path} with {new.path}: they have no point in common "
+            f"({len(bp)} points in base, {len(np_)} in new, none with the same point_hash). A point "
+            "hash covers the workload, method and every resolved parameter, so the two runs must "
+            "sweep at least one identical configuration (same suite, preset and --set overrides)."
+        )
+    common = [h for h in both if bp.at[h, C.STATUS] == C.OK]
+    if not common:
+        raise CompareError(
+            f"Refusing to compare {base.path} with {new.path}: none of the {len(both)} shared points "
+            "finished ok in the base run, so there is no baseline to gate against; fix or rerun the "
+            "base first."
+        )
+    mixed = gpu_model_mismatches(bp, np_, common)
+    if mixed and not allow_env_mismatch:
+        shown = "; ".join(f"{h}: {b} vs {n}" for h, b, n in mixed[:3]) + ("; ..." if len(mixed) > 3 else "")
+        raise CompareError(
+            f"Refusing to compare {base.path} with {new.path}: {len(mixed)} paired point(s) ran on different "
+            f"GPU models ({shown}). Their latencies measure the GPUs, not the code; pin both runs to one "
+            "GPU model (one node type in the Ray cluster or job array), or pass --allow-env-mismatch."
+        )
+    return both, common
+
+
+def _status_rows(bp: pd.DataFrame, np_: pd.DataFrame, both: list[str], only_base: list[str],
+                 label: Any, allow_missing: bool) -> list[dict[str, Any]]:
+    """Rows for points fixed in new (not ok -> ok) and for points ok in base but missing from new."""
+    rows = []
+    for h in both:
+        if bp.at[h, C.STATUS] != C.OK and np_.at[h, C.STATUS] == C.OK:
+            rows.append(_row(**{C.HASH: h}, config=label(h), kind=KIND_STATUS, metric=C.STATUS,
+                             verdict=S.FIXED, note=f"{bp.at[h, C.STATUS]} -> ok"))
+    for h in only_base:
+        if bp.at[h, C.STATUS] == C.OK:
+            rows.append(_row(**{C.HASH: h}, config=label(h), kind=KIND_STATUS, metric=C.STATUS,
+                             verdict=S.NOT_GATED if allow_missing else S.REGRESSION,
+                             note="ok in base, missing from new (its run never recorded it)"
+                                  + (" (allowed)" if allow_missing else "")))
+    return rows
 
 
 def _latency_row(

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from harness.measure.profiling import ProfileSchedule
+from harness.store import RunData, load, read_ops
 from harness.store import columns as C
-from harness.store.results import RunData, load, read_ops
 from reports import tables as T
 
 OUTSIDE = "(outside)"  # operators outside every method phase

@@ -200,19 +200,7 @@ def _metric_vs_axis(
     lines = {k for k, xs in series_x if xs.map(T.hashable).nunique() >= 2}
     if not lines:
         return None
-    # a legend entry names only what tells a method's lines apart; what they share goes under the panels
-    names: dict[tuple, str] = {}
-    shared = []
-    for m in sorted({k[0] for k in lines}, key=str):
-        keys = sorted((k for k in lines if k[0] == m), key=lambda k: tuple(T.order_key(v) for v in k[1]))
-        params = varying.get(m, [])
-        differ = [i for i in range(len(params)) if len({k[1][i] for k in keys}) > 1]
-        same = [f"{params[i]}={T.fmt_value(keys[0][1][i])}" for i in range(len(params))
-                if i not in differ and keys[0][1][i] is not None]
-        if same:
-            shared.append(f"{m} lines: {' '.join(same)}")
-        for k in keys:
-            names[k] = " ".join([str(m), *(f"{params[i]}={T.fmt_value(k[1][i])}" for i in differ)])
+    names, shared = _line_names(lines, varying)
     panels = _panels(pts, facet_axes)
     fig, axs = _grid(len(panels))
     order = sorted(lines, key=lambda k: (str(k[0]), tuple(T.order_key(v) for v in k[1])))
@@ -243,8 +231,31 @@ def _metric_vs_axis(
             ax.set_title(title, fontsize=9)
     _legend(fig, axs)
     _note(fig, "; ".join(shared))
+    _scale_axes(axs, all_vals, np.unique(drawn[axis].astype(float).to_numpy()))
+    return fig
+
+
+def _line_names(lines: set[tuple], varying: dict[str, list[str]]) -> tuple[dict[tuple, str], list[str]]:
+    """A legend entry per line naming only what tells a method's lines apart, and the notes of what
+    each method's lines share (written under the panels)."""
+    names: dict[tuple, str] = {}
+    shared = []
+    for m in sorted({k[0] for k in lines}, key=str):
+        keys = sorted((k for k in lines if k[0] == m), key=lambda k: tuple(T.order_key(v) for v in k[1]))
+        params = varying.get(m, [])
+        differ = [i for i in range(len(params)) if len({k[1][i] for k in keys}) > 1]
+        same = [f"{params[i]}={T.fmt_value(keys[0][1][i])}" for i in range(len(params))
+                if i not in differ and keys[0][1][i] is not None]
+        if same:
+            shared.append(f"{m} lines: {' '.join(same)}")
+        for k in keys:
+            names[k] = " ".join([str(m), *(f"{params[i]}={T.fmt_value(k[1][i])}" for i in differ)])
+    return names, shared
+
+
+def _scale_axes(axs: Sequence[Any], all_vals: np.ndarray, xs: np.ndarray) -> None:
+    """Log scales where the values or the x values span more than LOG_SPAN; readable x ticks."""
     finite = all_vals[np.isfinite(all_vals) & (all_vals > 0)]
-    xs = np.unique(drawn[axis].astype(float).to_numpy())
     for ax in axs:
         if finite.size and finite.max() / finite.min() > LOG_SPAN:
             ax.set_yscale("log")
@@ -256,7 +267,6 @@ def _metric_vs_axis(
             ax.set_xticks(_spaced(xs, ax.get_xscale() == "log"))
             ax.xaxis.set_major_formatter(_NUM_FORMAT)
             ax.xaxis.set_minor_locator(NullLocator())
-    return fig
 
 
 def _spaced(xs: np.ndarray, log: bool, min_gap: float = 0.06) -> np.ndarray:

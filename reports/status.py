@@ -2,7 +2,7 @@
 
 Read only: the run's ``.lock`` is tried with a shared, non-blocking ``flock`` on a read-only file
 handle and released at once (nothing is created or written); the writer holds it exclusively for
-as long as it runs (:class:`harness.store.results.RunLock`).
+as long as it runs (:class:`harness.store.RunLock`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from harness.store import RunData, lock_holder
 from harness.store import columns as C
-from harness.store.results import RunData, lock_holder
 
 SHOW_HASHES = 3  # duplicate hashes named in the warning
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 from timm.models.swin_transformer import SwinTransformer
 
+from baselines.sparsevit import SparseViTParams, apply_sparsevit
 from baselines.uniform_quant import UniformQuantParams, make_uniform
 from baselines.uniform_quant import apply as uniform_apply
-from harness.methods.mixaq import MixAQParams, SparseViTParams, apply, apply_sparsevit, make_mixaq
+from harness.methods.mixaq import MixAQParams, apply, make_mixaq
 from harness.models.swin import set_fused_attn, synthetic_images
 from harness.quant.qswin import (
     HIGH,

@@ -8,14 +8,8 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from harness.methods.mixaq import (
-    MixAQParams,
-    SparseViTParams,
-    apply,
-    apply_sparsevit,
-    prune_ratios_for_speedup,
-    pruned_bops,
-)
+from baselines.sparsevit import SparseViTParams, apply_sparsevit, prune_ratios_for_speedup, pruned_bops
+from harness.methods.mixaq import MixAQParams, apply
 from harness.metrics import work as W
 from harness.models.swin import build_swin, synthetic_images
 from harness.quant.qswin import PRUNED, window_counts

@@ -303,6 +303,34 @@ def _albedo(surf: _Surface, uv: torch.Tensor) -> torch.Tensor:
 
 def render_scene(cfg: SceneConfig) -> Scene:
     """Ray-cast ``cfg.frames`` views of the seeded room. See :class:`Scene` for the outputs."""
+    _check_config(cfg)
+    content = _content(cfg.seed, cfg.objects)
+    extr = _camera_path(cfg, content)
+    intr = _intrinsics(cfg)
+    s, h, w = cfg.frames, cfg.height, cfg.width
+    t_best, surf_id, d, o = _cast_rays(content, intr, extr, h, w)
+    points = o + t_best[:, None] * d
+    normals, albedo = _surfaces(content, points, surf_id)
+    to_light = content.light - points
+    to_light = to_light / to_light.norm(dim=1, keepdim=True).clamp(min=1e-6)
+    lambert = (normals * to_light).sum(1).clamp(min=0.0)
+    colour = albedo * (AMBIENT + DIFFUSE * lambert[:, None])
+
+    images = colour.reshape(s, h, w, 3).permute(0, 3, 1, 2).clamp(0.0, 1.0).contiguous()
+    depth = t_best.reshape(s, h, w).contiguous()
+    valid = torch.isfinite(depth) & (depth > 0)
+    return Scene(
+        images=images,
+        depth=torch.where(valid, depth, torch.zeros_like(depth)),
+        valid=valid,
+        intrinsics=intr,
+        extrinsics=extr,
+        names=tuple(f"{cfg.mode}-{cfg.seed}-{i:04d}" for i in range(s)),
+        world_points=points.reshape(s, h, w, 3).contiguous(),
+    )
+
+
+def _check_config(cfg: SceneConfig) -> None:
     if cfg.mode not in ("video", "sparse"):
         raise ValueError(f"SceneConfig.mode={cfg.mode!r} is not allowed; choose 'video' or 'sparse'")
     for name in ("frames", "height", "width"):
@@ -311,11 +339,13 @@ def render_scene(cfg: SceneConfig) -> Scene:
     if cfg.objects < 0 or not 1.0 <= cfg.fov_deg <= 170.0:
         raise ValueError(f"SceneConfig: objects={cfg.objects} must be >= 0 and fov_deg={cfg.fov_deg} "
                          "in [1, 170]")
-    content = _content(cfg.seed, cfg.objects)
-    extr = _camera_path(cfg, content)
-    intr = _intrinsics(cfg)
-    s, h, w = cfg.frames, cfg.height, cfg.width
 
+
+def _cast_rays(content: _Content, intr: torch.Tensor, extr: torch.Tensor, h: int,
+               w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The nearest hit of every pixel's ray: (t [S*H*W], surface id [S*H*W], ray direction
+    [S*H*W, 3], ray origin [S*H*W, 3]); surfaces 0-5 are the room's faces, 6 + j object j."""
+    s = extr.shape[0]
     # Rays: camera-frame directions with z = 1, so the hit distance t is the z-depth.
     k = intr[0]
     v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
@@ -341,11 +371,12 @@ def render_scene(cfg: SceneConfig) -> Scene:
         closer = t < t_best
         t_best = torch.minimum(t, t_best)
         surf_id.masked_fill_(closer, 6 + j)
+    return t_best.reshape(-1), surf_id.reshape(-1), d.reshape(-1, 3), o.expand(s, h * w, 3).reshape(-1, 3)
 
-    t_best, surf_id = t_best.reshape(-1), surf_id.reshape(-1)
-    d = d.reshape(-1, 3)
-    o = o.expand(s, h * w, 3).reshape(-1, 3)
-    points = o + t_best[:, None] * d
+
+def _surfaces(content: _Content, points: torch.Tensor,
+              surf_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normals, albedo) [P, 3] of the hit points, from each surface's shape and texture."""
     normals = torch.zeros_like(points)
     albedo = torch.zeros_like(points)
     for sid in range(6 + len(content.objects)):
@@ -380,24 +411,7 @@ def render_scene(cfg: SceneConfig) -> Scene:
                 uv = torch.stack([lon, lat], 1)
         normals[idx] = n
         albedo[idx] = _albedo(surf, uv)
-
-    to_light = content.light - points
-    to_light = to_light / to_light.norm(dim=1, keepdim=True).clamp(min=1e-6)
-    lambert = (normals * to_light).sum(1).clamp(min=0.0)
-    colour = albedo * (AMBIENT + DIFFUSE * lambert[:, None])
-
-    images = colour.reshape(s, h, w, 3).permute(0, 3, 1, 2).clamp(0.0, 1.0).contiguous()
-    depth = t_best.reshape(s, h, w).contiguous()
-    valid = torch.isfinite(depth) & (depth > 0)
-    return Scene(
-        images=images,
-        depth=torch.where(valid, depth, torch.zeros_like(depth)),
-        valid=valid,
-        intrinsics=intr,
-        extrinsics=extr,
-        names=tuple(f"{cfg.mode}-{cfg.seed}-{i:04d}" for i in range(s)),
-        world_points=points.reshape(s, h, w, 3).contiguous(),
-    )
+    return normals, albedo
 
 
 __all__ = ["Scene", "SceneConfig", "look_at", "render_scene"]

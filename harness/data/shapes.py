@@ -325,22 +325,7 @@ def make_shapes(
     P = torch.stack(params)  # [B, n_slots, 14]
     bgr = torch.stack(bg_rnd)  # [B, 6]
 
-    # background: smooth gradient or cluttered low-frequency colour noise -> [B, 3, S, S]
-    coords = torch.arange(S, dtype=torch.float32) + 0.5
-    Y, X = torch.meshgrid(coords, coords, indexing="ij")
-    ang = 2 * math.pi * bgr[:, 0].view(B, 1, 1)
-    t = (((torch.cos(ang) * X + torch.sin(ang) * Y) / S + 1.0) / 2.0).unsqueeze(1)
-    c0 = 0.3 + 0.4 * bgr[:, [1, 2, 3]].view(B, 3, 1, 1)
-    c1 = 0.3 + 0.4 * bgr[:, [2, 3, 1]].view(B, 3, 1, 1)
-    smooth = c0 * (1 - t) + c1 * t
-    clutter = F.interpolate(torch.stack(grids), size=(S, S), mode="bicubic", align_corners=False)
-    if cfg.class_cue == "hue":  # grey-ish backgrounds: at most a faint tint, no class hue
-        tint = _BG_TINT * (bgr[:, [1, 2, 3]] - bgr[:, [1, 2, 3]].mean(1, keepdim=True)).view(B, 3, 1, 1)
-        smooth = smooth.mean(1, keepdim=True) + tint
-        clutter = clutter.mean(1, keepdim=True) * 1.6 - 0.3 + tint
-    cluttered = (bgr[:, 4] < cfg.clutter_prob).view(B, 1, 1, 1)
-    img = torch.where(cluttered, clutter.clamp(0, 1), smooth).reshape(B, 3, S * S)
-    img = torch.cat([img, torch.zeros(B, 3, 1)], 2)  # the spare slot
+    img = _backgrounds(bgr, torch.stack(grids), cfg)  # [B, 3, S*S + 1]
 
     # every object of the batch on its L x L patch: M = B * n_slots objects
     Pm = P.reshape(B * n_slots, -1)
@@ -379,6 +364,29 @@ def make_shapes(
     class_mask = class_mask[:, : S * S].reshape(B, S, S)
     labels = torch.tensor([i % NUM_CLASSES for i in idx], dtype=torch.int64)
     return ShapesBatch(normalize(img), labels, _boxes(class_mask), class_mask)
+
+
+def _backgrounds(bgr: torch.Tensor, grids: torch.Tensor, cfg: ShapesConfig) -> torch.Tensor:
+    """Smooth gradients or cluttered low-frequency colour noise: [B, 3, S*S + 1], flattened, with one
+    spare pixel past the end (where the object patches' off-image pixels are scattered).
+
+    bgr: [B, 6] each image's background draws; grids: [B, 3, g, g] its coarse noise grid."""
+    S, B = cfg.img_size, bgr.shape[0]
+    coords = torch.arange(S, dtype=torch.float32) + 0.5
+    Y, X = torch.meshgrid(coords, coords, indexing="ij")
+    ang = 2 * math.pi * bgr[:, 0].view(B, 1, 1)
+    t = (((torch.cos(ang) * X + torch.sin(ang) * Y) / S + 1.0) / 2.0).unsqueeze(1)
+    c0 = 0.3 + 0.4 * bgr[:, [1, 2, 3]].view(B, 3, 1, 1)
+    c1 = 0.3 + 0.4 * bgr[:, [2, 3, 1]].view(B, 3, 1, 1)
+    smooth = c0 * (1 - t) + c1 * t
+    clutter = F.interpolate(grids, size=(S, S), mode="bicubic", align_corners=False)
+    if cfg.class_cue == "hue":  # grey-ish backgrounds: at most a faint tint, no class hue
+        tint = _BG_TINT * (bgr[:, [1, 2, 3]] - bgr[:, [1, 2, 3]].mean(1, keepdim=True)).view(B, 3, 1, 1)
+        smooth = smooth.mean(1, keepdim=True) + tint
+        clutter = clutter.mean(1, keepdim=True) * 1.6 - 0.3 + tint
+    cluttered = (bgr[:, 4] < cfg.clutter_prob).view(B, 1, 1, 1)
+    img = torch.where(cluttered, clutter.clamp(0, 1), smooth).reshape(B, 3, S * S)
+    return torch.cat([img, torch.zeros(B, 3, 1)], 2)  # the spare slot
 
 
 def _boxes(mask: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 _ON = [False]
+_PROFILING = [False]  # a torch.profiler pass is running (harness.measure.profiling)
 
 
 class TorchBackend:
@@ -55,7 +56,24 @@ BACKEND: Any = TorchBackend()
 
 
 def enabled() -> bool:
+    """Whether NVTX marks are on (``--nvtx``)."""
     return _ON[0]
+
+
+def profiling_on() -> bool:
+    """Whether a profiled pass is running (named ranges then become torch.profiler ranges)."""
+    return _PROFILING[0]
+
+
+@contextmanager
+def profiling() -> Iterator[None]:
+    """Mark the enclosed block as a profiled pass (named ranges show in its trace and op table)."""
+    before = _PROFILING[0]
+    _PROFILING[0] = True
+    try:
+        yield
+    finally:
+        _PROFILING[0] = before
 
 
 @contextmanager

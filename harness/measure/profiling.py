@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.models import seam
+from harness.measure import markers
 
 PHASE_PREFIX = "phase:"
 #: columns of ``ops.parquet`` (times in microseconds, as torch.profiler reports them)
@@ -51,8 +51,7 @@ def profile_callable(fn: Callable[[], Any], device: str, trace_path: Path, point
     activities = [ProfilerActivity.CPU]
     if str(device).startswith("cuda"):
         activities.append(ProfilerActivity.CUDA)
-    seam._PROFILING[0] = True
-    try:
+    with markers.profiling():
         with profile(activities=activities, record_shapes=True, with_flops=True, profile_memory=True,
                      schedule=make_schedule(wait=schedule.wait, warmup=schedule.warmup,
                                             active=schedule.active)) as prof:
@@ -61,8 +60,6 @@ def profile_callable(fn: Callable[[], Any], device: str, trace_path: Path, point
                 if str(device).startswith("cuda"):
                     torch.cuda.synchronize()
                 prof.step()
-    finally:
-        seam._PROFILING[0] = False
     _write_trace(prof, trace_path)
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
     return [{"point_hash": point_hash, "profiled_at": stamp, **r} for r in op_rows(prof.events(), point_hash)]

@@ -5,7 +5,7 @@ tokens are grouped into temporal blocks (``n_s`` tokens x ``n_t`` frames), each 
 merges Q on Q similarity and K/V on K similarity inside blocks, the queries farthest from their
 merged token are un-merged again (one outlier budget across groups), attention runs on the
 merged tokens and the output is copied back. Steps, the choices where the paper is silent, and
-the recorder's counters: docs/merging-methods.md.
+the recorder's counters: docs/methods/merging.md.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from harness.models.seam import (
     token_bytes,
 )
 from harness.params import param
+from harness.registry import register_method
 
 DST_RULES = ("strided", "random", "first_frame")
 
@@ -398,6 +399,8 @@ def httm_attention(
     return out
 
 
+@register_method("httm", params=HTTMParams, workloads=("vggt",),
+                 doc="head-wise temporal token merging (HTTM, arXiv 2511.21317)")
 def make_httm(p: HTTMParams) -> AttentionFn:
     """Build HTTM's ``attention_fn(q, k, v, layout) -> out`` for the given parameters."""
 

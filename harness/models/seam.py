@@ -23,12 +23,10 @@ import torch.nn.functional as F
 
 from harness.measure import markers
 
-_PROFILING = [False]  # set by harness.measure.profiling while a profiled pass runs
-
 
 def ranges_on() -> bool:
     """Whether named ranges are recorded: during a profiled pass, or with NVTX marks on."""
-    return _PROFILING[0] or markers._ON[0]
+    return markers.profiling_on() or markers.enabled()
 
 
 @contextmanager
@@ -36,11 +34,11 @@ def named_range(name: str) -> Iterator[None]:
     """A ``torch.profiler.record_function`` range named ``name`` during a profiled pass (it then
     shows in traces and op tables) and an NVTX range of that name with ``--nvtx``
     (:mod:`harness.measure.markers`); nothing otherwise, so timed samples pay no profiler cost."""
-    if not (_PROFILING[0] or markers._ON[0]):
+    if not ranges_on():
         yield
         return
     with markers.mark(name):
-        if _PROFILING[0]:
+        if markers.profiling_on():
             with torch.profiler.record_function(name):
                 yield
         else:

@@ -22,12 +22,14 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
+from tqdm import tqdm
 
 from harness.errors import HarnessError
 from harness.measure.devices import resolve_device
@@ -110,6 +112,14 @@ def evaluate(proxy: Proxy, model: nn.Module) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+@dataclass
+class _Progress:
+    """Where training stands: optimiser steps done and seconds spent training (evaluation excluded)."""
+
+    step: int = 0
+    trained_s: float = 0.0
+
+
 def train(
     proxy: Proxy,
     out_dir: str | Path,
@@ -128,6 +138,35 @@ def train(
     cfg = config or proxy.default_config()
     out = Path(out_dir)
     state_path = out / STATE_FILE
+    _check_output(out, state_path, resume)
+    dev = torch.device(resolve_device(device))
+    if dev.type == "cpu":
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = proxy.build_model(cfg.seed).to(dev).train()
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    optim = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95),
+    )
+    at = _Progress()
+    if resume:
+        at = _resume(proxy, cfg, model, optim, out, dev, log)
+    proxy.prepare(progress)  # e.g. render a data pool (not counted as training time)
+    _train_steps(proxy, cfg, model, optim, out, dev, at, progress)
+    write_curves(out)
+    _round_trip(model, cfg.save_dtype)
+    final = evaluate(proxy, model)
+    model.eval()
+    weights = _save_weights(out / WEIGHTS_FILE, model, cfg.save_dtype, proxy.name)
+    with torch.no_grad():
+        baselines = proxy.baselines()
+    return write_card(out, proxy, cfg, model, final, baselines, at.trained_s, dev, weights)
+
+
+def _check_output(out: Path, state_path: Path, resume: bool) -> None:
+    """``out`` is writable, and holds a training state exactly when resuming (TrainError if not)."""
     if state_path.exists() and not resume:
         raise TrainError(f"{out} already holds a training state ({STATE_FILE}); continue it with --resume "
                          "or choose another --out")
@@ -140,72 +179,70 @@ def train(
     except OSError as e:
         raise TrainError(f"cannot write to the output folder {out}: {e.strerror or e}") from e
 
-    dev = torch.device(resolve_device(device))
-    if dev.type == "cpu":
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    model = proxy.build_model(cfg.seed).to(dev).train()
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    optim = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95),
-    )
-    step, trained_s = 0, 0.0
-    if resume:
-        state = torch.load(state_path, map_location=dev, weights_only=True)
-        if state["config"] != _config_dict(cfg):
-            changed = sorted(k for k in state["config"] if state["config"][k] != _config_dict(cfg).get(k))
-            raise TrainError(f"--resume: {out} was trained with another recipe (differs in: "
-                             f"{', '.join(changed)}); resume with the same options or choose another --out")
-        model.load_state_dict(state["model"])
-        optim.load_state_dict(state["optim"])
-        step, trained_s = int(state["step"]), float(state["train_s"])
-        _truncate_curves(out, step)
-        log(f"resuming {proxy.name} at step {step}/{cfg.steps} ({trained_s / 60:.1f} min trained)")
 
-    def save_state() -> None:
-        _atomic_save({"model": model.state_dict(), "optim": optim.state_dict(), "step": step,
-                      "config": _config_dict(cfg), "train_s": trained_s}, state_path)
+def _resume(proxy: Proxy, cfg: TrainConfig, model: nn.Module, optim: torch.optim.Optimizer, out: Path,
+            dev: torch.device, log: Callable[[str], None]) -> _Progress:
+    """Load model and optimiser from ``out``'s training state (same recipe only); cut the curves log
+    back to the state's step."""
+    state = torch.load(out / STATE_FILE, map_location=dev, weights_only=True)
+    if state["config"] != _config_dict(cfg):
+        changed = sorted(k for k in state["config"] if state["config"][k] != _config_dict(cfg).get(k))
+        raise TrainError(f"--resume: {out} was trained with another recipe (differs in: "
+                         f"{', '.join(changed)}); resume with the same options or choose another --out")
+    model.load_state_dict(state["model"])
+    optim.load_state_dict(state["optim"])
+    at = _Progress(int(state["step"]), float(state["train_s"]))
+    _truncate_curves(out, at.step)
+    log(f"resuming {proxy.name} at step {at.step}/{cfg.steps} ({at.trained_s / 60:.1f} min trained)")
+    return at
 
-    proxy.prepare(progress)  # e.g. render a data pool (not counted as training time)
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {proxy.name}", unit="step", dynamic_ncols=True)
+def _save_state(model: nn.Module, optim: torch.optim.Optimizer, cfg: TrainConfig, at: _Progress,
+                path: Path) -> None:
+    _atomic_save({"model": model.state_dict(), "optim": optim.state_dict(), "step": at.step,
+                  "config": _config_dict(cfg), "train_s": at.trained_s}, path)
+
+
+def _train_steps(proxy: Proxy, cfg: TrainConfig, model: nn.Module, optim: torch.optim.Optimizer, out: Path,
+                 dev: torch.device, at: _Progress, progress: bool) -> None:
+    """Optimiser steps from ``at.step`` to ``cfg.steps``: one curves row per step, an evaluation every
+    ``eval_every`` and a checkpoint every ``ckpt_every`` steps (and at the end)."""
+    state_path = out / STATE_FILE
+    bar = (tqdm(total=cfg.steps, initial=at.step, desc=f"train {proxy.name}", unit="step", dynamic_ncols=True)
+           if progress else None)
     t_mark = time.perf_counter()
-    while step < cfg.steps:
-        batch = proxy.to_device(proxy.batch(step, cfg.batch, cfg.seed), dev)
-        lr = lr_at(step, cfg)
+    while at.step < cfg.steps:
+        batch = proxy.to_device(proxy.batch(at.step, cfg.batch, cfg.seed), dev)
+        lr = lr_at(at.step, cfg)
         for group in optim.param_groups:
             group["lr"] = lr
         loss, parts = proxy.loss(model, batch)
         if not torch.isfinite(loss):
-            save_state()
-            raise TrainError(f"{proxy.name}: the loss became {loss.item()} at step {step} (lr {lr:.2e}); "
+            _save_state(model, optim, cfg, at, state_path)
+            raise TrainError(f"{proxy.name}: the loss became {loss.item()} at step {at.step} (lr {lr:.2e}); "
                              f"the last good state is in {state_path}")
         optim.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip
                      else torch.tensor(0.0))
         optim.step()
-        step += 1
+        at.step += 1
         now = time.perf_counter()
-        trained_s += now - t_mark
+        at.trained_s += now - t_mark
         t_mark = now
-        row: dict[str, Any] = {"step": step, "kind": "train", "loss": loss.item(), "lr": lr,
-                               "grad_norm": float(grad_norm), "elapsed_s": trained_s}
+        row: dict[str, Any] = {"step": at.step, "kind": "train", "loss": loss.item(), "lr": lr,
+                               "grad_norm": float(grad_norm), "elapsed_s": at.trained_s}
         row.update({f"loss_{k}": float(v) for k, v in parts.items()})
         _append_jsonl(out / CURVES_LOG, row)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if at.step % cfg.eval_every == 0 or at.step == cfg.steps:
             metrics = evaluate(proxy, model)
-            _append_jsonl(out / CURVES_LOG, {"step": step, "kind": "eval", "elapsed_s": trained_s, **metrics})
+            _append_jsonl(out / CURVES_LOG, {"step": at.step, "kind": "eval", "elapsed_s": at.trained_s,
+                                             **metrics})
             if bar is not None:
-                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+                bar.write(f"step {at.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             t_mark = time.perf_counter()  # evaluation time does not count as training time
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            save_state()
+        if at.step % cfg.ckpt_every == 0 or at.step == cfg.steps:
+            _save_state(model, optim, cfg, at, state_path)
             t_mark = time.perf_counter()
         if bar is not None:
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.1e}")
@@ -213,22 +250,15 @@ def train(
     if bar is not None:
         bar.close()
 
-    write_curves(out)
-    _round_trip(model, cfg.save_dtype)
-    final = evaluate(proxy, model)
-    model.eval()
-    weights = out / WEIGHTS_FILE
-    from safetensors.torch import save_file
 
-    sd = {k: v.detach().to("cpu", getattr(torch, cfg.save_dtype) if v.is_floating_point() else v.dtype)
+def _save_weights(weights: Path, model: nn.Module, save_dtype: str, name: str) -> Path:
+    """The weights as safetensors in ``save_dtype`` (floating tensors), written atomically."""
+    sd = {k: v.detach().to("cpu", getattr(torch, save_dtype) if v.is_floating_point() else v.dtype)
           .contiguous() for k, v in model.state_dict().items()}
     tmp = weights.with_name(weights.name + ".tmp")
-    save_file(sd, str(tmp), metadata={"proxy": proxy.name})
+    save_file(sd, str(tmp), metadata={"proxy": name})
     os.replace(tmp, weights)
-    with torch.no_grad():
-        baselines = proxy.baselines()
-    card = write_card(out, proxy, cfg, model, final, baselines, trained_s, dev, weights)
-    return card
+    return weights
 
 
 def write_curves(out_dir: str | Path) -> Path:

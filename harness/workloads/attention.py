@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from harness.measure.devices import torch_dtype
 from harness.models.seam import AttentionLayout, Recorder, attention_bytes, attention_flops, sdpa_attention
 from harness.params import param
-from harness.registry import MethodSpec, create_method, register_method, register_workload
+from harness.registry import create_method, register_method, register_workload
 from harness.workloads.base import Bench, MetricInfo, Point, RunContext, Workload
 
 
@@ -169,17 +169,14 @@ def math_attention(
         return torch.matmul(probs, v)
 
 
-def _build_sdpa(params: Any) -> Any:
+@register_method("sdpa", params=SdpaParams, workloads=("attention",), doc="F.scaled_dot_product_attention")
+def make_sdpa(params: SdpaParams) -> Any:
+    """The ``sdpa`` method: torch's fused attention (the reference)."""
     return sdpa_attention
 
 
-def _build_math(params: Any) -> Any:
+@register_method("math", params=MathParams, workloads=("attention",),
+                 doc="explicit softmax(q k^T / sqrt d) v")
+def make_math(params: MathParams) -> Any:
+    """The ``math`` method: attention written out (three kernels)."""
     return math_attention
-
-
-register_method(
-    MethodSpec("sdpa", SdpaParams, _build_sdpa, ("attention",), "F.scaled_dot_product_attention")
-)
-register_method(
-    MethodSpec("math", MathParams, _build_math, ("attention",), "explicit softmax(q k^T / sqrt d) v")
-)

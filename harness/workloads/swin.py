@@ -41,10 +41,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from baselines.uniform_quant import UniformQuantParams, make_uniform
 from harness.data.shapes import CALIB_SEED, HELDOUT_SEED, shapes_images
 from harness.measure.devices import autocast
-from harness.methods.mixaq import MixAQParams, SparseViTParams, make_mixaq, make_sparsevit
+from harness.methods.mixaq import MixAQParams, make_mixaq
 from harness.metrics import fidelity
 from harness.metrics import work as W
 from harness.models.seam import name_modules
@@ -60,7 +59,7 @@ from harness.models.weights import Weights, check_weights, resolve_weights
 from harness.params import param
 from harness.quant.qswin import LOW, PRUNED, window_bits, window_scores
 from harness.quant.sensitivity import importance_sensitivity, score_cv, spearman
-from harness.registry import MethodSpec, create_method, register_method, register_workload
+from harness.registry import create_method, register_method, register_workload
 from harness.workloads.base import (
     Bench,
     MetricInfo,
@@ -553,36 +552,10 @@ def _identity(model: nn.Module, calib_images: torch.Tensor | None = None, seed: 
     return model
 
 
+@register_method("fp32", params=FP32Params, workloads=("swin",), doc="float32 model, no quantization")
 def make_fp32(params: FP32Params) -> Any:
-    """MethodSpec.build for ``fp32``: the identity transform."""
+    """The ``fp32`` method: the identity transform (the reference)."""
     return _identity
 
 
-register_method(MethodSpec("fp32", FP32Params, make_fp32, ("swin",), "float32 model, no quantization"))
-register_method(
-    MethodSpec(
-        "uniform",
-        UniformQuantParams,
-        make_uniform,
-        ("swin",),
-        "uniform W{w_bits}A{a_bits} post-training fake quantization",
-    )
-)
-register_method(
-    MethodSpec(
-        "mixaq",
-        MixAQParams,
-        make_mixaq,
-        ("swin",),
-        "MixA-Q: low-importance windows at a_bits_low in a two-branch block",
-    )
-)
-register_method(
-    MethodSpec(
-        "sparsevit",
-        SparseViTParams,
-        make_sparsevit,
-        ("swin",),
-        "SparseViT-style window pruning on the uniform W{w_bits}A{a_bits} base",
-    )
-)
+

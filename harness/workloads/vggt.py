@@ -32,20 +32,15 @@ from typing import Any
 
 import torch
 
-from baselines.avggt import AVGGTParams, make_avggt
-from baselines.blocksparse import BlockSparseParams, make_blocksparse
-from baselines.fastvggt import FastVGGTParams, make_fastvggt
-from baselines.tome import ToMeParams, make_tome
 from harness.data.readers import Frames, read_7scenes, read_nrgbd, read_scannet, to_model_input
 from harness.data.scenes import SceneConfig, render_scene
 from harness.measure.devices import autocast, torch_dtype
-from harness.methods.httm import HTTMParams, make_httm
 from harness.metrics import fidelity, geometry
 from harness.models.seam import AttentionFn, AttentionLayout, Recorder, sdpa_attention
 from harness.models.vggt import PRESETS, build_vggt, load_checkpoint, pose_encoding_to_extri_intri
 from harness.models.weights import check_weights, resolve_weights
 from harness.params import param
-from harness.registry import MethodSpec, create_method, register_method, register_workload
+from harness.registry import create_method, register_workload
 from harness.workloads.base import (
     Bench,
     MetricInfo,
@@ -117,33 +112,6 @@ def _nearest_multiples(value: int, step: int, name: str) -> str:
 
 def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
-
-
-# ----------------------------------------------------------------------------- methods
-
-
-@dataclass(frozen=True)
-class PlainParams:
-    """Plain VGGT: full scaled-dot-product attention (the reference)."""
-
-
-def _build_plain(_: PlainParams) -> AttentionFn:
-    return sdpa_attention
-
-
-register_method(MethodSpec("vggt", PlainParams, _build_plain, ("vggt",), "plain VGGT (full SDPA)"))
-register_method(MethodSpec("httm", HTTMParams, make_httm, ("vggt",),
-                           "head-wise temporal token merging (HTTM, arXiv 2511.21317)"))
-register_method(MethodSpec("tome", ToMeParams, make_tome, ("vggt",),
-                           "ToMe-style bipartite merging, uniform across heads"))
-register_method(MethodSpec("fastvggt", FastVGGTParams, make_fastvggt, ("vggt",),
-                           "FastVGGT-style merging (ToMeSD 2x2 random dst, frame 0 kept)"))
-register_method(MethodSpec("blocksparse", BlockSparseParams, make_blocksparse, ("vggt",),
-                           "block-sparse global attention: top key blocks per query block from a pooled "
-                           "block map (arXiv 2509.07120)"))
-register_method(MethodSpec("avggt", AVGGTParams, make_avggt, ("vggt",),
-                           "AVGGT-style: early global layers as frame attention, K/V grid-subsampled "
-                           "(arXiv 2512.02541)"))
 
 
 # ----------------------------------------------------------------------------- inputs
