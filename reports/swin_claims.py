@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.store.results import load
+from harness.store import load
 
 
 def _label(r: pd.Series) -> str:

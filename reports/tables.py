@@ -1,6 +1,6 @@
 """Tables from a run directory: swept axes, speedup vs the reference, summary and pivot views.
 
-Everything here reads a :class:`harness.store.results.RunData` (``harness.store.results.load``) and
+Everything here reads a :class:`harness.store.RunData` (``harness.store.load``) and
 returns pandas DataFrames; nothing imports a model or a method. Numeric tables stay
 numeric (``points.csv`` keeps full precision); :func:`format_table` turns one into strings
 with 3 significant figures for Markdown, and :func:`to_markdown` renders it with tabulate.
@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from harness.store import RunData
 from harness.store import columns as C
-from harness.store.results import RunData
 
 # columns that describe the row, not its configuration
 BOOKKEEPING = (C.RUN_ID, C.SUITE, C.HASH, C.STATUS, C.ERROR, C.STARTED_AT, C.ELAPSED_S)
