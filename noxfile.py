@@ -2,6 +2,7 @@
 
     nox -s tests                 # the test suite (CPU, no downloads)
     nox -s bench-vggt            # HTTM and baselines on VGGT, cpu preset (the main job)
+    nox -s docs                  # the documentation site, mkdocs build --strict -> site/
     nox -s bench-vggt -- --preset gpu --set fixed.checkpoint=/ckpt/model.pt
     nox -t gpu                   # GPU-only sessions (not run by a bare `nox`)
 
@@ -147,3 +148,24 @@ def regression(session: nox.Session) -> None:
 def regression_gpu(session: nox.Session) -> None:
     """The regression-smoke GPU preset twice, gated with `harness compare`."""
     _regression(session, "gpu")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into site/ with `mkdocs build --strict`: a broken link, a missing
+    page or a failing reference generator fails it. `nox -s docs -- serve` previews it instead."""
+    _install(session, "[docs]")
+    env = {"NO_MKDOCS_2_WARNING": "1"}
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:], env=env)
+    else:
+        session.run("mkdocs", "build", "--strict", "-d", "site", *session.posargs, env=env)
+
+
+@nox.session(name="results-pages")
+def results_pages(session: nox.Session) -> None:
+    """Regenerate the docs' results pages (tables, headers, figures) and the README's results at a
+    glance from the run files committed under docs/results/ (`-- check` only compares)."""
+    _install(session)
+    command = session.posargs[:1] or ["build"]
+    session.run("python", "-m", "reports.pages", *command, "--readme", "README.md", *session.posargs[1:])

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 if not torch.cuda.is_available():
-    # Triton's kernels run in its CPU interpreter here (tests/test_triton_kernels.py). Triton picks
+    # Triton's kernels run in its CPU interpreter here (tests/methods/test_triton_kernels.py). Triton picks
     # the interpreter when triton.language is imported, so this precedes any import of Triton.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

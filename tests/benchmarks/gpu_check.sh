@@ -11,7 +11,7 @@ py=${PYTHON:-python}
 mkdir -p "$out"
 "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU here'; print(torch.cuda.get_device_name())" \
     | tee "$out/device.txt" || exit 2
-"$py" -m pytest -q -p no:cacheprovider -rs tests/test_triton_kernels.py tests/test_blocksparse.py \
+"$py" -m pytest -q -p no:cacheprovider -rs tests/methods/test_triton_kernels.py tests/baselines/test_blocksparse.py \
     2>&1 | tail -25 | tee "$out/tests.txt"
 "$py" -m pytest tests/benchmarks/test_bench_merge_kernels.py -q -p no:cacheprovider --override-ini=addopts= \
     --benchmark-timer=harness.measure.benchtimer.synchronized_perf_counter --benchmark-json="$out/microbench.json" \
