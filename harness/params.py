@@ -33,6 +33,16 @@ def param(
     return dataclasses.field(default=default, metadata=meta)
 
 
+def format_value(value: Any) -> str:
+    """A parameter value as `harness list`, `--dry-run` and the reference pages print it: floats with
+    %g, sequences bracketed without spaces (``[128,256]``)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(x) for x in value) + "]"
+    return str(value)
+
+
 @dataclass(frozen=True)
 class ParamInfo:
     """What ``harness list`` shows for one parameter."""

@@ -429,8 +429,9 @@ def glance(data: PageData, readme: Path) -> str:
     rows = largest_setting(parts.summary, parts.axes)
     setting = ", ".join(f"{a}={T.fmt_value(rows.iloc[0][a])}" for a in parts.axes) if len(rows) else ""
     at = f" at {setting}" if setting else ""
+    # no date here: the README carries no dated figure; the page it links to says when and where
     lines.append(f"**[{page_title(data.page)}]({link})**: the fastest variant of each method{at} "
-                 f"({machine(run.env)}, {run_time(run.manifest)}).")
+                 f"({machine(run.env)}).")
     if not rows.empty:
         best = fastest_per_method(rows, run.suite.get("reference"))
         acc = T.accuracy_columns(parts.summary, run.metrics)[:1]

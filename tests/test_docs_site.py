@@ -45,6 +45,8 @@ def test_the_methods_reference_lists_every_registered_method_and_parameter(site)
     for workload in registry.workload_names():
         for method in registry.method_names(workload):
             spec = registry.get_method(workload, method)
+            if spec.build.__module__ not in registry.BUILTIN_MODULES:
+                continue  # registered by another test in this process, not by the harness
             assert f'id="{workload}-{method}"' in html, (workload, method)
             for field in spec.params.__dataclass_fields__:
                 assert f"<code>{field}</code>" in html, (workload, method, field)

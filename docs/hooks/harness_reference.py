@@ -53,12 +53,10 @@ def _code(value: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
-    """A default value as `harness list` prints it (floats with %g, sequences bracketed)."""
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_fmt(v) for v in value) + "]"
-    return str(value)
+    """A value as `harness list` prints it (harness.params.format_value)."""
+    from harness.params import format_value
+
+    return format_value(value)
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -174,11 +172,9 @@ COLUMN_MEANINGS = {
 
 
 def _columns_module() -> ModuleType:
-    """The columns module, before (harness.columns) or after (harness.store.columns) the move."""
-    try:
-        from harness.store import columns
-    except ImportError:
-        from harness import columns
+    """The columns module of the results store."""
+    from harness.store import columns
+
     return columns
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-from harness.errors import EXIT_USAGE, HarnessError
+from harness.errors import EXIT_USAGE as EXIT_USAGE  # 2: a HarnessError
+from harness.errors import HarnessError
 from harness.run.points import parse_shard
 from reports.plots import plot_and_summarise
 from reports.summary import report
 
 EXIT_OK, EXIT_FAIL, EXIT_IO, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 3, 130, 143
-EXIT_USAGE = EXIT_USAGE  # 2: re-exported beside the others
 
 
 class Terminated(KeyboardInterrupt):
@@ -54,15 +53,6 @@ def report_after_run(run_dir: Path) -> None:
               f"retry with: harness report {run_dir}", file=sys.stderr)
     if line:
         print(line)
-
-
-def fmt(v: Any) -> str:
-    """A parameter value as a table cell: ``0.5``, ``[128,256]``."""
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(fmt(x) for x in v) + "]"
-    return str(v)
 
 
 # ---------------------------------------------------------------- argument types

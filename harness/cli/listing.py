@@ -9,9 +9,9 @@ from typing import Any
 from tabulate import tabulate
 
 from harness import registry
-from harness.cli.common import EXIT_OK, UsageError, fmt
+from harness.cli.common import EXIT_OK, UsageError
 from harness.cli.suites import suites_listing
-from harness.params import describe
+from harness.params import describe, format_value
 from harness.workloads.base import CommonParams
 
 NAME = "list"
@@ -30,7 +30,7 @@ def params_table(cls: type, indent: str) -> str:
     infos = describe(cls)
     if not infos:
         return indent + "(no parameters)"
-    rows = [[i.name, i.type_name, fmt(i.default), i.allowed(), i.help] for i in infos]
+    rows = [[i.name, i.type_name, format_value(i.default), i.allowed(), i.help] for i in infos]
     table = tabulate(rows, headers=["parameter", "type", "default", "allowed", "help"])
     return "\n".join(indent + line for line in table.splitlines())
 

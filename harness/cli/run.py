@@ -15,7 +15,6 @@ from harness.cli.common import (
     EXIT_OK,
     Terminated,
     UsageError,
-    fmt,
     interrupted_exit_code,
     non_negative_float,
     non_negative_int,
@@ -23,6 +22,7 @@ from harness.cli.common import (
     report_after_run,
     shard_arg,
 )
+from harness.params import format_value
 from harness.run.options import EXECUTORS, RayOptions, RunOptions
 from harness.run.points import ORDERS
 from harness.run.runner import run_suite
@@ -165,11 +165,12 @@ def points_table(suite: Suite) -> str:
     values)."""
     points = suite.points()
     swept = suite.swept_params()
-    rows = [[p.hash, p.method, *[fmt(p.params.get(k, "")) for k in swept]] for p in points]
+    rows = [[p.hash, p.method, *[format_value(p.params.get(k, "")) for k in swept]] for p in points]
     fixed = {k: v for k, v in (points[0].params.items() if points else []) if k not in swept}
     head = (
         f"suite {suite.name} ({suite.source}), preset {suite.preset or '(none)'}: "
         f"{len(points)} points, suite hash {suite.hash}, reference {suite.reference or '(none)'}"
     )
-    same = "same for every point: " + (", ".join(f"{k}={fmt(v)}" for k, v in fixed.items()) or "(nothing)")
+    same = "same for every point: " + (", ".join(f"{k}={format_value(v)}" for k, v in fixed.items())
+                                       or "(nothing)")
     return "\n".join([head, same, tabulate(rows, headers=["hash", "method", *swept])])
