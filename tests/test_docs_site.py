@@ -5,6 +5,7 @@ reference holds what the registry holds."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,3 +70,12 @@ def test_a_broken_link_fails_the_strict_build(tmp_path):
     proc = build(copy, tmp_path / "site")
     assert proc.returncode != 0
     assert "nowhere.md" in proc.stdout + proc.stderr
+
+
+def test_the_readme_is_a_users_document_without_dated_figures():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 300  # measurements live on the results pages, logs in the notebook
+    dated = [line for line in text.splitlines() if re.search(r"20\d\d-[01]\d-[0-3]\d", line)]
+    assert dated == [], "dated text belongs on the results pages or in the changelog"
+    for target in re.findall(r"\]\(((?:docs|examples)/[^)#]*)", text):  # its links to the docs resolve
+        assert (ROOT / target).exists(), target
