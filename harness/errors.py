@@ -10,12 +10,21 @@ from __future__ import annotations
 
 #: exit code of an error the user can fix (a bad file, a refused option, an unusable directory)
 EXIT_USAGE = 2
+#: exit code of a read or write the operating system refused (a full disk, a read-only folder)
+EXIT_IO = 3
 
 
 class HarnessError(Exception):
     """A problem the user can fix; its message says what, where, and what is allowed."""
 
     exit_code: int = EXIT_USAGE
+
+
+class StorageError(HarnessError):
+    """A read or write the operating system refused (full disk, no permission), named with its path;
+    exit code 3, like an ``OSError`` the CLI reports."""
+
+    exit_code: int = EXIT_IO
 
 
 class RunError(HarnessError, ValueError):

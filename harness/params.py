@@ -60,9 +60,9 @@ class ParamInfo:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         if self.range is not None:
             lo, hi = self.range
-            lo_s = "-inf" if lo is None else repr(lo)
-            hi_s = "inf" if hi is None else repr(hi)
-            return f"{self.type_name} in [{lo_s}, {hi_s}]"
+            lo_s = "(-inf" if lo is None else f"[{lo!r}"
+            hi_s = "inf)" if hi is None else f"{hi!r}]"
+            return f"{self.type_name} in {lo_s}, {hi_s}"
         return f"any {self.type_name}"
 
 

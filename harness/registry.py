@@ -171,15 +171,39 @@ def load_builtins() -> None:
     for mod in BUILTIN_MODULES:
         importlib.import_module(mod)
     for mod in plugin_modules():
-        try:
-            importlib.import_module(mod)
-        except ImportError as e:
-            raise PluginError(f"${PLUGINS_ENV} names module {mod!r}, which cannot be imported ({e}); "
-                              "install it or put its folder on PYTHONPATH") from None
-        except Exception as e:  # noqa: BLE001 - a plugin's own bug, named with where it happened
-            raise PluginError(f"${PLUGINS_ENV} module {mod!r} failed while it was imported: "
-                              f"{type(e).__name__}: {e}{_where(e)}; fix the module, or remove it from "
+        _import_plugin(mod)
+
+
+def _import_plugin(mod: str) -> None:
+    """Import one ``$HARNESS_PLUGINS`` module; PluginError (one paragraph) for whatever goes wrong."""
+    problem = _plugin_name_problem(mod)
+    if problem is not None:
+        raise PluginError(f"${PLUGINS_ENV} names {mod!r}, {problem}")
+    try:
+        importlib.import_module(mod)
+    except ModuleNotFoundError as e:
+        if e.name is not None and e.name != mod and not mod.startswith(e.name + "."):
+            raise PluginError(f"${PLUGINS_ENV} module {mod!r} imports {e.name!r}, which is not installed"
+                              f"{_where(e)}; install {e.name!r}, or remove {mod!r} from "
                               f"${PLUGINS_ENV}") from None
+        raise PluginError(f"${PLUGINS_ENV} names module {mod!r}, which cannot be imported ({e}); "
+                          "install it or put its folder on PYTHONPATH") from None
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - a plugin's own bug (or exit), named with where
+        raise PluginError(f"${PLUGINS_ENV} module {mod!r} failed while it was imported: "
+                          f"{type(e).__name__}: {e}{_where(e)}; fix the module, or remove it from "
+                          f"${PLUGINS_ENV}") from None
+
+
+def _plugin_name_problem(mod: str) -> str | None:
+    """Why ``mod`` is not an importable module name (a path, a relative name), or None."""
+    if "/" in mod or "\\" in mod or mod.endswith(".py"):
+        folder, stem = os.path.split(mod[:-3] if mod.endswith(".py") else mod)
+        return (f"a file path, where a module name is needed: put its folder on PYTHONPATH and name the "
+                f"module (PYTHONPATH={folder or '.'} {PLUGINS_ENV}={stem})")
+    if not all(part.isidentifier() for part in mod.split(".")):
+        return ("which is not a module name (dotted Python identifiers, absolute: relative names such as "
+                "'.mod' cannot be imported from here)")
+    return None
 
 
 def plugin_modules() -> list[str]:

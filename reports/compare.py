@@ -48,10 +48,11 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.measure.env import comparable
-from harness.store import RunData, load
+from harness.store import ENV_FILE, SAMPLES_FILE, SAMPLES_LOG, DamagedLine, RunData, load, lock_holder
 from harness.store import columns as C
 from reports import stats as S
 from reports import tables as T
+from reports.status import run_status
 
 DEFAULT_THRESHOLD = 0.05
 DEFAULT_ALPHA = 0.01
@@ -81,7 +82,8 @@ class CompareResult:
     rows: one row per (point, metric) with columns ``ROW_COLUMNS``; markdown: the summary for a
     PR comment or CI log; regressed: True when any row's verdict is a regression; n_common:
     points ok in base and present in new; env_differences: what differs between the
-    fingerprints (non-empty only when allowed).
+    fingerprints (non-empty only when allowed). A point whose raw samples are missing, or whose
+    row in new is a damaged line, is "cannot judge": :attr:`exit_code` is then 2.
     """
 
     rows: pd.DataFrame
@@ -89,11 +91,17 @@ class CompareResult:
     regressed: bool
     n_common: int
     env_differences: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # about either run (duplicate rows, damaged lines)
+
+    @property
+    def unjudged(self) -> pd.DataFrame:
+        """Rows of points the gate was asked to judge and could not (raw samples or rows missing)."""
+        return self.rows[self.rows["verdict"] == S.CANNOT_JUDGE]
 
     @property
     def exit_code(self) -> int:
-        """1 when regressed, else 0 (for CI)."""
-        return 1 if self.regressed else 0
+        """For CI: 1 when regressed, else 2 when a point could not be judged, else 0."""
+        return 1 if self.regressed else (2 if len(self.unjudged) else 0)
 
     def write(self, out_dir: str | os.PathLike) -> list[Path]:
         """Write ``compare.md`` and ``compare.csv`` into ``out_dir``; return their paths."""
@@ -207,7 +215,8 @@ def compare_runs(
     (unless ``allow_env_mismatch``) or when no point is ok in base and present in new.
     """
     base, new = load(base_dir), load(new_dir)
-    diffs = env_differences(base.env, new.env)
+    _check_finished(base, new)
+    diffs = _env_check(base, new, allow_env_mismatch)
     if diffs and not allow_env_mismatch:
         raise CompareError(
             f"Refusing to compare {base.path} with {new.path}: their environment fingerprints differ "
@@ -221,9 +230,11 @@ def compare_runs(
     thr = latency_threshold(reg, threshold)
     a = float(alpha) if alpha is not None else float(reg.get("alpha") or DEFAULT_ALPHA)
     if not 0 < a < 1:  # also refuses nan
-        raise ValueError(f"compare_runs: alpha must be in (0, 1), got {a}")
+        raise ValueError(f"the significance level (--alpha, else the suite's regression.alpha) must be in "
+                         f"(0, 1), got {a}")
     if not (math.isfinite(thr) and thr >= 0):  # nan or inf would switch the gate off
-        raise ValueError(f"compare_runs: threshold must be a finite number >= 0 (0.05 = 5%), got {thr}")
+        raise ValueError(f"the latency threshold (--threshold, else the suite's regression.threshold) must "
+                         f"be a finite number >= 0 (0.05 = 5%), got {thr}")
     bp, np_ = _last_by_hash(base.points), _last_by_hash(new.points)
     both, common = _paired_points(base, new, bp, np_, allow_env_mismatch)
     axes = T.varying_columns(pd.concat([bp, np_], ignore_index=True))
@@ -242,16 +253,58 @@ def compare_runs(
                              verdict=S.REGRESSION,
                              note=f"ok -> {n_row[C.STATUS]}: {T.short_error(n_row.get(C.ERROR))}"))
             continue
-        rows.append(_latency_row(h, label(h), b_row, n_row, bs.get(h), ns.get(h), thr, a, n_boot, seed))
+        rows.append(_latency_row(h, label(h), b_row, n_row, bs.get(h), ns.get(h), thr, a, n_boot, seed,
+                                 _no_samples_why(base, new, bs, ns, h), allow_missing))
         rows += _quality_rows(h, label(h), b_row, n_row, base, new, reg)
     only_base = [h for h in bp.index if h not in np_.index]
-    rows += _status_rows(bp, np_, both, only_base, label, allow_missing)
+    rows += _status_rows(bp, np_, both, only_base, label, allow_missing, new.damaged)
     df = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
     regressed = bool((df["verdict"] == S.REGRESSION).any())
     only_new = [h for h in np_.index if h not in bp.index]
-    md = _markdown(base, new, df, regressed, len(common), thr, a, diffs, only_base, only_new)
+    warnings = [f"{name} run {run.path}: {w}" for name, run in (("base", base), ("new", new))
+                for w in run_status(run).warnings()]
+    md = _markdown(base, new, df, regressed, len(common), thr, a, diffs, only_base, only_new, warnings)
     return CompareResult(rows=df, markdown=md, regressed=regressed, n_common=len(common),
-                         env_differences=diffs)
+                         env_differences=diffs, warnings=warnings)
+
+
+def _check_finished(*runs: RunData) -> None:
+    """CompareError for a run another process is still writing: its points are not all there yet."""
+    for run in runs:
+        holder = lock_holder(run.path)
+        if holder is not None:
+            raise CompareError(
+                f"Refusing to compare: {run.path} is still being written by {holder}, so its points are not "
+                "all recorded yet and missing ones would read as regressions. Compare once that run has "
+                "finished."
+            )
+
+
+def _env_check(base: RunData, new: RunData, allow_env_mismatch: bool) -> list[str]:
+    """What differs between the fingerprints; a missing ``env.json`` is refused (CompareError)
+    unless allowed, since without it the gate cannot tell that both ran on the same machine."""
+    missing = [run.path for run in (base, new) if not run.env]
+    if missing and not allow_env_mismatch:
+        raise CompareError(
+            f"Refusing to compare: {' and '.join(map(str, missing))} has no {ENV_FILE} (the environment "
+            "fingerprint), so the gate cannot check that both runs measured the same hardware and software. "
+            f"Restore {ENV_FILE} from a copy of the run, or pass --allow-env-mismatch to compare anyway."
+        )
+    if missing:
+        return [f"{ENV_FILE} missing from {p}" for p in missing]
+    return env_differences(base.env, new.env)
+
+
+def _no_samples_why(base: RunData, new: RunData, bs: dict[str, np.ndarray], ns: dict[str, np.ndarray],
+                    h: str) -> str:
+    """Why a point has no raw samples on a side ("" when it has them on both)."""
+    why = []
+    for name, run, got in (("base", base, bs), ("new", new, ns)):
+        if h not in got:
+            files = [f for f in (SAMPLES_LOG, SAMPLES_FILE) if (run.path / f).exists()]
+            gone = "" if files else f" ({SAMPLES_LOG} and {SAMPLES_FILE} are missing)"
+            why.append(f"{name} has none{gone}")
+    return "; ".join(why)
 
 
 def _paired_points(base: RunData, new: RunData, bp: pd.DataFrame, np_: pd.DataFrame,
@@ -285,34 +338,46 @@ def _paired_points(base: RunData, new: RunData, bp: pd.DataFrame, np_: pd.DataFr
 
 
 def _status_rows(bp: pd.DataFrame, np_: pd.DataFrame, both: list[str], only_base: list[str],
-                 label: Any, allow_missing: bool) -> list[dict[str, Any]]:
-    """Rows for points fixed in new (not ok -> ok) and for points ok in base but missing from new."""
+                 label: Any, allow_missing: bool, damaged: list[DamagedLine]) -> list[dict[str, Any]]:
+    """Rows for points fixed in new (not ok -> ok) and for points ok in base but missing from new
+    (a regression, or "cannot judge" when a damaged line of new's points log names it)."""
+    hidden = {d.point_hash: d for d in damaged if d.point_hash}
     rows = []
     for h in both:
         if bp.at[h, C.STATUS] != C.OK and np_.at[h, C.STATUS] == C.OK:
             rows.append(_row(**{C.HASH: h}, config=label(h), kind=KIND_STATUS, metric=C.STATUS,
                              verdict=S.FIXED, note=f"{bp.at[h, C.STATUS]} -> ok"))
     for h in only_base:
-        if bp.at[h, C.STATUS] == C.OK:
-            rows.append(_row(**{C.HASH: h}, config=label(h), kind=KIND_STATUS, metric=C.STATUS,
-                             verdict=S.NOT_GATED if allow_missing else S.REGRESSION,
-                             note="ok in base, missing from new (its run never recorded it)"
-                                  + (" (allowed)" if allow_missing else "")))
+        if bp.at[h, C.STATUS] != C.OK:
+            continue
+        if h in hidden:
+            verdict, note = S.CANNOT_JUDGE, f"ok in base; in new, {hidden[h].describe()}"
+        else:
+            verdict, note = S.REGRESSION, "ok in base, missing from new (its run never recorded it)"
+        if allow_missing:
+            verdict, note = S.NOT_GATED, note + " (allowed)"
+        rows.append(_row(**{C.HASH: h}, config=label(h), kind=KIND_STATUS, metric=C.STATUS,
+                         verdict=verdict, note=note))
     return rows
 
 
 def _latency_row(
     h: str, config: str, b_row: pd.Series, n_row: pd.Series, b: np.ndarray | None,
-    n: np.ndarray | None, thr: float, alpha: float, n_boot: int, seed: int,
+    n: np.ndarray | None, thr: float, alpha: float, n_boot: int, seed: int, why: str = "",
+    allow_missing: bool = False,
 ) -> dict[str, Any]:
+    """The latency verdict of one point; without raw samples on a side, "cannot judge" (the stored
+    medians shown; "not gated" with ``allow_missing``)."""
     b = b if b is not None else np.empty(0)
     n = n if n is not None else np.empty(0)
-    if b.size == 0 or n.size == 0:  # no raw samples: show the stored medians, do not gate
+    if b.size == 0 or n.size == 0:
         bm, nm = _float(b_row.get(C.LAT_MEDIAN)), _float(n_row.get(C.LAT_MEDIAN))
         ratio = nm / bm if bm and not math.isnan(bm) else math.nan
+        verdict = S.NOT_GATED if allow_missing else S.CANNOT_JUDGE
         return _row(**{C.HASH: h}, config=config, kind=KIND_LATENCY, metric=C.LAT_MEDIAN, base=bm,
                     new=nm, ratio=ratio, delta=nm - bm, n_base=b.size, n_new=n.size, threshold=thr,
-                    verdict=S.NO_SAMPLES, note="raw samples missing; not gated")
+                    verdict=verdict, note=f"raw samples missing ({why or 'none recorded'})"
+                    + (" (allowed)" if allow_missing else ""))
     rng = np.random.default_rng([seed, zlib.crc32(h.encode())])
     ratio = S.median_ratio(b, n)
     lo, hi = S.bootstrap_ratio_ci(b, n, n_boot=n_boot, rng=rng, level=CI_LEVEL)
@@ -352,7 +417,7 @@ def _quality_rows(
 
 
 def _verdict_cell(v: str) -> str:
-    return f"**{v.upper()}**" if v == S.REGRESSION else v
+    return f"**{v.upper()}**" if v in (S.REGRESSION, S.CANNOT_JUDGE) else v
 
 
 def _p_text(p: float) -> str:
@@ -360,7 +425,7 @@ def _p_text(p: float) -> str:
 
 
 def _latency_table(lat: pd.DataFrame) -> str:
-    order = {S.REGRESSION: 0, S.IMPROVEMENT: 1, S.NOISE: 2, S.NO_SAMPLES: 3, S.NO_CHANGE: 4}
+    order = {S.REGRESSION: 0, S.CANNOT_JUDGE: 1, S.IMPROVEMENT: 2, S.NOISE: 3, S.NOT_GATED: 4, S.NO_CHANGE: 5}
     lat = lat.assign(__o=lat["verdict"].map(order).fillna(9)).sort_values(
         ["__o", "ratio"], ascending=[True, False], kind="stable")
     table = pd.DataFrame({
@@ -398,6 +463,7 @@ def _quality_table(q: pd.DataFrame) -> str:
 def _markdown(
     base: RunData, new: RunData, df: pd.DataFrame, regressed: bool, n_common: int, thr: float,
     alpha: float, diffs: Sequence[str], only_base: Sequence[str], only_new: Sequence[str],
+    warnings: Sequence[str] = (),
 ) -> str:
     lat = df[df["kind"] == KIND_LATENCY]
     qual = df[df["kind"].isin(["quality", "fidelity"])]
@@ -405,7 +471,8 @@ def _markdown(
     n_lat = lat["verdict"].value_counts()
     n_q_reg = int((qual["verdict"] == S.REGRESSION).sum())
     n_s_reg = int((status["verdict"] == S.REGRESSION).sum())
-    head = "REGRESSED" if regressed else "no regression"
+    head = "REGRESSED" if regressed else (
+        "CANNOT JUDGE" if (df["verdict"] == S.CANNOT_JUDGE).any() else "no regression")
     lines = [f"## Benchmark comparison: {head}", ""]
     parts = [
         f"{int(n_lat.get(S.REGRESSION, 0))} of {n_common} points slower by more than {thr:.0%} "
@@ -414,8 +481,10 @@ def _markdown(
         f"{int(n_lat.get(S.NOISE, 0))} changed beyond the threshold without significance (noise)",
         f"{int(n_lat.get(S.NO_CHANGE, 0))} unchanged",
     ]
-    if n_lat.get(S.NO_SAMPLES, 0):
-        parts.append(f"{int(n_lat[S.NO_SAMPLES])} without raw samples (not gated)")
+    if n_lat.get(S.CANNOT_JUDGE, 0):
+        parts.append(f"**{int(n_lat[S.CANNOT_JUDGE])} could not be judged** (raw samples missing)")
+    if n_lat.get(S.NOT_GATED, 0):
+        parts.append(f"{int(n_lat[S.NOT_GATED])} without raw samples (allowed, not gated)")
     lines.append("Latency: " + "; ".join(parts) + ".")
     gated_q = qual[qual["verdict"] != S.NOT_GATED]
     lines.append(f"Quality/fidelity: {n_q_reg} regression(s) among {len(gated_q)} gated values"
@@ -434,6 +503,11 @@ def _markdown(
         "",
         _latency_table(lat) if len(lat) else "_(no point ok in both runs)_",
     ]
+    blind = lat[lat["verdict"].isin([S.CANNOT_JUDGE, S.NOT_GATED])]
+    if len(blind):
+        lines += ["", "### Latency not judged", "", T.to_markdown(pd.DataFrame({
+            "point": blind[C.HASH].str[: T.HASH_SHORT], "config": blind["config"],
+            "verdict": blind["verdict"].map(_verdict_cell), "why": blind["note"]}))]
     changed_q = qual[qual["verdict"].isin([S.REGRESSION, S.IMPROVEMENT]) | (qual["delta"].fillna(1) != 0)]
     if len(changed_q):
         lines += ["", "### Quality and fidelity", "", _quality_table(changed_q)]
@@ -455,6 +529,7 @@ def _markdown(
                      "the gate unless --allow-missing (see Status changes).")
     if only_new:
         notes.append(f"{len(only_new)} point(s) only in new (not compared).")
+    notes += [f"Warning: {w}." for w in warnings]
     if notes:
         lines += ["", "### Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

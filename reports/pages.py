@@ -51,6 +51,7 @@ from harness.store import (
     MANIFEST_FILE,
     METRICS_FILE,
     POINTS_FILE,
+    RESUMED_KEY,
     SUITE_FILE,
     RunData,
     RunDirError,
@@ -290,7 +291,8 @@ def header(data: PageData) -> str:
     """The header block: date, machine, commit, suite and preset, the exact command."""
     run, parts = data.run, data.parts
     m = run.manifest
-    resumed = m.get("resumed") or []
+    resumed = (m.get(RESUMED_KEY) or []) + [r for shard in m.get("merged_from") or []
+                                            for r in shard.get(RESUMED_KEY) or []]
     started = run_time(m) + (f" (resumed {len(resumed)} time(s))" if resumed else "")
     without_commit = {k: v for k, v in run.env.items() if k != E.GIT_COMMIT}  # on its own line below
     suite = f"`{run.suite.get('name') or m.get('suite')}`, {preset(m)}"

@@ -14,7 +14,7 @@ import pandas as pd
 
 from harness.measure import env as E
 from harness.measure.efficiency import PEAKS_KEY
-from harness.store import RunData
+from harness.store import ENV_FILE, RunData
 from harness.store import columns as C
 from reports import tables as T
 from reports.status import RunStatus, run_status
@@ -32,7 +32,8 @@ def env_summary(env: dict[str, Any], points: pd.DataFrame | None = None) -> str:
 
     Reads ``env.json`` by the keys :mod:`harness.measure.env` writes; absent fields are left out.
     """
-    env = env or {}
+    if not env:
+        return f"unknown ({ENV_FILE} is missing: no fingerprint of the machine, torch version or commit)"
 
     def get(key: str) -> Any:
         v = env.get(key)

@@ -21,7 +21,7 @@ IMPROVEMENT = "improvement"
 NO_CHANGE = "no change"
 NOISE = "noise"
 NOT_GATED = "not gated"
-NO_SAMPLES = "no samples"
+CANNOT_JUDGE = "cannot judge"  # the gate lacks what it needs (raw samples, a readable row)
 FIXED = "fixed"
 
 _BOOT_CHUNK_ELEMS = 2_000_000  # bound memory: resample at most this many values at once
@@ -103,7 +103,7 @@ def classify_latency(ratio: float, p: float, alpha: float, threshold: float) -> 
     no change: everything else (including significant changes smaller than the threshold).
     """
     if math.isnan(ratio):
-        return NO_SAMPLES
+        return CANNOT_JUDGE
     significant = not math.isnan(p) and p < alpha
     if ratio - 1 > threshold:
         return REGRESSION if significant else NOISE

@@ -7,13 +7,12 @@ as long as it runs (:class:`harness.store.RunLock`).
 
 from __future__ import annotations
 
-import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from harness.store import RunData, lock_holder
+from harness.store import DamagedLine, RunData, lock_holder, resume_command_line
 from harness.store import columns as C
 
 SHOW_HASHES = 3  # duplicate hashes named in the warning
@@ -21,22 +20,8 @@ SHOW_HASHES = 3  # duplicate hashes named in the warning
 
 def resume_command(run: RunData) -> str:
     """The command that finishes the run: its recorded command line with ``--resume RUN_DIR``."""
-    argv = [str(a) for a in run.manifest.get("argv") or []]
-    if len(argv) >= 3 and argv[1] == "run":
-        kept, skip = [], False
-        for a in argv[2:]:
-            if skip:
-                skip = False
-                continue
-            if a in ("--out", "--resume"):
-                skip = True
-                continue
-            if a.startswith(("--out=", "--resume=")):
-                continue
-            kept.append(a)
-        return shlex.join(["harness", "run", *kept, "--resume", str(run.path)])
     source = run.manifest.get("suite_source") or run.manifest.get("suite") or "SUITE"
-    return f"harness run {source} --resume {run.path} (with the run's --preset/--set options)"
+    return resume_command_line(run.manifest.get("argv") or [], run.path, str(source))
 
 
 @dataclass(frozen=True)
@@ -50,6 +35,7 @@ class RunStatus:
     duplicates: dict[str, int] = field(default_factory=dict)  # point hash -> rows
     running: str | None = None  # holder of the lock while a process writes the run
     resume: str = ""
+    damaged: list[DamagedLine] = field(default_factory=list)  # log lines that are not rows
 
     @property
     def missing(self) -> int:
@@ -65,7 +51,7 @@ class RunStatus:
         return f"{self.unique}{total} points"
 
     def warnings(self) -> list[str]:
-        """One sentence per problem: still running, incomplete, duplicate rows."""
+        """One sentence per problem: still running, incomplete, damaged log lines, duplicate rows."""
         out = []
         if self.running is not None:
             out.append(f"the run is still running ({self.running}): {self.progress()} recorded so far; "
@@ -73,6 +59,14 @@ class RunStatus:
         elif self.missing:
             out.append(f"the run is incomplete: {self.progress()} recorded, {self.missing} missing; "
                        f"finish it with: {self.resume}")
+        # a torn tail while the writer is at work is a line being written, not damage
+        damaged = [d for d in self.damaged if not (d.torn_tail and self.running is not None)]
+        if damaged:
+            shown = "; ".join(d.describe() for d in damaged[:SHOW_HASHES])
+            more = f" and {len(damaged) - SHOW_HASHES} more" if len(damaged) > SHOW_HASHES else ""
+            out.append(f"{shown}{more}: what such a line held is not in these results (a point row: the "
+                       f"point counts as not recorded). Resuming repairs it (damaged lines are moved to "
+                       f"<log>.damaged, torn tails cut) and runs those points again: {self.resume}")
         if self.duplicates:
             extra = self.recorded - self.unique
             named = ", ".join(f"{h[:8]} ({n} rows)" for h, n in list(self.duplicates.items())[:SHOW_HASHES])
@@ -99,6 +93,7 @@ def run_status(run: RunData) -> RunStatus:
         duplicates=dups,
         running=lock_holder(run.path),
         resume=resume_command(run),
+        damaged=list(run.damaged),
     )
 
 

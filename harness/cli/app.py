@@ -4,6 +4,7 @@ turns errors into exit codes."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -29,6 +30,39 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: options whose value may start with "-" (``--shard -1/2``, to be refused for its value, not as
+#: "expected one argument"); argparse reads such a value as an option unless it is attached
+DASH_VALUE_OPTIONS = ("--shard", "--threshold")
+
+
+def _attach_dash_values(argv: list[str]) -> list[str]:
+    """``--shard -1/2`` -> ``--shard=-1/2`` (for the options of :data:`DASH_VALUE_OPTIONS`)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in DASH_VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-") \
+                and argv[i + 1] != "--":
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def os_advice(e: OSError) -> str:
+    """What to do about a refused read or write, by its cause."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return "free space (or raise the quota or file-size limit), then run the command again"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "choose a location you may write to, or restore the permission"
+    if e.errno in (errno.EEXIST, errno.ENOTDIR):
+        return "a file stands where a folder is needed on that path: give a folder (new or existing)"
+    if e.errno == errno.EISDIR:
+        return "that path is a folder; give a file name"
+    return "check the path and the disk, then run the command again"
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
@@ -36,7 +70,7 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``harness`` console script; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(args_list)
+    args = build_parser().parse_args(_attach_dash_values(args_list))
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
@@ -54,8 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # a full disk, a missing permission, an unwritable --out/--markdown
         where = f"{e.filename}: " if e.filename else ""
         print(f"harness {args.command}: error: {where}{e.strerror or e} ({type(e).__name__}). The operating "
-              "system refused a read or write; free space or choose a writable location. Nothing already "
-              "recorded in a run directory is lost.", file=sys.stderr)
+              f"system refused a read or write; {os_advice(e)}. Nothing already recorded in a run directory "
+              "is lost.", file=sys.stderr)
         return EXIT_IO
     except KeyboardInterrupt as e:
         print(f"\nharness {args.command}: interrupted", file=sys.stderr)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from pathlib import Path
 
+from harness.errors import EXIT_IO as EXIT_IO  # 3: a read or write the system refused
 from harness.errors import EXIT_USAGE as EXIT_USAGE  # 2: a HarnessError
 from harness.errors import HarnessError
 from harness.run.points import parse_shard
+from harness.suite.catalog import not_a_regular_file
 from reports.plots import plot_and_summarise
 from reports.summary import report
 
-EXIT_OK, EXIT_FAIL, EXIT_IO, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 3, 130, 143
+EXIT_OK, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 130, 143
 
 
 class Terminated(KeyboardInterrupt):
@@ -32,8 +36,11 @@ def require_run_dir(path: str) -> Path:
     """``path`` as a directory, or FileNotFoundError saying what a run directory is."""
     p = Path(path)
     if not p.is_dir():
-        raise FileNotFoundError(f"run directory {path!r} not found (a run directory is what `harness run` "
-                                "writes; its path is printed at the end of the run)")
+        problem = not_a_regular_file(p) if os.path.lexists(p) else "not found"
+        if problem is None:  # a regular file
+            problem = "is a file, not a directory"
+        raise FileNotFoundError(f"run directory {path!r} {problem} (a run directory is the folder `harness "
+                                "run` writes; its path is printed at the end of the run)")
     return p
 
 
@@ -45,12 +52,12 @@ def report_after_run(run_dir: Path) -> None:
         _, line = plot_and_summarise(run_dir, warn=False)  # the report warns about the run
     except Exception as e:  # noqa: BLE001 - reporting is optional after a run
         print(f"warning: plotting failed ({type(e).__name__}: {e}); the run is saved in {run_dir}; "
-              f"retry with: harness plot {run_dir}", file=sys.stderr)
+              f"retry with: harness plot {shlex.quote(str(run_dir))}", file=sys.stderr)
     try:
         report(run_dir)  # prints the tables itself
     except Exception as e:  # noqa: BLE001 - reporting is optional after a run
         print(f"warning: the report failed ({type(e).__name__}: {e}); the run is saved in {run_dir}; "
-              f"retry with: harness report {run_dir}", file=sys.stderr)
+              f"retry with: harness report {shlex.quote(str(run_dir))}", file=sys.stderr)
     if line:
         print(line)
 

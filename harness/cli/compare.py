@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from harness.cli.common import EXIT_FAIL, EXIT_OK, UsageError, require_run_dir
+from harness.cli.common import UsageError, require_run_dir
+from harness.store import columns as C
 from reports.compare import CompareError, compare_runs
 
 NAME = "compare"
@@ -25,7 +27,8 @@ def setup(sub: Any) -> None:
     cp.add_argument("--allow-env-mismatch", action="store_true",
                     help="compare even when the environment fingerprints differ")
     cp.add_argument("--allow-missing", action="store_true",
-                    help="points ok in BASE but missing from NEW do not fail the gate")
+                    help="points ok in BASE but missing from NEW, or without raw samples, do not fail "
+                         "the gate (reported as not gated)")
     cp.add_argument("--markdown", metavar="FILE", help="also write the markdown summary here")
     cp.set_defaults(func=run)
 
@@ -41,6 +44,15 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     except ValueError as e:  # a threshold or alpha out of range
         raise UsageError(str(e)) from None
     print(result.markdown)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if args.markdown:
         Path(args.markdown).write_text(result.markdown)
-    return EXIT_FAIL if result.regressed else EXIT_OK
+    unjudged = result.unjudged
+    if len(unjudged) and not result.regressed:
+        shown = "; ".join(f"{h[:8]}: {note}" for h, note in zip(unjudged[C.HASH][:3], unjudged["note"][:3]))
+        more = "; ..." if len(unjudged) > 3 else ""
+        print(f"harness compare: error: {len(unjudged)} point(s) could not be judged ({shown}{more}). The "
+              "gate does not pass what it cannot check: restore the missing files from a copy of the run, or "
+              "re-run it; --allow-missing accepts them ungated.", file=sys.stderr)
+    return result.exit_code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from tabulate import tabulate
 
 from harness import registry
 from harness.cli.common import (
+    EXIT_IO,
     EXIT_OK,
     Terminated,
     UsageError,
@@ -24,8 +26,9 @@ from harness.cli.common import (
 )
 from harness.params import format_value
 from harness.run.options import EXECUTORS, RayOptions, RunOptions
-from harness.run.points import ORDERS
+from harness.run.points import ORDERS, shard_points
 from harness.run.runner import run_suite
+from harness.store import is_run_dir, resume_command_line, run_dir_in
 from harness.suite import Suite, load_suite
 
 NAME = "run"
@@ -104,22 +107,33 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     overrides = (args.set or []) + (["metrics.profile=true"] if args.profile else [])
     suite = load_suite(args.suite, preset=args.preset, overrides=overrides)
     if args.dry_run:
-        print(points_table(suite))
+        print(points_table(suite, args.shard))
         return EXIT_OK
     if args.resume and args.out and Path(args.out) != Path(args.resume):
-        raise UsageError(f"--out {args.out} and --resume {args.resume} name different directories; give one")
+        raise UsageError(f"--out {shlex.quote(args.out)} and --resume {shlex.quote(args.resume)} "
+                         "name "
+                         "different directories; give one")
     if args.resume:
         out = Path(args.resume)
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path(args.out or Path(RUNS_DIR) / f"{suite.name}-{stamp}")
+        out = Path(args.out) if args.out else run_dir_in(RUNS_DIR, f"{suite.name}-{stamp}")
     try:
         summary = run_suite(suite, out, run_options(args, argv))
     except KeyboardInterrupt as e:
         how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        print(f"\n{how}; finished points are saved. Continue with: harness run {args.suite} "
-              f"--resume {out} (and the same --preset/--set options)", file=sys.stderr)
+        again = resume_command_line(["harness", *argv], out, args.suite)
+        print(f"\n{how}; finished points are saved. Continue with: {again}", file=sys.stderr)
         return interrupted_exit_code(e)
+    except OSError as e:
+        if not is_run_dir(out):
+            raise  # nothing recorded yet: the CLI's own paragraph for a refused write
+        again = resume_command_line(["harness", *argv], out, args.suite)
+        print(f"harness run: error: {e.filename or out}: {e.strerror or e} ({type(e).__name__}). The "
+              f"operating system refused a write; every point recorded before it is kept in "
+              f"{shlex.quote(str(out))}. Free space (or restore write permission), then continue with: "
+              f"{again}", file=sys.stderr)
+        return EXIT_IO
     for note in summary.notes:
         print(f"resume repaired {out}: {note}", file=sys.stderr)
     print(summary.line())
@@ -128,7 +142,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             report_after_run(out)
         except KeyboardInterrupt as e:
             print(f"\nreport interrupted; the run itself is complete. Make the tables and plots again with: "
-                  f"harness report {out} && harness plot {out}", file=sys.stderr)
+                  f"harness report {shlex.quote(str(out))} && harness plot {shlex.quote(str(out))}",
+                  file=sys.stderr)
             return interrupted_exit_code(e)
     if summary.exit_code and summary.not_ok:
         print(f"{summary.not_ok} point(s) did not finish ok (see the status/error columns); "
@@ -160,16 +175,22 @@ def _ray_options(args: argparse.Namespace) -> RayOptions:
                       max_in_flight=args.max_in_flight, retries=args.retries or 0)
 
 
-def points_table(suite: Suite) -> str:
+def points_table(suite: Suite, shard: tuple[int, int] | None = None) -> str:
     """What ``--dry-run`` prints: the suite's settings, then one row per point (hash, method, swept
-    values)."""
+    values); with ``shard`` (i, n), only the points of that shard (those ``--shard i/n`` runs)."""
     points = suite.points()
+    n_suite = len(points)
+    if shard:
+        points = shard_points(points, registry.get_workload(suite.workload)().model_key, suite.hash, *shard)
     swept = suite.swept_params()
     rows = [[p.hash, p.method, *[format_value(p.params.get(k, "")) for k in swept]] for p in points]
     fixed = {k: v for k, v in (points[0].params.items() if points else []) if k not in swept}
+    count = f"{n_suite} points"
+    if shard:
+        count = f"shard {shard[0]}/{shard[1]}: {len(points)} of {count}"
     head = (
-        f"suite {suite.name} ({suite.source}), preset {suite.preset or '(none)'}: "
-        f"{len(points)} points, suite hash {suite.hash}, reference {suite.reference or '(none)'}"
+        f"suite {suite.name} ({suite.source}), preset {suite.preset or '(none)'}: {count}, "
+        f"suite hash {suite.hash}, reference {suite.reference or '(none)'}"
     )
     same = "same for every point: " + (", ".join(f"{k}={format_value(v)}" for k, v in fixed.items())
                                        or "(nothing)")

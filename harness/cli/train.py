@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         card = train(proxy, out, config=cfg, resume=args.resume, device=args.device, progress=not args.quiet)
     except KeyboardInterrupt as e:
         print(f"\ninterrupted; the last checkpoint is in {out}. Continue with: harness train {proxy.name} "
-              f"--out {out} --resume (and the same --steps/--seed/--threads)", file=sys.stderr)
+              f"--out {shlex.quote(str(out))} --resume (and the same --steps/--seed/--threads)",
+              file=sys.stderr)
         return interrupted_exit_code(e)
     print(f"{proxy.name}: held-out " + ", ".join(f"{k} {v:.4g}" for k, v in card["heldout"].items()))
     print(f"weights, model card and curves in {out}/ ({card['training_time_s'] / 60:.1f} min of training)")

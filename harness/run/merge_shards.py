@@ -28,6 +28,7 @@ from harness.measure.env import CPU_MODEL, GPU_NAME, comparable
 from harness.store import (
     METRICS_FILE,
     PROFILES_DIR,
+    RESUMED_KEY,
     SUITE_FILE,
     RunDirError,
     RunLogs,
@@ -39,6 +40,7 @@ from harness.store import (
     read_env,
     read_logs,
     read_manifest,
+    resume_command_line,
     write_logs,
 )
 from harness.store import columns as C
@@ -96,6 +98,13 @@ def merge_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
                 "latencies are not comparable. Merge runs of one machine type, or pass --allow-env-mismatch "
                 "(every row keeps its host and GPU).")
     logs = [read_logs(d) for d in dirs]
+    for d, m, lg in zip(dirs, manifests, logs):
+        bad = [x for x in lg.damaged if not x.torn_tail]
+        if bad:
+            shown = "; ".join(x.describe() for x in bad[:3]) + ("; ..." if len(bad) > 3 else "")
+            again = resume_command_line(m.get("argv") or [], d, str(m.get("suite_source") or "SUITE"))
+            raise MergeError(f"{d}: {shown}. A merge would drop what such a line holds; resume that shard "
+                             f"first (it moves damaged lines aside and runs their points again): {again}")
     seen: dict[str, Path] = {}
     for d, lg in zip(dirs, logs):
         for r in lg.points:
@@ -106,7 +115,7 @@ def merge_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
             seen[h] = d
     out = Path(out_dir)
     try:
-        check_new_run_dir(out)
+        check_new_run_dir(out, resumable=False)
         check_writable(out)
     except RunDirError as e:
         raise MergeError(str(e)) from None
@@ -122,10 +131,11 @@ def _write(out: Path, dirs: list[Path], manifests: list[dict[str, Any]], envs: l
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     merged_from = [{"run_dir": str(d), "run_id": m.get("run_id"), "shard": m.get("shard"),
                     "n_points": len(lg.points), "hostname": env.get("hostname"),
-                    "gpu_name": env.get(GPU_NAME), "cpu_model": env.get(CPU_MODEL)}
+                    "gpu_name": env.get(GPU_NAME), "cpu_model": env.get(CPU_MODEL),
+                    RESUMED_KEY: m.get(RESUMED_KEY, [])}
                    for d, m, env, lg in zip(dirs, manifests, envs, logs)]
     total = first.get("suite_points")
-    manifest = {k: v for k, v in first.items() if k not in ("schema_version", "resumes")}
+    manifest = {k: v for k, v in first.items() if k not in ("schema_version", RESUMED_KEY)}
     manifest.update({
         "run_id": f"{first.get('suite')}-merged-{stamp}-{os.urandom(3).hex()}",
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -10,6 +10,7 @@ from harness.errors import RunError
 from harness.measure.env import comparable, fingerprint
 from harness.run.rows import now_iso
 from harness.store import (
+    ENV_FILE,
     MANIFEST_FILE,
     RunDirError,
     RunWriter,
@@ -29,16 +30,25 @@ def common_seed(points: Sequence[Point]) -> int | None:
     return seeds.pop() if len(seeds) == 1 else None
 
 
-def open_for_resume(out: Path, suite: Suite, argv: list[str], points: Sequence[Point],
-                     allow_env_mismatch: bool,
-                     shard: tuple[int, int] | None = None) -> tuple[RunWriter, str, list[str]]:
-    """Checks that ``out`` holds this suite's run, started on a comparable machine; records the
-    resumption (with this machine's fingerprint) and repairs the logs. Raises RunError."""
+def check_resumable(out: Path) -> None:
+    """RunError unless ``out`` is a run directory (checked before anything is created there)."""
+    if not out.is_dir():
+        what = "is a file, not a directory" if out.exists() else "does not exist"
+        raise RunError(f"cannot resume {out}: it {what}; --resume takes the run directory a `harness run` "
+                       "wrote (start a new run with --out instead)")
     if not is_run_dir(out):
         raise RunError(
             f"cannot resume {out}: it is not a run directory ({MANIFEST_FILE} is missing); "
             "start a new run with --out instead"
         )
+
+
+def open_for_resume(out: Path, suite: Suite, argv: list[str], points: Sequence[Point],
+                     allow_env_mismatch: bool,
+                     shard: tuple[int, int] | None = None) -> tuple[RunWriter, str, list[str]]:
+    """Checks that ``out`` holds this suite's run, started on a comparable machine; records the
+    resumption (with this machine's fingerprint) and repairs the logs. Raises RunError."""
+    check_resumable(out)
     try:
         manifest = read_manifest(out)
         stored_env = read_env(out)
@@ -59,7 +69,8 @@ def open_for_resume(out: Path, suite: Suite, argv: list[str], points: Sequence[P
         raise RunError(f"cannot resume {out}: it holds a run made with {says(manifest.get('shard'))}, but "
                        f"this command gives {says(given)}; resume each shard with its own --shard option")
     env = fingerprint(argv=argv, seed=common_seed(points))
-    diffs = comparable(stored_env, env)
+    diffs = comparable(stored_env, env) if stored_env else [
+        f"{ENV_FILE} is missing, so the machine that started the run is unknown"]
     if diffs and not allow_env_mismatch:
         raise RunError(
             f"cannot resume {out}: this machine differs from the one that started the run "
@@ -67,7 +78,8 @@ def open_for_resume(out: Path, suite: Suite, argv: list[str], points: Sequence[P
             "where the run started, or pass --allow-env-mismatch to mix them (each resumption's "
             f"fingerprint is recorded in {MANIFEST_FILE})."
         )
-    check_writable(out)
+    check_writable(out, advice="Free space (or restore write permission) there, then resume again; "
+                               "every point already recorded is kept.")
     note_resume(out, now_iso(), argv, env)
     writer, notes = RunWriter.open_existing(out)
     return writer, str(manifest.get("run_id")), notes

@@ -32,7 +32,7 @@ from harness.run.point_loop import BuildFailed, PointLoop, free_caches
 from harness.run.points import order_points, select_points, shard_points
 from harness.run.preflight import apply_cpu_allocator, check_devices, check_kernels, check_memory_snapshot
 from harness.run.ray_executor import RayDriver, require_ray
-from harness.run.resume import common_seed, open_for_resume
+from harness.run.resume import check_resumable, common_seed, open_for_resume
 from harness.run.rows import error_text, now_iso
 from harness.run.summary import ProfileSummary, RunSummary
 from harness.store import (
@@ -76,7 +76,9 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, options: RunOptions | No
     out = Path(out_dir)
     argv = list(sys.argv if opts.argv is None else opts.argv)
     plan = _plan(suite, opts)
-    if not opts.resume:
+    if opts.resume:
+        check_resumable(out)  # before the lock creates anything
+    else:
         check_new_run_dir(out)
         check_writable(out)
     lock = RunLock(out).acquire()

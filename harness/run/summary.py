@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +46,9 @@ class RunSummary:
     def line(self) -> str:
         parts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items())) or "nothing to run"
         skip = f" ({self.skipped} already recorded, skipped)" if self.skipped else ""
-        left = f"; {self.left} left for --resume {self.run_dir}" if self.left else ""
-        return f"{self.ran}/{self.total} points run: {parts}{skip}{left}. Results: {self.run_dir}"
+        where = shlex.quote(str(self.run_dir))
+        left = f"; {self.left} left for --resume {where}" if self.left else ""
+        return f"{self.ran}/{self.total} points run: {parts}{skip}{left}. Results: {where}"
 
 
 @dataclass
@@ -63,6 +65,6 @@ class ProfileSummary:
 
     def line(self) -> str:
         where = (f"traces in {self.run_dir / PROFILES_DIR}/, operator table {self.run_dir / OPS_FILE}; "
-                 f"read it with: harness report {self.run_dir} --ops")
+                 f"read it with: harness report {shlex.quote(str(self.run_dir))} --ops")
         failed = f"; {len(self.failed)} failed" if self.failed else ""
         return f"profiled {len(self.profiled)} point(s){failed}: {where}"

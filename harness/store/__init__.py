@@ -13,7 +13,7 @@ importable from here (``from harness.store import load, RunWriter``):
 """
 
 from harness.store.checks import check_new_run_dir, check_writable
-from harness.store.files import atomic_write_bytes, read_jsonl, repair_torn_tail, write_json
+from harness.store.files import DamagedLine, atomic_write_bytes, read_jsonl, repair_torn_tail, write_json
 from harness.store.layout import (
     ENV_FILE,
     LOCK_FILE,
@@ -25,15 +25,19 @@ from harness.store.layout import (
     POINTS_LOG,
     PROFILED_AT,
     PROFILES_DIR,
+    RESUMED_KEY,
     SAMPLES_FILE,
     SAMPLES_LOG,
     SCHEMA_VERSION,
     SUITE_FILE,
     RunDirError,
     is_run_dir,
+    name_problem,
     note_resume,
     read_env,
     read_manifest,
+    resume_command_line,
+    run_dir_in,
 )
 from harness.store.load import RunData, load, read_ops, read_tables
 from harness.store.lock import RunLock, in_use_message, lock_holder
@@ -41,9 +45,10 @@ from harness.store.writer import RunLogs, RunWriter, read_logs, write_logs
 
 __all__ = [
     "ENV_FILE", "LOCK_FILE", "MANIFEST_FILE", "METRICS_FILE", "OPS_FILE", "OPS_LOG", "POINTS_FILE",
-    "POINTS_LOG", "PROFILED_AT", "PROFILES_DIR", "SAMPLES_FILE", "SAMPLES_LOG", "SCHEMA_VERSION",
-    "SUITE_FILE", "RunData", "RunDirError", "RunLock", "RunLogs", "RunWriter", "atomic_write_bytes",
-    "check_new_run_dir", "check_writable", "in_use_message", "is_run_dir", "load", "lock_holder",
-    "note_resume", "read_env", "read_jsonl", "read_logs", "read_manifest", "read_ops", "read_tables",
-    "repair_torn_tail", "write_json", "write_logs",
+    "POINTS_LOG", "PROFILED_AT", "PROFILES_DIR", "RESUMED_KEY", "SAMPLES_FILE", "SAMPLES_LOG",
+    "SCHEMA_VERSION", "SUITE_FILE", "DamagedLine", "RunData", "RunDirError", "RunLock", "RunLogs",
+    "RunWriter", "atomic_write_bytes", "check_new_run_dir", "check_writable", "in_use_message",
+    "is_run_dir", "load", "lock_holder", "name_problem", "note_resume", "read_env", "read_jsonl",
+    "read_logs", "read_manifest", "read_ops", "read_tables", "repair_torn_tail", "resume_command_line",
+    "run_dir_in", "write_json", "write_logs",
 ]

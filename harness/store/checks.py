@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
+from harness.errors import StorageError
 from harness.store.layout import LOCK_FILE, MANIFEST_FILE, POINTS_LOG, RunDirError, is_run_dir
 from harness.store.lock import in_use_message, lock_holder
 
 
-def check_new_run_dir(out: Path) -> None:
-    """A new run goes into a new or empty directory: never into a run (in use or not), nor next
-    to files it would mix with or overwrite."""
+def check_new_run_dir(out: Path, *, resumable: bool = True) -> None:
+    """A new run goes into a new or empty directory: never into a run (in use or not), nor inside
+    one, nor next to files it would mix with or overwrite. ``resumable``: the command can finish an
+    existing run with ``--resume`` (``harness run``; not ``harness merge``), so the error suggests it."""
     if is_run_dir(out):
         holder = lock_holder(out)
         if holder is not None:
             raise RunDirError(in_use_message(out, holder))
-        raise RunDirError(
-            f"{out} already holds a run ({MANIFEST_FILE} exists). Pass --resume {out} to finish it, "
-            "or choose a new --out directory."
-        )
+        finish = f"Pass --resume {shlex.quote(str(out))} to finish it, or choose" if resumable else "Choose"
+        raise RunDirError(f"{out} already holds a run ({MANIFEST_FILE} exists). {finish} a new --out "
+                          "directory.")
+    outer = next((p for p in Path(os.path.abspath(out)).parents if is_run_dir(p)), None)
+    if outer is not None:
+        raise RunDirError(f"--out {out} is inside the run directory {outer}: a run there would be mixed "
+                          "into that run's files (and its profiles folder); choose a directory outside it")
     if not out.is_dir():
         if out.exists():
             raise RunDirError(f"--out {out} is a file, not a directory; choose a new --out directory")
@@ -36,15 +42,22 @@ def check_new_run_dir(out: Path) -> None:
                        "choose a new or empty --out directory")
 
 
-def check_writable(out_dir: Path) -> None:
-    """Create ``out_dir`` if needed and prove a file can be written there; RunDirError naming it if not."""
+def check_writable(out_dir: Path, *, advice: str = "Choose a writable location with --out DIR.") -> None:
+    """Create ``out_dir`` if needed and prove a file can be written there (the probe file is
+    removed whatever happens); StorageError (exit code 3) naming it and ``advice`` if not."""
+    probe = out_dir / f".write-probe-{os.getpid()}"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-probe-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
+        with open(probe, "w") as f:
+            f.write("ok")
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as e:
-        raise RunDirError(
-            f"cannot write the run directory {out_dir}: {e.strerror or e} ({type(e).__name__}). "
-            "Choose a writable location with --out DIR."
+        raise StorageError(
+            f"cannot write the run directory {out_dir}: {e.strerror or e} ({type(e).__name__}). {advice}"
         ) from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder itself cannot be written: nothing was created there

@@ -9,9 +9,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+DAMAGED_SUFFIX = ".damaged"  # points.jsonl.damaged: the damaged lines resume moved out of the log
 
 
 def jsonable(v: Any) -> Any:
@@ -28,11 +33,27 @@ def jsonable(v: Any) -> Any:
     return v
 
 
+@contextmanager
+def writing(path: Path, tmp: Path | None = None) -> Iterator[None]:
+    """Writes to ``path`` (staged in ``tmp``): an OSError inside names ``path`` (a write to an open
+    file names none), and ``tmp`` is removed, so a full disk leaves no half-written sibling."""
+    try:
+        yield
+    except OSError as e:
+        if tmp is not None:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a ``.tmp`` sibling and a rename: readers see old or new, never half."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with writing(path, tmp):
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -40,20 +61,71 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Complete JSON lines of a log; a torn (unterminated or undecodable) line is skipped."""
+@dataclass(frozen=True)
+class DamagedLine:
+    """A line of a JSON-lines log that is not a JSON object: the unterminated last line of a write
+    cut short (``torn_tail``), or a line damaged in the middle of the log (an edit, a bad disk)."""
+
+    path: Path
+    line: int  # 1-based
+    torn_tail: bool
+    text: str  # its first characters, as read
+
+    @property
+    def point_hash(self) -> str | None:
+        """The ``point_hash`` its text still names, if any (which point the damage hides)."""
+        m = re.search(r'"point_hash":\s*"([0-9a-f]{8,})"', self.text)
+        return m.group(1) if m else None
+
+    def describe(self) -> str:
+        """``points.jsonl line 7 (point_hash 1a2b3c4d)``, and what it is."""
+        h = self.point_hash
+        which = f" (point_hash {h[:8]} by its text)" if h else ""
+        what = "ends in an unfinished write (torn by a kill or a full disk)" if self.torn_tail else \
+            "is damaged (not a JSON row)"
+        return f"{self.path.name} line {self.line}{which} {what}"
+
+
+def read_jsonl(path: Path, damaged: list[DamagedLine] | None = None) -> list[dict[str, Any]]:
+    """The JSON-object lines of a log. Lines that are not (a torn tail, a damaged line) are left
+    out, and appended to ``damaged`` when given."""
     if not path.exists():
         return []
+    raw = path.read_bytes()
+    lines = raw.decode(errors="replace").split("\n")
     rows = []
-    for line in path.read_text(errors="replace").splitlines():
-        line = line.strip()
-        if not line:
+    for i, line in enumerate(lines):
+        if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a torn line from a killed run or a full disk
-            continue
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif damaged is not None:
+            torn = i == len(lines) - 1  # no newline after it
+            damaged.append(DamagedLine(path, i + 1, torn, line.strip()[:200]))
     return rows
+
+
+def quarantine_damaged(path: Path) -> list[DamagedLine]:
+    """Move the damaged lines of a log (not its torn tail: :func:`repair_torn_tail` cuts that) to
+    ``<log>.damaged``, appended there first, then the log rewritten atomically without them:
+    nothing is lost, and the points they hid run again on resume. Returns the lines moved."""
+    found: list[DamagedLine] = []
+    read_jsonl(path, found)
+    bad = [d for d in found if not d.torn_tail]
+    if not bad:
+        return []
+    lines = path.read_bytes().split(b"\n")
+    drop = {d.line - 1 for d in bad}
+    with open(path.with_name(path.name + DAMAGED_SUFFIX), "ab") as f:
+        f.write(b"".join(lines[i] + b"\n" for i in sorted(drop)))
+        f.flush()
+        os.fsync(f.fileno())
+    atomic_write_bytes(path, b"\n".join(x for i, x in enumerate(lines) if i not in drop))
+    return bad
 
 
 def repair_torn_tail(path: Path) -> int:

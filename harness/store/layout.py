@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +43,34 @@ OPS_FILE = "ops.parquet"
 PROFILED_AT = "profiled_at"  # ops rows of one profiled pass share this stamp
 PROFILES_DIR = "profiles"
 LOCK_FILE = ".lock"  # held by the process writing the run; says which one
+RESUMED_KEY = "resumed"  # run.json: one entry (time, argv, env) per resumption
 
 
 class RunDirError(HarnessError, ValueError):
     """A path that is not a readable run directory of this harness's schema (one paragraph)."""
+
+
+#: a suite name: it becomes a file-name component of run directories (``runs/<name>-<timestamp>``)
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+NAME_RULE = ("letters, digits, '.', '_', '+' and '-', starting with a letter or digit, at most 100 "
+             "characters (it names the run directory, runs/<name>-<timestamp>)")
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a run directory (None: it can), with a safe name to use instead."""
+    if NAME_PATTERN.fullmatch(name):
+        return None
+    safe = re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-.")[:100] or "suite"
+    return f"{name!r} is not a file-name component; allowed: {NAME_RULE}; for example {safe!r}"
+
+
+def run_dir_in(parent: str | os.PathLike, name: str) -> Path:
+    """``parent/name``, refused (RunDirError) unless it is a direct child of ``parent``: a run
+    directory is never created outside the folder it is meant for."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise RunDirError(f"cannot name a run directory in {parent}: {problem}")
+    return Path(parent) / name
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
@@ -93,6 +119,25 @@ def read_env(run_dir: str | os.PathLike) -> dict[str, Any]:
 def note_resume(run_dir: str | os.PathLike, at: str, argv: list[str], env: dict[str, Any]) -> dict[str, Any]:
     """Record one resumption (time, command line, machine fingerprint) in ``run.json``."""
     manifest = read_manifest(run_dir)
-    manifest.setdefault("resumed", []).append({"at": at, "argv": argv, "env": env})
+    manifest.setdefault(RESUMED_KEY, []).append({"at": at, "argv": argv, "env": env})
     write_json(Path(run_dir) / MANIFEST_FILE, manifest)
     return manifest
+
+
+def resume_command_line(argv: list[str], run_dir: str | os.PathLike, suite: str = "SUITE") -> str:
+    """The shell command (quoted) that finishes the run in ``run_dir``: ``argv`` (``harness run
+    ...``, as recorded in ``run.json``) with its ``--out``/``--resume`` replaced by ``--resume
+    RUN_DIR``; without such an ``argv``, ``harness run SUITE --resume RUN_DIR`` and a reminder."""
+    argv = [str(a) for a in argv]
+    if len(argv) < 3 or argv[1] != "run":
+        return (shlex.join(["harness", "run", suite, "--resume", str(run_dir)])
+                + " (with the run's --preset/--set options)")
+    kept, skip = [], False
+    for a in argv[2:]:
+        if skip:
+            skip = False
+        elif a in ("--out", "--resume"):
+            skip = True
+        elif not a.startswith(("--out=", "--resume=")):
+            kept.append(a)
+    return shlex.join(["harness", "run", *kept, "--resume", str(run_dir)])

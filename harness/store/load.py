@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import pandas as pd
 import yaml
 
 from harness.store import columns as C
-from harness.store.files import read_jsonl
+from harness.store.files import DamagedLine, read_jsonl
 from harness.store.layout import (
     ENV_FILE,
     METRICS_FILE,
@@ -41,18 +41,19 @@ def read_ops(run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame([r for r in rows if str(r.get(PROFILED_AT) or "") == latest[r[C.HASH]]])
 
 
-def read_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_tables(run_dir: Path, damaged: list[DamagedLine] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(points, samples) of a run from its logs (the source of truth), samples only of committed
-    points. Without logs (a run directory copied without them): the parquet tables."""
+    points; the logs' lines that are not rows go to ``damaged`` when given. Without logs (a run
+    directory copied without them): the parquet tables."""
     run_dir = Path(run_dir)
     if not (run_dir / POINTS_LOG).exists() and (run_dir / POINTS_FILE).exists():
         points = pd.read_parquet(run_dir / POINTS_FILE)
         samples = (pd.read_parquet(run_dir / SAMPLES_FILE) if (run_dir / SAMPLES_FILE).exists()
                    else pd.DataFrame(columns=list(C.SAMPLE_COLUMNS)))
         return points, samples
-    rows = read_jsonl(run_dir / POINTS_LOG)
+    rows = read_jsonl(run_dir / POINTS_LOG, damaged)
     done = {r.get(C.HASH) for r in rows}
-    samples = [r for r in read_jsonl(run_dir / SAMPLES_LOG) if r.get(C.HASH) in done]
+    samples = [r for r in read_jsonl(run_dir / SAMPLES_LOG, damaged) if r.get(C.HASH) in done]
     return _points_frame(rows), pd.DataFrame(samples, columns=list(C.SAMPLE_COLUMNS))
 
 
@@ -83,6 +84,7 @@ class RunData:
     suite: dict[str, Any]
     env: dict[str, Any]
     metrics: dict[str, Any]
+    damaged: list[DamagedLine] = field(default_factory=list)  # log lines that are not rows
 
     @property
     def ok(self) -> pd.DataFrame:
@@ -98,7 +100,8 @@ def load(path: str | os.PathLike) -> RunData:
     """
     run_dir = Path(path)
     manifest = read_manifest(run_dir)
-    points, samples = read_tables(run_dir)
+    bad_lines: list[DamagedLine] = []
+    points, samples = read_tables(run_dir, bad_lines)
 
     def damaged(path: Path, e: Exception) -> RunDirError:
         first = (str(e).splitlines() or [""])[0]
@@ -125,4 +128,5 @@ def load(path: str | os.PathLike) -> RunData:
         suite=suite or {},
         env=_json(ENV_FILE),
         metrics=_json(METRICS_FILE),
+        damaged=bad_lines,
     )

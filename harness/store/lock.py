@@ -6,9 +6,11 @@ import datetime as _dt
 import fcntl
 import os
 import socket
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from harness.store.files import writing
 from harness.store.layout import LOCK_FILE, RunDirError
 
 
@@ -31,11 +33,17 @@ class RunLock:
             holder = f.read().strip() or "another process"
             f.close()
             raise RunDirError(in_use_message(self.run_dir, holder)) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on host {socket.gethostname()} (since "
-                f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')})\n")
-        f.flush()
+        try:
+            with writing(self.run_dir / LOCK_FILE):
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()} on host {socket.gethostname()} (since "
+                        f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')})\n")
+                f.flush()
+        except OSError:
+            with suppress(OSError):  # closing flushes the refused write again
+                f.close()  # releases the lock
+            raise
         self._file = f
         return self
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,16 @@ import yaml
 
 from harness.store import columns as C
 from harness.store.files import (
+    DAMAGED_SUFFIX,
+    DamagedLine,
     atomic_write_bytes,
     jsonable,
+    quarantine_damaged,
     read_jsonl,
     repair_torn_tail,
     write_json,
     write_jsonl_atomic,
+    writing,
 )
 from harness.store.layout import (
     ENV_FILE,
@@ -47,16 +51,20 @@ class RunLogs:
     points: list[dict[str, Any]]
     samples: list[dict[str, Any]]
     ops: list[dict[str, Any]]
+    damaged: list[DamagedLine] = field(default_factory=list)  # lines of the logs that are not rows
 
 
 def read_logs(run_dir: str | os.PathLike) -> RunLogs:
-    """Every committed point of a run with its samples and operator rows (orphans left out)."""
+    """Every committed point of a run with its samples and operator rows (orphans left out), and
+    the lines of its logs that could not be read."""
     run_dir = Path(run_dir)
-    points = read_jsonl(run_dir / POINTS_LOG)
+    damaged: list[DamagedLine] = []
+    points = read_jsonl(run_dir / POINTS_LOG, damaged)
     done = {r.get(C.HASH) for r in points}
     return RunLogs(points=points,
-                   samples=[r for r in read_jsonl(run_dir / SAMPLES_LOG) if r.get(C.HASH) in done],
-                   ops=[r for r in read_jsonl(run_dir / OPS_LOG) if r.get(C.HASH) in done])
+                   samples=[r for r in read_jsonl(run_dir / SAMPLES_LOG, damaged) if r.get(C.HASH) in done],
+                   ops=[r for r in read_jsonl(run_dir / OPS_LOG, damaged) if r.get(C.HASH) in done],
+                   damaged=damaged)
 
 
 def write_logs(run_dir: str | os.PathLike, logs: RunLogs) -> None:
@@ -66,6 +74,16 @@ def write_logs(run_dir: str | os.PathLike, logs: RunLogs) -> None:
     if logs.ops:
         write_jsonl_atomic(run_dir / OPS_LOG, logs.ops)
     write_jsonl_atomic(run_dir / POINTS_LOG, logs.points)  # last: the rows commit the points
+
+
+def _append_lines(path: Path, lines: list[str]) -> None:
+    """Append ``lines`` to a log and fsync it; an OSError names the log."""
+    if not lines and path.exists():
+        return
+    with writing(path), open(path, "a") as f:
+        f.write("".join(line + "\n" for line in lines))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class RunWriter:
@@ -102,10 +120,16 @@ class RunWriter:
         """Reopen a run for appending after repairing its logs; returns notes on what was repaired."""
         writer = cls(Path(run_dir))
         notes = []
-        for name in (POINTS_LOG, SAMPLES_LOG):
+        for name in (POINTS_LOG, SAMPLES_LOG, OPS_LOG):
             dropped = repair_torn_tail(writer.run_dir / name)
             if dropped:
                 notes.append(f"{name}: cut a torn last line ({dropped} bytes of an unfinished write)")
+            moved = quarantine_damaged(writer.run_dir / name)
+            if moved:
+                shown = "; ".join(d.describe() for d in moved[:3]) + ("; ..." if len(moved) > 3 else "")
+                then = "their points run again" if name == POINTS_LOG else "the tables leave them out"
+                notes.append(f"{name}: moved {len(moved)} damaged line(s) to {name}{DAMAGED_SUFFIX} "
+                             f"({shown}); {then}")
         done = writer.finished_hashes()
         samples = read_jsonl(writer.run_dir / SAMPLES_LOG)
         kept = [r for r in samples if r.get(C.HASH) in done]
@@ -121,15 +145,10 @@ class RunWriter:
 
     def append(self, row: dict[str, Any], samples: Iterable[dict[str, Any]] = ()) -> None:
         """Durably record one finished point: its samples, then its row (the commit)."""
-        with open(self.run_dir / SAMPLES_LOG, "a") as f:
-            for s in samples:
-                f.write(json.dumps({k: jsonable(v) for k, v in s.items()}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        with open(self.run_dir / POINTS_LOG, "a") as f:
-            f.write(json.dumps({k: jsonable(v) for k, v in row.items()}, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _append_lines(self.run_dir / SAMPLES_LOG,
+                      [json.dumps({k: jsonable(v) for k, v in s.items()}) for s in samples])
+        _append_lines(self.run_dir / POINTS_LOG,
+                      [json.dumps({k: jsonable(v) for k, v in row.items()}, default=str)])
 
     def trace_path(self, point_hash: str) -> Path:
         """Where the profiled pass of a point writes its Chrome/Perfetto trace."""
@@ -137,11 +156,8 @@ class RunWriter:
 
     def append_ops(self, rows: Iterable[dict[str, Any]]) -> None:
         """Operator rows of a point's profiled pass (written before its row commits the point)."""
-        with open(self.run_dir / OPS_LOG, "a") as f:
-            for r in rows:
-                f.write(json.dumps({k: jsonable(v) for k, v in r.items()}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        lines = [json.dumps({k: jsonable(v) for k, v in r.items()}) for r in rows]
+        _append_lines(self.run_dir / OPS_LOG, lines)
 
     def update_metrics(self, metrics: dict[str, Any]) -> None:
         path = self.run_dir / METRICS_FILE
@@ -153,14 +169,21 @@ class RunWriter:
         """Build points.parquet and samples.parquet from the logs (both written, then both renamed)."""
         points, samples = read_tables(self.run_dir)
         staged = []
-        for df, name in ((points, POINTS_FILE), (samples, SAMPLES_FILE)):
-            tmp = self.run_dir / (name + ".tmp")
-            df.to_parquet(tmp, index=False)
-            staged.append((tmp, self.run_dir / name))
+        try:
+            for df, name in ((points, POINTS_FILE), (samples, SAMPLES_FILE)):
+                tmp = self.run_dir / (name + ".tmp")
+                staged.append((tmp, self.run_dir / name))
+                with writing(self.run_dir / name, tmp):
+                    df.to_parquet(tmp, index=False)
+        except OSError:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+            raise
         for tmp, final in staged:
             os.replace(tmp, final)
         if (self.run_dir / OPS_LOG).exists():
             ops = read_ops(self.run_dir)
             tmp = self.run_dir / (OPS_FILE + ".tmp")
-            ops.to_parquet(tmp, index=False)
-            os.replace(tmp, self.run_dir / OPS_FILE)
+            with writing(self.run_dir / OPS_FILE, tmp):
+                ops.to_parquet(tmp, index=False)
+                os.replace(tmp, self.run_dir / OPS_FILE)

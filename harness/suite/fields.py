@@ -9,6 +9,7 @@ path, saying what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -159,6 +160,8 @@ class Field:
         info = self.info
         if info.choices is not None and v not in info.choices:
             return f"{v!r} is not allowed; allowed: {info.allowed()}"
+        if isinstance(v, float) and not math.isfinite(v):  # YAML's .nan/.inf, or --set x=.inf
+            return f"{v!r} is not a finite number; allowed: {self.allowed()}"
         if info.range is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
             lo, hi = info.range
             if (lo is not None and v < lo) or (hi is not None and v > hi):
@@ -260,6 +263,12 @@ def check_value(problems: Problems, path: KeyPath, f: Field, v: Any, *, sweep_ok
             problems.add((path + (i,) if is_sweep else path) + sub, msg + f.help_suffix())
         bad = bad or bool(found)
         out.append(nv)
+    for i, x in enumerate(out if is_sweep and not bad else []):
+        first = next(j for j, y in enumerate(out) if y == x)
+        if first < i:  # 128 and 128.0 for a float are the same value, and the same point
+            problems.add(path + (i,), f"{x!r} is listed twice (items {first} and {i}); each value is one "
+                         "point, so the repeat would run once: remove it")
+            bad = True
     return None if bad else out
 
 

@@ -17,6 +17,7 @@ from harness import registry
 from harness.measure.timing import TimingConfig
 from harness.params import did_you_mean, param
 from harness.registry import MethodSpec
+from harness.store.layout import name_problem
 from harness.suite.document import TOP_LEVEL_KEYS
 from harness.suite.fields import (
     Field,
@@ -158,6 +159,10 @@ def _name(data: dict[str, Any], problems: Problems) -> str:
     name = data.get("name")
     if not isinstance(name, str) or not name.strip():
         problems.add(("name",) if "name" in data else (), f"`name` must be a non-empty string, got {name!r}")
+        return ""
+    problem = name_problem(name)
+    if problem is not None:
+        problems.add(("name",), problem)
         return ""
     return name
 

@@ -66,10 +66,11 @@ def test_failed_points_make_run_exit_1_unless_allowed(tmp_path, fake_workload, c
     assert sorted(load(tmp_path / "b").points[C.STATUS]) == [C.FAILED, C.OK]
 
 
-def test_unwritable_out_exits_2(tmp_path, capsys):
+def test_an_unwritable_out_is_an_io_error_exit_3(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    assert main(["run", SMOKE, "--out", str(tmp_path / "file" / "run"), "-q", *FAST]) == 2
-    assert "cannot write the run directory" in capsys.readouterr().err
+    assert main(["run", SMOKE, "--out", str(tmp_path / "file" / "run"), "-q", *FAST]) == 3
+    err = capsys.readouterr().err
+    assert "cannot write the run directory" in err and "Not a directory" in err
 
 
 def test_interrupt_exits_130_and_resume_finishes(tmp_path, fake_workload, capsys):
@@ -161,4 +162,5 @@ def test_compare_with_bad_alpha_exits_2(tmp_path, fake_workload, capsys):
     assert main(["run", suite, "--out", str(tmp_path / "a"), "--no-report", "-q", *FAST]) == 0
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "a"), "--alpha", "2"]) == 2
-    assert "alpha must be in (0, 1)" in capsys.readouterr().err
+    assert "significance level (--alpha, else the suite's regression.alpha) must be in (0, 1)" in \
+        capsys.readouterr().err

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from fake_suites import fake_suite
 
-from harness.errors import RunError
+from harness.errors import RunError, StorageError
 from harness.run.options import RunOptions
 from harness.run.points import order_points
 from harness.run.runner import run_suite
@@ -62,7 +62,7 @@ def test_seed_is_recorded_and_makes_outputs_reproducible(tmp_path, fake_workload
 
 
 def test_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path, fake_workload):
-    suite = fake_suite("sweep: {mode: [ok, raise, ok], size: [2, 3]}\nmethods: {plain: {}}\n")
+    suite = fake_suite("sweep: {mode: [ok, raise], size: [2, 3]}\nmethods: {plain: {}}\n")
     summary = run_suite(suite, tmp_path / "run", RunOptions(progress=False))
     pts = rows(tmp_path / "run")
     failed = pts[pts[C.STATUS] == C.FAILED]
@@ -163,8 +163,9 @@ def test_existing_run_dir_is_not_overwritten_without_resume(tmp_path, fake_workl
 def test_unwritable_output_dir_is_refused_before_running(tmp_path, fake_workload):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(RunDirError, match=r"cannot write the run directory .*file/run.*--out"):
+    with pytest.raises(StorageError, match=r"cannot write the run directory .*file/run.*--out") as e:
         run_suite(fake_suite("methods: {plain: {}}\n"), blocker / "run", RunOptions(progress=False))
+    assert e.value.exit_code == 3
     assert fake_workload.builds == []
 
 
@@ -174,7 +175,7 @@ def test_read_only_output_dir_is_refused(tmp_path, fake_workload):
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        with pytest.raises(RunDirError, match="cannot write the run directory"):
+        with pytest.raises(StorageError, match="cannot write the run directory"):
             run_suite(fake_suite("methods: {plain: {}}\n"), ro / "run", RunOptions(progress=False))
     finally:
         ro.chmod(0o700)

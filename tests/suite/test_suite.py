@@ -109,10 +109,10 @@ REGRESSION_CASES = [
                         "(did you mean 'threshold'?); allowed: threshold, alpha, per_metric"),
     ("{alpha: 2}", "regression.alpha: 2.0 is out of range; allowed: float in [0, 1] (alpha: significance"),
     ("{alpha: 0}", "regression.alpha: 0.0 is out of range"),  # both ends excluded
-    ("{threshold: null}", "regression.threshold: None is not a float; allowed: float in [0, inf]"),
+    ("{threshold: null}", "regression.threshold: None is not a float; allowed: float in [0, inf)"),
     ("{per_metric: {q_x: -1}}",
-     "regression.per_metric.q_x: -1.0 is out of range; allowed: float in [0, inf] (per_metric:"),
-    ("{per_metric: [1]}", "per_metric: [1] is not a dict; allowed: a mapping of names to float in [0, inf]"),
+     "regression.per_metric.q_x: -1.0 is out of range; allowed: float in [0, inf) (per_metric:"),
+    ("{per_metric: [1]}", "per_metric: [1] is not a dict; allowed: a mapping of names to float in [0, inf)"),
 ]
 
 

@@ -159,7 +159,7 @@ def test_point_limit_is_a_suite_key_a_preset_key_and_a_set_option():
 
 def test_point_limit_is_checked_like_a_parameter():
     msg = one_problem(parse_suite, HEAD + "point_limit: 0\n", source="s.yaml")
-    assert msg.startswith("s.yaml, line 4: point_limit: 0 is out of range; allowed: int in [1, inf] "
+    assert msg.startswith("s.yaml, line 4: point_limit: 0 is out of range; allowed: int in [1, inf) "
                           "(point_limit: most points the suite may expand to")
     msg = one_problem(parse_suite, HEAD, source="s.yaml", overrides=["point_limit=lots"])
     assert msg.startswith("--set point_limit=lots: point_limit: 'lots' is not an int")
