@@ -98,7 +98,7 @@ def render(parts: ReportParts, figures: Sequence[Path]) -> str:
     body += [f"<li><strong>{_e(k)}</strong>: {_e(v)}</li>" for k, v in parts.meta]
     body.append(f"<li><strong>environment</strong>: {_e(env_summary(run.env, run.points))}</li>")
     body.append(f"<li><strong>points</strong>: {_e(parts.points_line())}</li></ul>")
-    body += [f'<div class="warning"><strong>Warning</strong>: {_e(w)}</div>' for w in parts.status.warnings()]
+    body += [f'<div class="warning"><strong>Warning</strong>: {_e(w)}</div>' for w in parts.warnings]
     if overview:
         body += ['<h2 id="overview">Overview</h2>', figure(overview[0])]
     body.append('<h2 id="results">Results</h2>')

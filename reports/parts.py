@@ -7,7 +7,7 @@ points, the speedup pivot and the meaning of each metric column.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -128,6 +128,12 @@ class ReportParts:
     timing: str
     metric_notes: list[tuple[str, str, str, str]]  # column, unit, help, direction
     n_points: int = 0
+    notes: list[str] = field(default_factory=list)  # what the figures themselves cannot be trusted for
+
+    @property
+    def warnings(self) -> list[str]:
+        """The run's warnings (incomplete, running, damaged, duplicated) and the figures' own."""
+        return self.status.warnings() + self.notes
 
     @property
     def pivot_title(self) -> str:
@@ -144,6 +150,7 @@ def gather(run: RunData) -> ReportParts:
     axes = T.workload_axes(run, run.suite)
     reference = run.suite.get("reference")
     summary = T.sort_by_variant(T.with_variants(T.summary_table(run), run), reference, axes)
+    summary, notes = hide_impossible_efficiency(summary, run)
     failed = T.with_variants(T.failed_table(run), run)
     _, legend = T.variants(run.points, run.suite)
     piv = T.pivot_table(run, columns=T.VARIANT)
@@ -160,7 +167,48 @@ def gather(run: RunData) -> ReportParts:
         legend=legend, pivot=piv if piv is not None and piv.shape[1] > 1 and piv.notna().any().any()
         else None,
         timing=timing_note(run.points, run.suite), metric_notes=_metric_notes(run), n_points=len(run.points),
+        notes=notes,
     )
+
+
+#: columns naming what a peak was measured for: a point's (device, dtype, threads)
+PEAK_GROUP = ("device", "dtype", C.THREADS)
+
+
+def hide_impossible_efficiency(summary: pd.DataFrame, run: RunData) -> tuple[pd.DataFrame, list[str]]:
+    """The summary with the ``eff_*_frac`` columns emptied for every (device, dtype, threads) where
+    some point ran above the recorded peak (a fraction > 1 means the peak is wrong, typically a CPU
+    calibration measured while the machine was busy), and one warning per such group. Achieved
+    TFLOP/s and GB/s stay: they do not depend on the peak."""
+    fracs = [c for c in summary.columns if c.startswith(C.EFFICIENCY_PREFIX) and c.endswith("_frac")]
+    if not fracs or summary.empty:
+        return summary, []
+    over = summary[fracs].apply(pd.to_numeric, errors="coerce").gt(1.0)
+    if not over.any().any():
+        return summary, []
+    # the summary drops settings every point shares: read each row's group from its point
+    pts = run.points.drop_duplicates(C.HASH, keep="last").set_index(C.HASH)
+    keys = [k for k in PEAK_GROUP if k in pts.columns]
+    group = (pts.loc[summary[C.HASH], keys].reset_index(drop=True).set_axis(summary.index)
+             if keys and C.HASH in summary.columns else pd.DataFrame(index=summary.index))
+    out, notes = summary.copy(), []
+    groups = group.groupby(keys, dropna=False).groups if keys and not group.empty else {(): out.index}
+    for key, idx in groups.items():
+        bad = over.loc[idx]
+        if not bad.any().any():
+            continue
+        col = bad.any().idxmax()
+        worst = float(pd.to_numeric(out.loc[idx, col], errors="coerce").max())
+        out.loc[idx, fracs] = float("nan")
+        values = key if isinstance(key, tuple) else (key,)
+        where = ", ".join(f"{k} {v}" for k, v in zip(keys, values)) or "this run"
+        notes.append(
+            f"efficiency above the recorded peak: {col} reached {worst:.2f} ({worst:.0%}) at {where}, so the "
+            f"peak recorded for it ({peak_sources(run)}) is too low, most likely "
+            "calibrated while other work loaded the machine; the *_frac columns of those points are hidden "
+            "(achieved TFLOP/s and GB/s stay). Re-run on a quiet machine: each run calibrates its peaks at "
+            "its start")
+    return out, notes
 
 
 def _metric_notes(run: RunData) -> list[tuple[str, str, str, str]]:

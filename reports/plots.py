@@ -620,7 +620,7 @@ def plot_and_summarise(
     are none. With ``warn``, an incomplete, running or duplicated run is reported on stderr first."""
     run = load(run_dir)
     if warn:
-        print_warnings(run_status(run))
+        print_warnings(run_status(run).warnings())
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / DEFAULT_SUBDIR
     paths = plot_data(run, out)
     if not paths:

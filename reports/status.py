@@ -97,9 +97,8 @@ def run_status(run: RunData) -> RunStatus:
     )
 
 
-def print_warnings(status: RunStatus, file: TextIO | None = None) -> list[str]:
+def print_warnings(warns: list[str], file: TextIO | None = None) -> list[str]:
     """Print each warning as ``warning: ...`` (stderr by default); return them."""
-    warns = status.warnings()
     for w in warns:
         print(f"warning: {w}", file=file or sys.stderr)
     return warns

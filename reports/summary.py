@@ -37,7 +37,7 @@ def markdown(parts: ReportParts) -> str:
     lines += [f"- **{k}**: {v}" for k, v in parts.meta]
     lines.append(f"- **environment**: {env_summary(parts.run.env, parts.run.points)}")
     lines.append(f"- **points**: {parts.points_line()}")
-    lines += [f"- **warning**: {w}" for w in parts.status.warnings()]
+    lines += [f"- **warning**: {w}" for w in parts.warnings]
     lines += ["", "## Results", ""]
     if parts.summary.empty:
         lines.append("_No point finished ok._")
@@ -136,7 +136,7 @@ def report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None)
     """
     run = load(run_dir)
     parts = gather(run)
-    print_warnings(parts.status)
+    print_warnings(parts.warnings)
     text = markdown(parts)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / DEFAULT_SUBDIR
     out.mkdir(parents=True, exist_ok=True)

@@ -148,7 +148,9 @@ COLUMN_MEANINGS = {
     "latency_max_ms": "slowest sample",
     "latency_cv": "std / mean of the samples",
     "n_samples": "timed samples taken",
-    "n_warmup": "warm-up calls made",
+    "n_warmup": "warm-up calls made (on CPU including the batches that chose `calls_per_sample`)",
+    "calls_per_sample": "calls timed together in one sample (CPU: short calls are batched up to "
+                        "`timing.min_sample_ms`; each sample is the batch's time / calls); 1 on CUDA",
     "host_median_ms": "host wall time per call (launch overhead on GPU)",
     "timer": "`cuda_event`, `cuda_graph` or `perf_counter`",
     "threads": "torch CPU threads the point ran with",

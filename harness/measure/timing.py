@@ -10,7 +10,12 @@ How one point is timed:
 
 1. Warm-up: call ``fn`` until at least ``warmup_n`` calls were made AND ``warmup_ms`` has
    passed (on CUDA each warm-up call is synchronized so the time is real device time).
-2. Sampling: one sample per call. CPU: ``time.perf_counter`` around the call. CUDA: a
+2. Sampling: CPU: ``time.perf_counter`` around the call; a call shorter than ``min_sample_ms``
+   is timed in batches of k calls (k = 1, 2, 5, 10, ..., found in more warm-up calls after the
+   warm-up, or without one on the first samples, which are then dropped and counted as warm-up:
+   as ``timeit``'s autorange and ``torch.utils.benchmark`` do),
+   each sample being the batch's time / k, so the clock's own cost and the bookkeeping between
+   samples stay out of sub-millisecond figures (k is the ``calls_per_sample`` column). CUDA: a
    ``torch.cuda.Event`` pair per sample on the current stream plus the host clock around the
    call (``host_ms`` shows launch overhead); samples are taken in batches with ONE
    synchronize per batch, never one per sample.
@@ -55,6 +60,7 @@ MIN_SAMPLES_FOR_IQR = 3
 DEFAULT_L2_FLUSH_BYTES = 256 * 2**20  # when the device does not report its L2 size
 L2_FLUSH_FACTOR = 2  # flush buffer = this many times the reported L2 size
 DEFAULT_CUDA_BATCH = 10  # samples per synchronize once min_samples are in
+MAX_CALLS_PER_SAMPLE = 10**6  # CPU batching never times more calls than this in one sample
 
 # stop reasons recorded in Measurement.stop_reason
 STOP_MAX = "max_samples"
@@ -75,6 +81,10 @@ class TimingConfig:
     budget_s: float = param(10.0, "stop sampling once this much time was spent (after min_samples)",
                             range=(0, None))
     target_rel_iqr: float = param(0.05, "stop early when IQR/median falls under this", range=(0, None))
+    min_sample_ms: float = param(
+        1.0, "on CPU, batch calls so each sample lasts at least this long (the clock's own cost then "
+        "stays far below 1% of a sample; the sample is the batch's time / calls); 0: one call per sample",
+        range=(0, None))
     flush_l2: bool = param(False, "on CUDA, zero a buffer larger than L2 before each sample (cold cache)")
     cuda_graph: bool = param(False, "on CUDA, capture fn in a CUDA graph and time graph replays")
 
@@ -87,6 +97,8 @@ class Measurement:
     n_warmup: warm-up calls actually made (graph mode adds the side-stream call before capture).
     stop_reason: why sampling stopped ("max_samples", "converged", "budget"; "" if unknown).
     sampling_s: host wall time spent in the sampling phase (warm-up excluded).
+    calls_per_sample: calls of fn timed together in one sample (CPU batching of short calls; each
+    sample is the batch's time divided by it); 1 on CUDA.
     """
 
     device_ms: list[float]
@@ -97,6 +109,7 @@ class Measurement:
     output: Any = None
     stop_reason: str = ""
     sampling_s: float = 0.0
+    calls_per_sample: int = 1
 
     def summary(self) -> dict[str, float | int | str]:
         """The ``columns.TIMING`` row of this measurement (see :func:`summarize`)."""
@@ -139,6 +152,20 @@ def stop_reason(samples_ms: Sequence[float], elapsed_s: float, cfg: TimingConfig
     return None
 
 
+def calls_for(k: int, batch_ms: float, target_ms: float) -> int:
+    """Calls per sample after a batch of ``k`` calls took ``batch_ms`` (short of ``target_ms``): the
+    first of 1, 2, 5, 10, 20, 50, ... above ``k`` whose batch would last ``target_ms`` at this
+    speed, with 20 % to spare (x10 when the clock saw no time pass), at most
+    :data:`MAX_CALLS_PER_SAMPLE`."""
+    need = k * 10 if batch_ms <= 0 else k * target_ms * 1.2 / batch_ms
+    step = 1
+    while True:
+        for m in (1, 2, 5):
+            if step * m > k and step * m >= need or step * m >= MAX_CALLS_PER_SAMPLE:
+                return min(step * m, MAX_CALLS_PER_SAMPLE)
+        step *= 10
+
+
 def summarize(m: Measurement) -> dict[str, float | int | str]:
     """Exactly the ``columns.TIMING`` columns for ``m`` (milliseconds).
 
@@ -162,6 +189,7 @@ def summarize(m: Measurement) -> dict[str, float | int | str]:
                                      C.LAT_MIN, C.LAT_MAX, C.LAT_CV)})
     row[C.N_SAMPLES] = int(x.size)
     row[C.N_WARMUP] = int(m.n_warmup)
+    row[C.CALLS_PER_SAMPLE] = int(m.calls_per_sample)
     row[C.HOST_MEDIAN] = float(np.median(m.host_ms)) if len(m.host_ms) else nan
     row[C.TIMER] = m.timer
     row[C.THREADS] = int(m.threads)
@@ -213,27 +241,52 @@ class Timer:
 
     # -- shared pieces ---------------------------------------------------------------------
 
-    def _warm_up(self, fn: Callable[[], Any], sync: Callable[[], None] | None = None) -> tuple[Any, int]:
-        """Call fn until both warmup_n calls and warmup_ms have passed; returns (last output, calls)."""
-        cfg, out, n = self.cfg, None, 0
-        t0 = self.clock()
-        while n < cfg.warmup_n or (self.clock() - t0) * 1e3 < cfg.warmup_ms:
+    def _warm_up(self, fn: Callable[[], Any],
+                 sync: Callable[[], None] | None = None) -> tuple[Any, int, float | None]:
+        """Call fn until both warmup_n calls and warmup_ms have passed; returns (last output, calls,
+        the last call's milliseconds or None without a call)."""
+        cfg, out, n, last_ms = self.cfg, None, 0, None
+        t0 = now = self.clock()
+        while n < cfg.warmup_n or (now - t0) * 1e3 < cfg.warmup_ms:
+            before = now
             out = fn()
             if sync is not None:
                 sync()
             n += 1
-        return out, n
+            now = self.clock()
+            last_ms = (now - before) * 1e3
+        return out, n, last_ms
+
+    def _calls_per_sample(self, fn: Callable[[], Any], last_ms: float) -> tuple[int, int, Any]:
+        """(k, calls made, last output): from the last warm-up call's time, batches of growing k
+        (more warm-up) until one lasts ``min_sample_ms``; k = 1 when a call already does."""
+        k, batch_ms, calls, out = 1, last_ms, 0, None
+        while batch_ms < self.cfg.min_sample_ms and k < MAX_CALLS_PER_SAMPLE:
+            k = calls_for(k, batch_ms, self.cfg.min_sample_ms)
+            t0 = self.clock()
+            for _ in range(k):
+                out = fn()
+            batch_ms = (self.clock() - t0) * 1e3
+            calls += k
+        return k, calls, out
 
     # -- CPU ---------------------------------------------------------------------------------
 
     def _measure_cpu(self, fn: Callable[[], Any]) -> Measurement:
+        """Host-clock samples; a call shorter than ``min_sample_ms`` is timed in batches of k calls
+        (k found after the warm-up, in more warm-up; without a warm-up, on the first samples, which
+        are then dropped and counted as warm-up)."""
         import torch
 
         cfg = self.cfg
         ignored = [name for name, on in (("flush_l2", cfg.flush_l2), ("cuda_graph", cfg.cuda_graph)) if on]
         if ignored:
             _warn_once(f"timing on CPU: {', '.join(ignored)} only apply to CUDA devices and are ignored")
-        out, n_warm = self._warm_up(fn)
+        out, n_warm, last_ms = self._warm_up(fn)
+        k, calibrated = 1, last_ms is not None
+        if calibrated:
+            k, calls, batch_out = self._calls_per_sample(fn, last_ms)
+            n_warm, out = n_warm + calls, batch_out if calls else out
         samples: list[float] = []
         clock = self.clock
         marks = markers.enabled()
@@ -242,17 +295,24 @@ class Timer:
             if marks:
                 markers.push(f"sample {len(samples)}")
             t0 = clock()
-            out = fn()
+            for _ in range(k):
+                out = fn()
             t1 = clock()
             if marks:
                 markers.pop()
-            samples.append((t1 - t0) * 1e3)
+            batch_ms = (t1 - t0) * 1e3
+            if not (samples or calibrated) and batch_ms < cfg.min_sample_ms and k < MAX_CALLS_PER_SAMPLE:
+                n_warm += k  # too short to time well: batch more calls, from the start
+                k = calls_for(k, batch_ms, cfg.min_sample_ms)
+                start = clock()
+                continue
+            samples.append(batch_ms / k)
             reason = stop_reason(samples, t1 - start, cfg)
             if reason is not None:
                 break
         return Measurement(device_ms=samples, host_ms=list(samples), n_warmup=n_warm, timer=TIMER_CPU,
                            threads=torch.get_num_threads(), output=out, stop_reason=reason,
-                           sampling_s=clock() - start)
+                           sampling_s=clock() - start, calls_per_sample=k)
 
     # -- CUDA --------------------------------------------------------------------------------
 
@@ -275,7 +335,7 @@ class Timer:
 
         cfg, clock = self.cfg, self.clock
         with torch.cuda.device(dev):
-            out, n_warm = self._warm_up(fn, sync=lambda: torch.cuda.synchronize(dev))
+            out, n_warm, _ = self._warm_up(fn, sync=lambda: torch.cuda.synchronize(dev))
             call, timer_name, graph = fn, TIMER_CUDA, None
             if cfg.cuda_graph:
                 graph, out = _capture_graph(fn, dev)

@@ -53,13 +53,14 @@ LAT_MAX = "latency_max_ms"
 LAT_CV = "latency_cv"
 N_SAMPLES = "n_samples"
 N_WARMUP = "n_warmup"
+CALLS_PER_SAMPLE = "calls_per_sample"  # calls timed together in one sample (CPU batching of short calls)
 HOST_MEDIAN = "host_median_ms"
 TIMER = "timer"  # "cuda_event" | "perf_counter" | "cuda_graph"
 THREADS = "threads"
 
 TIMING = (
     LAT_MEDIAN, LAT_MEAN, LAT_IQR, LAT_P10, LAT_P90, LAT_MIN, LAT_MAX, LAT_CV,
-    N_SAMPLES, N_WARMUP, HOST_MEDIAN, TIMER, THREADS,
+    N_SAMPLES, N_WARMUP, CALLS_PER_SAMPLE, HOST_MEDIAN, TIMER, THREADS,
 )
 
 # telemetry

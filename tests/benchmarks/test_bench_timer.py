@@ -38,7 +38,7 @@ def test_timer_overhead_per_sample(benchmark, device: str, rule: str) -> None:
     so the rule evaluates the IQR after every sample (``target_rel_iqr=0`` never converges)."""
     min_samples = SAMPLES_PER_ROUND if rule == "fixed" else 1
     cfg = TimingConfig(warmup_n=0, min_samples=min_samples, max_samples=SAMPLES_PER_ROUND,
-                       budget_s=1e9, target_rel_iqr=0.0)
+                       budget_s=1e9, target_rel_iqr=0.0, min_sample_ms=0)  # one call per sample
     timer = Timer(cfg)
     benchmark.group = "harness overhead"
     benchmark.extra_info.update({"device": device, "rule": rule, "min_samples": min_samples,

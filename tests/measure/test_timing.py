@@ -206,6 +206,67 @@ def test_cuda_options_on_cpu_log_one_warning(monkeypatch, caplog):
     assert m.timer == "perf_counter"
 
 
+class CostlyClock(FakeClock):
+    """A fake clock whose every reading costs ``read_ms`` (as perf_counter's own call does)."""
+
+    def __init__(self, read_ms: float) -> None:
+        super().__init__()
+        self.read_ms = read_ms
+
+    def __call__(self) -> float:
+        self.now += self.read_ms / 1e3
+        return self.now
+
+
+@pytest.mark.parametrize("call_ms, read_ms", [(0.003, 0.001), (0.001, 0.0005), (0.0002, 0.0001),
+                                              (0.05, 0.001)])
+@pytest.mark.parametrize("warmup_n", [0, 2])  # k found on dropped first samples / in more warm-up
+def test_short_calls_are_timed_in_batches_so_the_clocks_cost_stays_under_1_percent(call_ms, read_ms,
+                                                                                   warmup_n):
+    clock = CostlyClock(read_ms)
+    fn = scripted_fn(clock, [call_ms])
+    cfg = TimingConfig(warmup_n=warmup_n, min_samples=5, max_samples=5, min_sample_ms=1.0)
+    m = Timer(cfg, clock=clock).measure(fn)
+    k = m.calls_per_sample
+    assert k * call_ms >= 1.0 and k in {10**e * f for e in range(7) for f in (1, 2, 5)}
+    assert len(m.device_ms) == 5 and all(v == pytest.approx(call_ms, rel=0.01) for v in m.device_ms)
+    # one call per sample, the same clock: the clock's cost is in the figure
+    unbatched = Timer(TimingConfig(warmup_n=0, min_samples=5, max_samples=5, min_sample_ms=0),
+                      clock=clock).measure(fn)
+    assert unbatched.calls_per_sample == 1
+    assert unbatched.device_ms[0] == pytest.approx(call_ms + read_ms, rel=1e-6)
+    # the calibration batches were dropped, counted as warm-up, and the budget starts after them
+    assert fn.calls["n"] - 5 - 5 * k == m.n_warmup > warmup_n
+    assert summarize(m)[C.CALLS_PER_SAMPLE] == k
+
+
+def test_calls_long_enough_are_timed_one_per_sample_with_no_extra_call():
+    m, calls = measure([1.0, 1.5], warmup_n=0, min_samples=4, max_samples=4, min_sample_ms=1.0)
+    assert (m.calls_per_sample, m.n_warmup, calls["n"]) == (1, 0, 4)
+    assert m.device_ms == pytest.approx([1.0, 1.5, 1.0, 1.5])
+
+
+def test_after_a_warm_up_its_last_call_decides_and_no_sample_is_dropped():
+    m, calls = measure([2.0, 0.3, 0.3, 0.3], warmup_n=1, min_samples=3, max_samples=3, min_sample_ms=1.0)
+    assert (m.calls_per_sample, m.n_warmup, calls["n"]) == (1, 1, 4)
+    assert m.device_ms == pytest.approx([0.3, 0.3, 0.3])
+
+
+def test_batching_is_decided_once_so_later_short_samples_are_kept():
+    m, _ = measure([0.3, 2.0, 2.0, 0.3, 0.3], warmup_n=0, min_samples=4, max_samples=4, min_sample_ms=1.0)
+    # the 0.3 ms call asks for batches; the batches of 5 calls (0.3 x 1.2 -> 5) are never undone
+    assert m.calls_per_sample == 5 and len(m.device_ms) == 4
+
+
+@pytest.mark.parametrize("k, batch_ms, target_ms, expected", [
+    (1, 0.003, 1.0, 500), (1, 0.5, 1.0, 5), (1, 0.9, 1.0, 2), (500, 0.9, 1.0, 1000), (1, 0.0, 1.0, 10),
+    (10, 0.0, 1.0, 100), (1, 1e-9, 1.0, 10**6),
+])
+def test_calls_per_sample_steps_through_1_2_5_to_the_target_with_room_to_spare(k, batch_ms, target_ms,
+                                                                               expected):
+    assert timing.calls_for(k, batch_ms, target_ms) == expected
+
+
 def test_min_samples_above_max_samples_is_rejected():
     with pytest.raises(ValueError, match="min_samples=9 is larger than max_samples=3"):
         Timer(TimingConfig(min_samples=9, max_samples=3))
@@ -223,8 +284,8 @@ def test_real_clock_measures_a_real_function():
 
 
 def test_time_fn_applies_config_overrides():
-    m = time_fn(lambda: 1, warmup_n=0, min_samples=2, max_samples=2)
-    assert (len(m.device_ms), m.n_warmup, m.output) == (2, 0, 1)
+    m = time_fn(lambda: 1, warmup_n=0, min_samples=2, max_samples=2, min_sample_ms=0)
+    assert (len(m.device_ms), m.n_warmup, m.output, m.calls_per_sample) == (2, 0, 1, 1)
 
 
 def test_time_fn_rejects_unknown_options_with_a_suggestion():
