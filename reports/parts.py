@@ -151,6 +151,7 @@ def gather(run: RunData) -> ReportParts:
     reference = run.suite.get("reference")
     summary = T.sort_by_variant(T.with_variants(T.summary_table(run), run), reference, axes)
     summary, notes = hide_impossible_efficiency(summary, run)
+    notes += unstable_points(summary, run, axes)
     failed = T.with_variants(T.failed_table(run), run)
     _, legend = T.variants(run.points, run.suite)
     piv = T.pivot_table(run, columns=T.VARIANT)
@@ -169,6 +170,29 @@ def gather(run: RunData) -> ReportParts:
         timing=timing_note(run.points, run.suite), metric_notes=_metric_notes(run), n_points=len(run.points),
         notes=notes,
     )
+
+
+SHOW_UNSTABLE = 5  # unstable points named in the warning
+
+
+def unstable_points(summary: pd.DataFrame, run: RunData, axes: list[str]) -> list[str]:
+    """One warning naming the points whose samples were judged unstable (``stable`` False) and
+    why (:mod:`harness.measure.stability`), with what to do; [] when there are none."""
+    if C.STABLE not in summary.columns or summary.empty:
+        return []
+    bad = summary[summary[C.STABLE].map(lambda v: v is False or str(v) == "False")]
+    if bad.empty:
+        return []
+    why = run.points.drop_duplicates(C.HASH, keep="last").set_index(C.HASH).get(C.UNSTABLE_WHY)
+    named = []
+    for _, r in bad.head(SHOW_UNSTABLE).iterrows():
+        where = " ".join(f"{a}={T.fmt_value(r[a])}" for a in axes if a in r and not T.is_missing(r[a]))
+        reason = "" if why is None or r.get(C.HASH) not in why.index else f": {why.loc[r[C.HASH]]}"
+        named.append(f"{r[T.VARIANT]}{' ' + where if where else ''}{reason}")
+    more = f"; and {len(bad) - SHOW_UNSTABLE} more" if len(bad) > SHOW_UNSTABLE else ""
+    return [f"{len(bad)} of {len(summary)} points were measured unstably ({'; '.join(named)}{more}); "
+            f"their figures may not repeat ('{T.UNSTABLE_MARK.strip()}' marks them in the tables). Re-run "
+            "them on a quiet machine, or give them more time (timing.budget_s, timing.max_samples)"]
 
 
 #: columns naming what a peak was measured for: a point's (device, dtype, threads)

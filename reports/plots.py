@@ -306,6 +306,13 @@ def _ylabel(value: str) -> str:
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 
 
+def _unstable(df: pd.DataFrame) -> pd.Series:
+    """Per row: whether its samples were judged unstable (``stable`` False)."""
+    if C.STABLE not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df[C.STABLE].map(lambda v: v is False or str(v) == "False")
+
+
 def _quality_scatter(
     pts: pd.DataFrame, col: str, info: dict[str, Any], x: str, x_label: str, x_higher_is_better: bool,
     facet_axes: Sequence[str], *, min_panel_points: int = 2, label_front: bool = True,
@@ -332,6 +339,10 @@ def _quality_scatter(
             if not gm.empty:
                 ax.scatter(gm[x].astype(float), gm[col].astype(float), s=40, color=palette[m],
                            marker=marker[m], label=str(m), edgecolors="white", linewidths=0.5, zorder=3)
+        shaky = g[_unstable(g)]
+        if not shaky.empty:  # ringed: their samples were judged unstable (harness.measure.stability)
+            ax.scatter(shaky[x].astype(float), shaky[col].astype(float), s=130, facecolors="none",
+                       edgecolors="crimson", linewidths=1.2, label="unstable (!)", zorder=4)
         if x == C.SPEEDUP:
             ax.axvline(1.0, ls=":", color="0.6", lw=1)
         if hib is not None:
@@ -368,7 +379,13 @@ def _bars(
         g = g.drop_duplicates(T.VARIANT).set_index(T.VARIANT)
         labels = [v for v in order if v in g.index]
         colors = [palette[g.at[v, C.METHOD]] for v in labels]
-        ax.barh(labels, g.loc[labels, value].astype(float), color=colors)
+        shaky = _unstable(g.loc[labels])
+        bars = ax.barh([f"{v}{T.UNSTABLE_MARK if bad else ''}" for v, bad in zip(labels, shaky)],
+                       g.loc[labels, value].astype(float), color=colors)
+        for bar, bad in zip(bars, shaky):
+            if bad:  # hatched, and '!' after its label: its samples were judged unstable
+                bar.set_hatch("///")
+                bar.set_edgecolor("crimson")
         if value == C.SPEEDUP:
             ax.axvline(1.0, ls=":", color="0.4", lw=1)
         ax.set_xlabel(_ylabel(value))

@@ -346,7 +346,7 @@ def summary_columns(points: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     """Column order of the summary: axes, latency, speedup, resources, work, breakdown, efficiency,
     quality, fidelity, then the point hash."""
     cols = list(axes) or ([C.METHOD] if C.METHOD in points.columns else [])
-    for c in (C.LAT_MEDIAN, C.LAT_IQR, C.SPEEDUP, *RESOURCE_COLUMNS):
+    for c in (C.LAT_MEDIAN, C.LAT_IQR, C.STABLE, C.SPEEDUP, *RESOURCE_COLUMNS):
         if c in points.columns and (c in (C.LAT_MEDIAN, C.SPEEDUP) or points[c].notna().any()):
             cols.append(c)
     prefixes = (C.WORK_PREFIX, C.BREAKDOWN_PREFIX, C.EFFICIENCY_PREFIX, C.QUALITY_PREFIX, C.FIDELITY_PREFIX)
@@ -470,19 +470,30 @@ def sort_by_variant(df: pd.DataFrame, reference: str | None, first: Sequence[str
 # ---------------------------------------------------------------------------- formatting
 
 
+UNSTABLE_MARK = " !"  # after the latency of a point whose samples were judged unstable
+
+
+def unstable_mark(df: pd.DataFrame, i: Any) -> str:
+    """:data:`UNSTABLE_MARK` when row ``i`` of ``df`` was judged unstable (``stable`` False), else ''."""
+    if C.STABLE not in df.columns:
+        return ""
+    v = df.at[i, C.STABLE]
+    return UNSTABLE_MARK if v is False or (not is_missing(v) and str(v) == "False") else ""
+
+
 def format_table(df: pd.DataFrame, *, hash_short: bool = True) -> pd.DataFrame:
     """Strings for display: numbers to 3 significant figures, ``latency_median_ms`` merged with
     its IQR as ``12.3 ± 0.4``, point hashes shortened, config values compact."""
     out = pd.DataFrame(index=df.index)
     has_iqr = C.LAT_MEDIAN in df.columns and C.LAT_IQR in df.columns
     for c in df.columns:
-        if has_iqr and c == C.LAT_IQR:
+        if (has_iqr and c == C.LAT_IQR) or c == C.STABLE:
             continue
         s = df[c]
         if has_iqr and c == C.LAT_MEDIAN:
             out["latency ms (± IQR)"] = [
-                fmt_num(m) + (f" ± {fmt_num(q)}" if not is_missing(q) else "")
-                for m, q in zip(s, df[C.LAT_IQR])
+                fmt_num(m) + (f" ± {fmt_num(q)}" if not is_missing(q) else "") + unstable_mark(df, i)
+                for i, m, q in zip(df.index, s, df[C.LAT_IQR])
             ]
         elif c == C.HASH and hash_short:
             out[c] = s.map(lambda h: "" if is_missing(h) else str(h)[:HASH_SHORT])

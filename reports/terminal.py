@@ -42,7 +42,7 @@ def _cells(table: pd.DataFrame, col: str, axes: Sequence[str]) -> tuple[str, lis
     if col == C.LAT_MEDIAN:
         iqr = table[C.LAT_IQR] if C.LAT_IQR in table.columns else [None] * len(table)
         return LATENCY, [T.fmt_num(m) + ("" if T.is_missing(q) else f" ± {T.fmt_num(q, IQR_DIGITS)}")
-                         for m, q in zip(table[col], iqr)]
+                         + T.unstable_mark(table, i) for i, m, q in zip(table.index, table[col], iqr)]
     return col, [T.fmt_num(v) for v in table[col]]
 
 
@@ -85,7 +85,8 @@ def results_table(table: pd.DataFrame, metrics: dict, axes: Sequence[str],
 
     cols = fit([*identity, *display], len(identity), render, priority, limit)
     shown = set(cols)
-    left_out = [c for c in table.columns if c not in shown and c not in (C.METHOD, C.HASH, C.LAT_IQR)
+    folded = (C.METHOD, C.HASH, C.LAT_IQR, C.STABLE)  # shown inside other cells
+    left_out = [c for c in table.columns if c not in shown and c not in folded
                 and c not in T.config_columns(table) and table[c].notna().any()]
     return render(cols), cols, left_out
 

@@ -154,6 +154,12 @@ COLUMN_MEANINGS = {
     "host_median_ms": "host wall time per call (launch overhead on GPU)",
     "timer": "`cuda_event`, `cuda_graph` or `perf_counter`",
     "threads": "torch CPU threads the point ran with",
+    "stop_reason": "why sampling stopped: `max_samples`, `converged` (spread under `target_rel_iqr`) or "
+                   "`budget`",
+    "stable": "the samples' stability verdict: true, false (see `unstable_why`) or empty with fewer than 3 "
+              "samples",
+    "unstable_why": "why a point is unstable: spread, outliers, a trend across the sampling window (with "
+                    "their figures)",
     "energy_j": "energy over the timed window",
     "energy_source": "`counter` (NVML total-energy delta) or `integrated_power` (trapezoid over power "
                      "samples)",

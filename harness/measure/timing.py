@@ -47,6 +47,7 @@ import numpy as np
 
 from harness.measure import markers
 from harness.measure.devices import parse_device
+from harness.measure.stability import judge
 from harness.params import did_you_mean, param
 from harness.store import columns as C
 
@@ -110,6 +111,7 @@ class Measurement:
     stop_reason: str = ""
     sampling_s: float = 0.0
     calls_per_sample: int = 1
+    target_rel_iqr: float = 0.0  # the spread sampling aimed for (the stability verdict names it)
 
     def summary(self) -> dict[str, float | int | str]:
         """The ``columns.TIMING`` row of this measurement (see :func:`summarize`)."""
@@ -193,6 +195,11 @@ def summarize(m: Measurement) -> dict[str, float | int | str]:
     row[C.HOST_MEDIAN] = float(np.median(m.host_ms)) if len(m.host_ms) else nan
     row[C.TIMER] = m.timer
     row[C.THREADS] = int(m.threads)
+    row[C.STOP_REASON] = m.stop_reason
+    verdict = judge(m.device_ms, stopped_on_budget=m.stop_reason == STOP_BUDGET,
+                    target_rel_iqr=m.target_rel_iqr)
+    row[C.STABLE] = verdict.stable
+    row[C.UNSTABLE_WHY] = verdict.text
     return {k: row[k] for k in C.TIMING}
 
 
@@ -312,7 +319,7 @@ class Timer:
                 break
         return Measurement(device_ms=samples, host_ms=list(samples), n_warmup=n_warm, timer=TIMER_CPU,
                            threads=torch.get_num_threads(), output=out, stop_reason=reason,
-                           sampling_s=clock() - start, calls_per_sample=k)
+                           sampling_s=clock() - start, calls_per_sample=k, target_rel_iqr=cfg.target_rel_iqr)
 
     # -- CUDA --------------------------------------------------------------------------------
 
@@ -378,7 +385,7 @@ class Timer:
             markers.capture_stop(dev)  # ... to here (the last batch was synchronized)
         return Measurement(device_ms=device_ms, host_ms=host_ms, n_warmup=n_warm, timer=timer_name,
                            threads=torch.get_num_threads(), output=out, stop_reason=reason,
-                           sampling_s=clock() - start)
+                           sampling_s=clock() - start, target_rel_iqr=cfg.target_rel_iqr)
 
 
 def _l2_flush_buffer(dev: Any) -> Any:

@@ -57,10 +57,13 @@ CALLS_PER_SAMPLE = "calls_per_sample"  # calls timed together in one sample (CPU
 HOST_MEDIAN = "host_median_ms"
 TIMER = "timer"  # "cuda_event" | "perf_counter" | "cuda_graph"
 THREADS = "threads"
+STOP_REASON = "stop_reason"  # why sampling stopped: "max_samples" | "converged" | "budget"
+STABLE = "stable"  # the samples' verdict (harness.measure.stability): True, False, None (too few)
+UNSTABLE_WHY = "unstable_why"  # its reasons ("spread: IQR 35% of the median; ...")
 
 TIMING = (
     LAT_MEDIAN, LAT_MEAN, LAT_IQR, LAT_P10, LAT_P90, LAT_MIN, LAT_MAX, LAT_CV,
-    N_SAMPLES, N_WARMUP, CALLS_PER_SAMPLE, HOST_MEDIAN, TIMER, THREADS,
+    N_SAMPLES, N_WARMUP, CALLS_PER_SAMPLE, HOST_MEDIAN, TIMER, THREADS, STOP_REASON, STABLE, UNSTABLE_WHY,
 )
 
 # telemetry
