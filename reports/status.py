@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+import pandas as pd
+
+from harness.measure.load import under_load
 from harness.store import DamagedLine, RunData, lock_holder, resume_command_line
 from harness.store import columns as C
 
@@ -36,6 +39,7 @@ class RunStatus:
     running: str | None = None  # holder of the lock while a process writes the run
     resume: str = ""
     damaged: list[DamagedLine] = field(default_factory=list)  # log lines that are not rows
+    under_load: str = ""  # how the machine was loaded while points were timed ("" when it was not)
 
     @property
     def missing(self) -> int:
@@ -52,7 +56,7 @@ class RunStatus:
 
     def warnings(self) -> list[str]:
         """One sentence per problem: still running, incomplete, damaged log lines, duplicate rows."""
-        out = []
+        out = [self.under_load] if self.under_load else []
         if self.running is not None:
             out.append(f"the run is still running ({self.running}): {self.progress()} recorded so far; "
                        "these results are a snapshot, run the command again when it has finished")
@@ -94,7 +98,30 @@ def run_status(run: RunData) -> RunStatus:
         running=lock_holder(run.path),
         resume=resume_command(run),
         damaged=list(run.damaged),
+        under_load=load_note(run.points),
     )
+
+
+def load_note(points: pd.DataFrame) -> str:
+    """One sentence when points were timed while other work loaded the machine
+    (:func:`harness.measure.load.under_load`), with the figures; "" otherwise."""
+    if C.CPU_OTHER_FRAC not in points.columns:
+        return ""
+    rows = points.to_dict("records")
+    loaded = [r for r in rows if under_load(r)]
+    if not loaded:
+        return ""
+    def finite(rs: list[dict], col: str) -> list[float]:
+        return [float(r[col]) for r in rs if isinstance(r.get(col), (int, float)) and r[col] == r[col]]
+
+    other, steal, loads = finite(loaded, C.CPU_OTHER_FRAC), finite(loaded, C.CPU_STEAL_FRAC), \
+        finite(rows, C.LOAD_AVG_1M)
+    figures = [f"other processes used up to {max(other):.0%} of the CPU" if other else "",
+               f"the hypervisor stole up to {max(steal):.0%}" if steal and max(steal) > 0 else "",
+               f"load average up to {max(loads):.2g}" if loads else ""]
+    return (f"measured under load: {len(loaded)} of {len(rows)} points were timed while other work ran on "
+            f"this machine ({', '.join(f for f in figures if f)}); their timings compete with it and may not "
+            "repeat. Re-run on a quiet machine (or on cores nothing else uses)")
 
 
 def print_warnings(warns: list[str], file: TextIO | None = None) -> list[str]:

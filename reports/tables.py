@@ -24,8 +24,8 @@ BOOKKEEPING = (C.RUN_ID, C.SUITE, C.HASH, C.STATUS, C.ERROR, C.STARTED_AT, C.ELA
 VARIANT = "variant"  # short label of a method's configuration (``httm#3``), see :func:`variants`
 # gpu_name is left out on purpose: where a run spans several GPU models it varies, so it becomes a
 # workload axis (reports group by it, speedup pairs points on the same model)
-_NOT_CONFIG = (set(BOOKKEEPING) | set(C.TIMING) | set(C.TELEMETRY) | set(C.PROVENANCE) | set(C.ARTIFACTS)
-               | {C.HOST, C.GPU_UUID, C.SPEEDUP, VARIANT})
+_NOT_CONFIG = (set(BOOKKEEPING) | set(C.TIMING) | set(C.TELEMETRY) | set(C.HOST_LOAD) | set(C.PROVENANCE)
+               | set(C.ARTIFACTS) | {C.HOST, C.GPU_UUID, C.SPEEDUP, VARIANT})
 
 # telemetry columns shown in the summary when any ok point has them
 RESOURCE_COLUMNS = (

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.measure import cpu_alloc
+from harness.measure.load import read_load_avg
 from harness.measure.nvml import GPU_DRIVER as GPU_DRIVER  # env.json key; reports read it from here
 from harness.measure.nvml import GPU_NAME, GPU_STATIC_KEYS, gpu_static_info
 from harness.methods import kernels
@@ -157,6 +158,7 @@ def fingerprint(argv: list[str] | None = None, seed: int | None = None) -> dict[
     fp[CPU_MODEL] = cpu_model()
     fp["cpu_count"] = os.cpu_count()
     fp["cpu_governor"] = _cpu_governor()
+    fp[C.LOAD_AVG_1M] = read_load_avg()  # the machine's load when the run started (or resumed)
     fp["env_vars"] = {k: os.environ.get(k) for k in ENV_VARS}
     fp.update(git_info(PACKAGE_PARENT))
     fp["argv"] = list(sys.argv if argv is None else argv)

@@ -88,6 +88,12 @@ TELEMETRY = (
     TORCH_PEAK_ALLOC_MB, RSS_PEAK_MB, CPU_TIME_S,
 )
 
+# host load over the timed window (harness.measure.load): was anything else running?
+LOAD_AVG_1M = "load_avg_1m"
+CPU_OTHER_FRAC = "cpu_other_frac"  # share of the machine's CPU other processes used
+CPU_STEAL_FRAC = "cpu_steal_frac"  # share the hypervisor gave to other guests
+HOST_LOAD = (LOAD_AVG_1M, CPU_OTHER_FRAC, CPU_STEAL_FRAC)
+
 # provenance: which weights a point ran with (label such as "proxy:vggt-proxy", "hf:ORG/NAME/FILE",
 # a file name or "random"; sha256 prefix of the weight file, "" for random weights)
 WEIGHTS = "weights"
