@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.cli.common import EXIT_OK, UsageError, interrupted_exit_code
+from harness.cli.common import EXIT_OK, UsageError, interrupted_exit_code, non_negative_int, positive_int
 from harness.models.weights import PROXY_ROOT
 from harness.train import PROXIES, get_proxy
 from harness.train.card import read_card
-from harness.train.loop import train, with_overrides
+from harness.train.loop import config_problem, train, training_device_problem, with_overrides
 
 NAME = "train"
 
@@ -23,9 +23,12 @@ def setup(sub: Any) -> None:
     tr.add_argument("proxy", nargs="?", help="proxy name (omit, or --list, to list them)")
     tr.add_argument("--out", help="output folder (default: runs/train/<proxy>); the committed weights "
                                   "live in harness/proxies/<proxy>/")
-    tr.add_argument("--steps", type=int, help="optimiser steps (default: the proxy's recipe)")
-    tr.add_argument("--seed", type=int, help="seed of the initialisation and the batches (default: recipe)")
-    tr.add_argument("--threads", type=int, help="CPU threads (default: recipe; results depend on it)")
+    tr.add_argument("--steps", type=positive_int, help="optimiser steps, >= 1 (default: the proxy's recipe)")
+    tr.add_argument("--seed", type=non_negative_int,
+                    help="seed of the initialisation and the batches, >= 0 (the largest depends on the "
+                         "proxy; default: recipe)")
+    tr.add_argument("--threads", type=positive_int,
+                    help="CPU threads, >= 1 (default: recipe; results depend on it)")
     tr.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     tr.add_argument("--resume", action="store_true", help="continue the training state in --out")
     tr.add_argument("--list", action="store_true", help="list the proxies")
@@ -44,6 +47,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     except KeyError as e:
         raise UsageError(e.args[0]) from None
     cfg = with_overrides(proxy.default_config(), steps=args.steps, seed=args.seed, threads=args.threads)
+    problem = config_problem(proxy, cfg) or training_device_problem(args.device)
+    if problem:  # before anything is written
+        raise UsageError(problem)
     out = Path(args.out or Path("runs") / "train" / proxy.name)
     try:
         card = train(proxy, out, config=cfg, resume=args.resume, device=args.device, progress=not args.quiet)

@@ -68,6 +68,19 @@ class Proxy(ABC):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Held-out metrics of ``model`` (eval mode, no grad) on data disjoint from training."""
 
+    #: the largest recipe seed (seeds are 0 .. max_seed); the default keeps every generator seed a
+    #: proxy derives from it (e.g. ``seed * 1_000_003 + step``) within torch's 64-bit range
+    max_seed: int = 2**32 - 1
+    #: why seeds stop at :attr:`max_seed` (said when a larger one is refused)
+    max_seed_reason: str = "seeds are kept to 32 bits"
+
+    def seed_problem(self, seed: int) -> str | None:
+        """None when ``seed`` is a recipe seed of this proxy, else the problem in words."""
+        if 0 <= seed <= self.max_seed:
+            return None
+        return (f"{self.name} takes seeds 0 to {self.max_seed}, got {seed}"
+                + ("" if seed < 0 else f" ({self.max_seed_reason})"))
+
     def prepare(self, progress: bool = True) -> None:
         """Expensive set-up before the first step (e.g. render a data pool; a progress bar only
         when ``progress``); default: nothing."""

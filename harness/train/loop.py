@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from harness.errors import HarnessError
-from harness.measure.devices import resolve_device
+from harness.measure.devices import device_problem, resolve_device
 from harness.train.base import Proxy, TrainConfig
 from harness.train.card import write_card
 
@@ -138,6 +138,9 @@ def train(
     cfg = config or proxy.default_config()
     out = Path(out_dir)
     state_path = out / STATE_FILE
+    problem = config_problem(proxy, cfg) or training_device_problem(device)
+    if problem:  # refused before anything is written
+        raise TrainError(problem)
     _check_output(out, state_path, resume)
     dev = torch.device(resolve_device(device))
     if dev.type == "cpu":
@@ -165,8 +168,51 @@ def train(
     return write_card(out, proxy, cfg, model, final, baselines, at.trained_s, dev, weights)
 
 
+def config_problem(proxy: Proxy, cfg: TrainConfig) -> str | None:
+    """None when ``cfg`` can train ``proxy``, else the problem in words, naming the option of
+    ``harness train`` that sets it (steps, threads and seed; the other fields come from the recipe)."""
+    if cfg.steps < 1:
+        return f"--steps must be >= 1, got {cfg.steps}"
+    if cfg.threads < 1:
+        return f"--threads must be >= 1, got {cfg.threads}"
+    seed = proxy.seed_problem(cfg.seed)
+    return f"--seed: {seed}" if seed else None
+
+
+def training_device_problem(device: str) -> str | None:
+    """None when ``device`` (cpu, cuda, cuda:N or auto) can train here, else the problem in words."""
+    problem = device_problem(device)
+    if problem:
+        return f"--device {problem}"
+    name = resolve_device(device)
+    if not name.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        return (f"--device {device!r} asked for, but torch sees no CUDA GPU here; use --device cpu (or "
+                "auto, which takes a GPU only when there is one)")
+    index = int(name.split(":")[1]) if ":" in name else 0
+    count = torch.cuda.device_count()
+    if index >= count:
+        return f"--device {device!r}: only {count} CUDA device(s) visible here (cuda:0 to cuda:{count - 1})"
+    return None
+
+
+def _file_in_the_way(out: Path) -> Path | None:
+    """``out`` or the nearest of its parents that exists, when that is not a folder."""
+    for path in (out, *out.parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
+
+
 def _check_output(out: Path, state_path: Path, resume: bool) -> None:
     """``out`` is writable, and holds a training state exactly when resuming (TrainError if not)."""
+    blocker = _file_in_the_way(out)
+    if blocker is not None:
+        what = "a file" if blocker.is_file() else "something else"
+        where = f"is {what}" if blocker == out else f"cannot be created: {blocker} is {what}"
+        raise TrainError(f"--out {out} {where}, not a folder; give a folder (new or existing) for the "
+                         "weights, model card and curves")
     if state_path.exists() and not resume:
         raise TrainError(f"{out} already holds a training state ({STATE_FILE}); continue it with --resume "
                          "or choose another --out")
@@ -308,5 +354,5 @@ def with_overrides(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
     return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
 
 
-__all__ = ["TrainError", "evaluate", "lr_at", "read_curves", "train", "with_overrides",
-           "write_curves"]
+__all__ = ["TrainError", "config_problem", "evaluate", "lr_at", "read_curves", "train",
+           "training_device_problem", "with_overrides", "write_curves"]

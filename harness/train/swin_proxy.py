@@ -56,6 +56,11 @@ class SwinProxy(Proxy):
         "classes; the one saturated class object covers 1-3 windows among grey-ish lures)"
     )
     headline = "top1"
+    #: the training stream is shapes.TRAIN_SEED + seed; the next seeds are the held-out/calibration sets
+    max_seed = min(shapes.HELDOUT_SEED, shapes.CALIB_SEED) - shapes.TRAIN_SEED - 1
+    max_seed_reason = (f"the training images use data seed {shapes.TRAIN_SEED} + --seed, and data seeds "
+                       f"{min(shapes.HELDOUT_SEED, shapes.CALIB_SEED)}.. hold the held-out and "
+                       "calibration images")
 
     def default_config(self) -> TrainConfig:
         return TrainConfig(
