@@ -12,6 +12,8 @@ from __future__ import annotations
 EXIT_USAGE = 2
 #: exit code of a read or write the operating system refused (a full disk, a read-only folder)
 EXIT_IO = 3
+#: exit code of a command interrupted by Ctrl-C (SIGINT)
+EXIT_INTERRUPTED = 130
 
 
 class HarnessError(Exception):

@@ -54,6 +54,7 @@ class MethodSpec:
 
 _WORKLOADS: dict[str, type[Workload]] = {}
 _METHODS: dict[tuple[str, str], MethodSpec] = {}
+_REPLACED: set[str] = set()  # "workload/method" registered again by a later module (a plugin)
 
 #: modules whose import registers the built-in workloads and methods, in registration order
 BUILTIN_MODULES = (
@@ -75,12 +76,18 @@ BUILTIN_MODULES = (
 
 
 def _check_param_names(owner: str, cls: type) -> None:
+    """Parameter names that read as metric columns, and parameters without a default, are refused."""
     bad = [n for n in param_names(cls) if n.startswith(C.METRIC_PREFIXES)]
     if bad:
         raise RegistryError(
             f"{owner}: parameter names {bad} start with a metric-column prefix "
             f"({', '.join(C.METRIC_PREFIXES)}); rename them"
         )
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if required:
+        raise RegistryError(f"{owner}: parameters {required} have no default; give each one with "
+                            "harness.param(default, help) (a suite that leaves it out runs the default)")
 
 
 def _check_clash(workload: type[Workload], spec: MethodSpec) -> None:
@@ -154,6 +161,7 @@ def _add_method(spec: MethodSpec) -> MethodSpec:
             _check_clash(_WORKLOADS[w], spec)
         old = _METHODS.get((w, spec.name))
         if old is not None and old != spec:
+            _REPLACED.add(f"{w}/{spec.name}")
             warnings.warn(f"method {spec.name!r} of workload {w!r} registered again: the new spec replaces "
                           "the old one", stacklevel=3)
         _METHODS[(w, spec.name)] = spec
@@ -172,6 +180,18 @@ def load_builtins() -> None:
         importlib.import_module(mod)
     for mod in plugin_modules():
         _import_plugin(mod)
+    orphans = sorted({(w, m) for w, m in _METHODS if w not in _WORKLOADS})
+    if orphans:
+        named = ", ".join(f"{m!r} for {w!r}" for w, m in orphans)
+        raise PluginError(f"methods registered for workloads that no module registers: {named}; known "
+                          f"workloads: {', '.join(sorted(_WORKLOADS))} (fix workloads=... where the method "
+                          "is registered)")
+
+
+def plugin_record() -> dict[str, list[str]]:
+    """What ``env.json`` records of the plugins: the ``$HARNESS_PLUGINS`` modules, and the methods
+    a later registration replaced (``workload/method``), which make timings incomparable."""
+    return {"modules": plugin_modules(), "replaced": sorted(_REPLACED)}
 
 
 def _import_plugin(mod: str) -> None:

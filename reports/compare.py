@@ -257,12 +257,13 @@ def compare_runs(
                                  _no_samples_why(base, new, bs, ns, h), allow_missing))
         rows += _quality_rows(h, label(h), b_row, n_row, base, new, reg)
     only_base = [h for h in bp.index if h not in np_.index]
-    rows += _status_rows(bp, np_, both, only_base, label, allow_missing, new.damaged)
+    elsewhere = _other_suite(base, new)
+    rows += _status_rows(bp, np_, both, only_base, label, allow_missing, new.damaged, bool(elsewhere))
     df = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
     regressed = bool((df["verdict"] == S.REGRESSION).any())
     only_new = [h for h in np_.index if h not in bp.index]
     warnings = [f"{name} run {run.path}: {w}" for name, run in (("base", base), ("new", new))
-                for w in run_status(run).warnings()]
+                for w in run_status(run).warnings()] + ([elsewhere] if elsewhere else [])
     md = _markdown(base, new, df, regressed, len(common), thr, a, diffs, only_base, only_new, warnings)
     return CompareResult(rows=df, markdown=md, regressed=regressed, n_common=len(common),
                          env_differences=diffs, warnings=warnings)
@@ -337,10 +338,26 @@ def _paired_points(base: RunData, new: RunData, bp: pd.DataFrame, np_: pd.DataFr
     return both, common
 
 
+def _other_suite(base: RunData, new: RunData) -> str:
+    """When the runs resolved different suites and new finished all of its own points: the note
+    saying so (points only in base are then not in new's suite, not lost); else ""."""
+    b, n = base.manifest, new.manifest
+    if b.get("suite_hash") == n.get("suite_hash"):
+        return ""
+    status = run_status(new)
+    if status.running is not None or status.missing:
+        return ""  # an incomplete new run: a point it lacks may have crashed it
+    return (f"the runs resolved different suites ({b.get('suite')!r} {b.get('suite_hash')} vs "
+            f"{n.get('suite')!r} {n.get('suite_hash')}): points pair by configuration, and base's points "
+            "that new's complete suite does not have are not compared")
+
+
 def _status_rows(bp: pd.DataFrame, np_: pd.DataFrame, both: list[str], only_base: list[str],
-                 label: Any, allow_missing: bool, damaged: list[DamagedLine]) -> list[dict[str, Any]]:
+                 label: Any, allow_missing: bool, damaged: list[DamagedLine],
+                 other_suite: bool = False) -> list[dict[str, Any]]:
     """Rows for points fixed in new (not ok -> ok) and for points ok in base but missing from new
-    (a regression, or "cannot judge" when a damaged line of new's points log names it)."""
+    (a regression; "cannot judge" when a damaged line of new's points log names it; "not gated"
+    when new is a complete run of another suite)."""
     hidden = {d.point_hash: d for d in damaged if d.point_hash}
     rows = []
     for h in both:
@@ -352,6 +369,8 @@ def _status_rows(bp: pd.DataFrame, np_: pd.DataFrame, both: list[str], only_base
             continue
         if h in hidden:
             verdict, note = S.CANNOT_JUDGE, f"ok in base; in new, {hidden[h].describe()}"
+        elif other_suite:
+            verdict, note = S.NOT_GATED, "not in new's suite (a complete run of another suite)"
         else:
             verdict, note = S.REGRESSION, "ok in base, missing from new (its run never recorded it)"
         if allow_missing:

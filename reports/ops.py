@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.measure.profiling import ProfileSchedule
-from harness.store import RunData, load, read_ops
+from harness.store import OPS_LOG, DamagedLine, RunData, load, read_ops
 from harness.store import columns as C
 from reports import tables as T
 
@@ -66,12 +66,19 @@ def ops_tables(run: RunData, top: int = TOP_OPS) -> list[tuple[str, pd.DataFrame
 def ops_report(run_dir: str | Path, top: int = TOP_OPS) -> str:
     """The text ``harness report --ops`` prints (Markdown tables, under 100 columns)."""
     run = load(run_dir)
+    damaged: list[DamagedLine] = []
+    read_ops(run.path, damaged)
+    warn = [f"warning: {d.describe()}: its operator rows are left out" for d in damaged[:3]]
     tables = ops_tables(run, top)
     if not tables:
+        if (run.path / OPS_LOG).exists():
+            unreadable = (f"{run.path}: no row of its operator log ({OPS_LOG}) can be read; profile the run "
+                          "again with `harness profile RUN`.")
+            return "\n".join([*warn, unreadable]) + "\n"
         return (f"{run.path} has no operator table: profile it with `harness run SUITE --profile` "
-                "(or `metrics: {profile: true}` in the suite).")
+                "(or `metrics: {profile: true}` in the suite).\n")
     kind = "device (CUDA kernel)" if time_column(read_ops(run.path)) == "self_device_us" else "CPU"
-    lines = [f"Self {kind} time per profiled call (ms), by method phase.", f"run: {run.path}",
+    lines = [*warn, f"Self {kind} time per profiled call (ms), by method phase.", f"run: {run.path}",
              f"traces: {run.path / 'profiles'}/ (open in https://ui.perfetto.dev)"]
     for setting, phases, tops in tables:
         shown = phases.copy()

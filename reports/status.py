@@ -15,7 +15,7 @@ from typing import TextIO
 import pandas as pd
 
 from harness.measure.load import under_load
-from harness.store import DamagedLine, RunData, lock_holder, resume_command_line
+from harness.store import POINTS_LOG, DamagedLine, RunData, lock_holder, resume_command_line
 from harness.store import columns as C
 
 SHOW_HASHES = 3  # duplicate hashes named in the warning
@@ -63,14 +63,25 @@ class RunStatus:
         elif self.missing:
             out.append(f"the run is incomplete: {self.progress()} recorded, {self.missing} missing; "
                        f"finish it with: {self.resume}")
+        if self.expected is not None and self.unique > self.expected:
+            extra = self.unique - self.expected
+            out.append(f"the points log holds {self.unique} distinct points, {extra} more than the "
+                       f"{self.expected} its suite resolved to: rows from another suite or run (logs merged "
+                       "by hand?); the tables list them all")
         # a torn tail while the writer is at work is a line being written, not damage
         damaged = [d for d in self.damaged if not (d.torn_tail and self.running is not None)]
-        if damaged:
-            shown = "; ".join(d.describe() for d in damaged[:SHOW_HASHES])
-            more = f" and {len(damaged) - SHOW_HASHES} more" if len(damaged) > SHOW_HASHES else ""
-            out.append(f"{shown}{more}: what such a line held is not in these results (a point row: the "
-                       f"point counts as not recorded). Resuming repairs it (damaged lines are moved to "
-                       f"<log>.damaged, torn tails cut) and runs those points again: {self.resume}")
+        for log in sorted({d.path.name for d in damaged}):
+            lines = [d for d in damaged if d.path.name == log]
+            shown = "; ".join(d.describe() for d in lines[:SHOW_HASHES])
+            more = f" and {len(lines) - SHOW_HASHES} more" if len(lines) > SHOW_HASHES else ""
+            if log == POINTS_LOG:
+                then = ("their points count as not recorded. Resuming moves such lines to <log>.damaged (a "
+                        f"torn tail is cut) and runs those points again: {self.resume}")
+            else:
+                then = ("what they held is left out (a point without raw samples cannot be judged by "
+                        "compare; run it again in a new run for new samples). Resuming moves such lines to "
+                        "<log>.damaged")
+            out.append(f"{shown}{more}: {then}")
         if self.duplicates:
             extra = self.recorded - self.unique
             named = ", ".join(f"{h[:8]} ({n} rows)" for h, n in list(self.duplicates.items())[:SHOW_HASHES])

@@ -100,12 +100,14 @@ class FakeWorkload(Workload):
 def clean_registry() -> Iterator[None]:
     """Registrations made inside a test are undone afterwards."""
     registry.load_builtins()
-    workloads, methods = dict(registry._WORKLOADS), dict(registry._METHODS)
+    workloads, methods, replaced = dict(registry._WORKLOADS), dict(registry._METHODS), set(registry._REPLACED)
     yield
     registry._WORKLOADS.clear()
     registry._WORKLOADS.update(workloads)
     registry._METHODS.clear()
     registry._METHODS.update(methods)
+    registry._REPLACED.clear()
+    registry._REPLACED.update(replaced)
 
 
 @pytest.fixture

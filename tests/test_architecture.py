@@ -23,6 +23,8 @@ LENGTH_REASON = "Length:"
 
 #: function-level imports of internal modules that are not cycle dodges, each with its reason
 LATE_IMPORTS_ALLOWED = {
+    ("harness.console", "harness.cli.app"):
+        "the console script imports the command line inside its Ctrl-C guard (start-up takes seconds)",
     ("harness.methods.kernels", "harness.methods.triton_merge"):
         "imports Triton (GPU-only, optional) only when the Triton kernels are chosen",
 }

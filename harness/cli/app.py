@@ -50,6 +50,15 @@ def _attach_dash_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _os_error(command: str, e: OSError) -> int:
+    """The one paragraph of a read or write the system refused; exit code 3."""
+    where = f"{e.filename}: " if e.filename else ""
+    print(f"harness {command}: error: {where}{e.strerror or e} ({type(e).__name__}). The operating system "
+          f"refused a read or write; {os_advice(e)}. Nothing already recorded in a run directory is lost.",
+          file=sys.stderr)
+    return EXIT_IO
+
+
 def os_advice(e: OSError) -> str:
     """What to do about a refused read or write, by its cause."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -60,6 +69,8 @@ def os_advice(e: OSError) -> str:
         return "a file stands where a folder is needed on that path: give a folder (new or existing)"
     if e.errno == errno.EISDIR:
         return "that path is a folder; give a file name"
+    if e.errno == errno.ENOENT:
+        return "a folder on that path does not exist: create it, or give another path"
     return "check the path and the disk, then run the command again"
 
 
@@ -81,16 +92,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HarnessError as e:
         print(f"harness {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
-    except FileNotFoundError as e:  # a missing suite or run directory, said in one sentence
-        msg = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    except FileNotFoundError as e:
+        if e.filename is not None:  # the system's: a folder on an output path does not exist
+            return _os_error(args.command, e)
+        msg = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)  # ours: a missing suite or run
         print(f"harness {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:  # a full disk, a missing permission, an unwritable --out/--markdown
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"harness {args.command}: error: {where}{e.strerror or e} ({type(e).__name__}). The operating "
-              f"system refused a read or write; {os_advice(e)}. Nothing already recorded in a run directory "
-              "is lost.", file=sys.stderr)
-        return EXIT_IO
+        return _os_error(args.command, e)
     except KeyboardInterrupt as e:
         print(f"\nharness {args.command}: interrupted", file=sys.stderr)
         return interrupted_exit_code(e)

@@ -9,6 +9,7 @@ from typing import Any
 
 from harness.cli.common import UsageError, require_run_dir
 from harness.store import columns as C
+from harness.store import enclosing_run
 from reports.compare import CompareError, compare_runs
 
 NAME = "compare"
@@ -36,6 +37,10 @@ def setup(sub: Any) -> None:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Compare the two runs point by point; print (and optionally write) the markdown summary."""
     base, new = require_run_dir(args.base), require_run_dir(args.new)
+    outer = enclosing_run(args.markdown) if args.markdown else None
+    if outer is not None:  # checked first: a gate that ran must not then overwrite a run's files
+        raise UsageError(f"--markdown {args.markdown} lies inside the run directory {outer}, whose files it "
+                         "could replace; write the summary outside run directories")
     try:
         result = compare_runs(base, new, threshold=args.threshold, alpha=args.alpha,
                               allow_env_mismatch=args.allow_env_mismatch, allow_missing=args.allow_missing)

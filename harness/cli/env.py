@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from harness import registry
 from harness.cli.common import EXIT_OK
 from harness.measure.env import fingerprint
 
@@ -20,5 +21,7 @@ def setup(sub: Any) -> None:
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Print the fingerprint."""
-    print(json.dumps(fingerprint(argv=["harness", *argv]), indent=2, sort_keys=True, default=str))
+    registry.load_builtins()  # the plugins' record is part of the fingerprint
+    fp = fingerprint(argv=["harness", *argv], plugins=registry.plugin_record())
+    print(json.dumps(fp, indent=2, sort_keys=True, default=str))
     return EXIT_OK

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Print the common parameters, then each workload with its presets and methods."""
     registry.load_builtins()
     names = registry.workload_names()
-    if args.workload:
+    if args.workload is not None:
         if args.workload not in names:
             try:
                 registry.get_workload(args.workload)
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     for w in names:
         out.extend(_workload_section(w))
         out.append("")
-    if not args.workload:
+    if args.workload is None:
         out.append(suites_listing(verbose=True))
     print("\n".join(out).rstrip())
     return EXIT_OK

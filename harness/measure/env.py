@@ -37,6 +37,7 @@ CPU_MODEL = "cpu_model"
 GIT_COMMIT = "git_commit"
 GIT_DIRTY = "git_dirty"
 MERGE_KERNELS = "merge_kernels"
+PLUGINS = "plugins"  # env.json: $HARNESS_PLUGINS modules and the methods they replaced
 CPU_ALLOCATOR = "cpu_allocator"
 GIT_TIMEOUT_S = 5.0
 ENV_VARS = (
@@ -131,11 +132,14 @@ def _merge_kernels(device_kind: str) -> str | None:
         return None
 
 
-def fingerprint(argv: list[str] | None = None, seed: int | None = None) -> dict[str, Any]:
+def fingerprint(argv: list[str] | None = None, seed: int | None = None,
+                plugins: dict[str, Any] | None = None) -> dict[str, Any]:
     """A JSON-ready description of this machine, software stack and invocation.
 
     GPU fields describe the current CUDA device (see :data:`harness.measure.nvml.GPU_STATIC_KEYS`) and are
     None on a CPU-only machine. git fields describe the checkout the harness is imported from.
+    ``plugins``: :func:`harness.registry.plugin_record` (the caller passes it: a fingerprint
+    does not import the registry).
     """
     fp: dict[str, Any] = {
         "fingerprint_version": FINGERPRINT_VERSION,
@@ -158,7 +162,8 @@ def fingerprint(argv: list[str] | None = None, seed: int | None = None) -> dict[
     fp[CPU_MODEL] = cpu_model()
     fp["cpu_count"] = os.cpu_count()
     fp["cpu_governor"] = _cpu_governor()
-    fp[C.LOAD_AVG_1M] = read_load_avg()  # the machine's load when the run started (or resumed)
+    fp[C.LOAD_AVG_1M] = read_load_avg()
+    fp[PLUGINS] = plugins  # the machine's load when the run started (or resumed)
     fp["env_vars"] = {k: os.environ.get(k) for k in ENV_VARS}
     fp.update(git_info(PACKAGE_PARENT))
     fp["argv"] = list(sys.argv if argv is None else argv)
@@ -214,6 +219,9 @@ def comparable(a: dict[str, Any], b: dict[str, Any], *, torch_parts: int = 1) ->
     if differ(CPU_ALLOCATOR):
         diffs.append(f"CPU allocator policy differs: {a[CPU_ALLOCATOR]} vs {b[CPU_ALLOCATOR]} "
                      "(--cpu-allocator)")
+    if differ(PLUGINS):
+        diffs.append(f"plugins differ: {a[PLUGINS]} vs {b[PLUGINS]} ($HARNESS_PLUGINS; a plugin may "
+                     "replace a built-in method)")
     if differ(MERGE_KERNELS):
         diffs.append(f"merge kernels differ: {a[MERGE_KERNELS]} vs {b[MERGE_KERNELS]} "
                      "(HARNESS_MERGE_KERNELS)")

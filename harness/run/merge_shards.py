@@ -13,7 +13,6 @@ runs made on machines whose fingerprints differ in what matters for timing (unle
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -21,15 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness.errors import HarnessError
 from harness.measure.env import CPU_MODEL, GPU_NAME, comparable
 from harness.store import (
     METRICS_FILE,
     PROFILES_DIR,
     RESUMED_KEY,
-    SUITE_FILE,
     RunDirError,
     RunLogs,
     RunWriter,
@@ -38,8 +34,10 @@ from harness.store import (
     in_use_message,
     lock_holder,
     read_env,
+    read_json_object,
     read_logs,
     read_manifest,
+    read_suite_file,
     resume_command_line,
     write_logs,
 )
@@ -81,6 +79,7 @@ def merge_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
         try:
             manifests.append(read_manifest(d))
             envs.append(read_env(d))
+            read_suite_file(d)  # damaged or missing: said before anything is written
         except RunDirError as e:
             raise MergeError(str(e)) from None
     first = manifests[0]
@@ -125,6 +124,20 @@ def merge_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
                         suite_points=int(total) if isinstance(total, int) else None)
 
 
+def _without_shard(argv: list[str]) -> list[str]:
+    """A shard's command line without its ``--shard I/N`` (``--shard=I/N``)."""
+    out: list[str] = []
+    skip = False
+    for a in map(str, argv):
+        if skip:
+            skip = False
+        elif a == "--shard":
+            skip = True
+        elif not a.startswith("--shard="):
+            out.append(a)
+    return out
+
+
 def _write(out: Path, dirs: list[Path], manifests: list[dict[str, Any]], envs: list[dict[str, Any]],
            logs: list[RunLogs]) -> None:
     first = manifests[0]
@@ -140,15 +153,16 @@ def _write(out: Path, dirs: list[Path], manifests: list[dict[str, Any]], envs: l
         "run_id": f"{first.get('suite')}-merged-{stamp}-{os.urandom(3).hex()}",
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "shard": None,
+        "argv": _without_shard(first.get("argv") or []),  # the merged run resumes without --shard
         "n_points": total if isinstance(total, int) else sum(len(lg.points) for lg in logs),
         "merged_from": merged_from,
     })
-    suite = yaml.safe_load((dirs[0] / SUITE_FILE).read_text())
+    suite = read_suite_file(dirs[0])
     metrics: dict[str, Any] = {}
     for d in dirs:
         path = d / METRICS_FILE
         if path.exists():
-            metrics.update(json.loads(path.read_text()))
+            metrics.update(read_json_object(path))
     env = dict(envs[0])
     peaks: dict[str, Any] = {}
     for e in envs:  # each shard calibrated its own peaks; the first shard's win where keys collide

@@ -143,7 +143,7 @@ class PointLoop:
         seed_everything(point.seed)
         try:
             self.model = self.wl.build_model(point)
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             if is_oom(e):
                 raise
             self.build_error = "model build failed: " + error_text(e)
@@ -162,7 +162,7 @@ class PointLoop:
                 samples = self.measure(point, row)
         except BuildFailed as e:
             row[C.STATUS], row[C.ERROR] = C.FAILED, str(e)
-        except Exception as e:  # noqa: BLE001 - every failure becomes a row
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - every failure (a method's sys.exit too) is a row
             if is_oom(e):
                 row[C.STATUS] = C.OOM
                 if self.model_key is not None and self.build_error is None and not self.has_model:

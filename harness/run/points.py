@@ -103,11 +103,13 @@ def select_points(points: Sequence[Point], recorded: set[str], hashes: Sequence[
         for h in hashes:
             hits = [p for p in pool if p.hash.startswith(h)]
             if len(hits) != 1:
-                shown = ", ".join(f"{p.hash} ({p.method})" for p in pool[:6])
-                shown += ", ..." if len(pool) > 6 else ""
-                what = "no recorded point" if not hits else f"{len(hits)} recorded points"
-                raise RunError(f"--point {h!r} matches {what} of this run; points: {shown} "
-                               "(`harness report RUN` lists them all)")
+                listed = hits or pool  # the ambiguous matches, or what there is
+                shown = ", ".join(f"{p.hash} ({p.method})" for p in listed[:6])
+                shown += ", ..." if len(listed) > 6 else ""
+                what, which = ("no recorded point", "points") if not hits else \
+                    (f"{len(hits)} recorded points", "give more of the hash to pick one of")
+                raise RunError(f"--point {h!r} matches {what} of this run; {which}: {shown} "
+                               "(report/points.csv of the run lists every point_hash)")
             picked.append(hits[0])
         chosen = [p for p in chosen if p in picked]
     return chosen

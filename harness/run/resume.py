@@ -6,12 +6,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness import registry
 from harness.errors import RunError
 from harness.measure.env import comparable, fingerprint
 from harness.run.rows import now_iso
 from harness.store import (
     ENV_FILE,
     MANIFEST_FILE,
+    SUITE_FILE,
     RunDirError,
     RunWriter,
     check_writable,
@@ -19,7 +21,9 @@ from harness.store import (
     note_resume,
     read_env,
     read_manifest,
+    read_suite_file,
 )
+from harness.store.writer import write_suite_file
 from harness.suite import Suite
 from harness.workloads.base import Point
 
@@ -68,7 +72,7 @@ def open_for_resume(out: Path, suite: Suite, argv: list[str], points: Sequence[P
 
         raise RunError(f"cannot resume {out}: it holds a run made with {says(manifest.get('shard'))}, but "
                        f"this command gives {says(given)}; resume each shard with its own --shard option")
-    env = fingerprint(argv=argv, seed=common_seed(points))
+    env = fingerprint(argv=argv, seed=common_seed(points), plugins=registry.plugin_record())
     diffs = comparable(stored_env, env) if stored_env else [
         f"{ENV_FILE} is missing, so the machine that started the run is unknown"]
     if diffs and not allow_env_mismatch:
@@ -82,4 +86,10 @@ def open_for_resume(out: Path, suite: Suite, argv: list[str], points: Sequence[P
                                "every point already recorded is kept.")
     note_resume(out, now_iso(), argv, env)
     writer, notes = RunWriter.open_existing(out)
+    try:
+        read_suite_file(out)
+    except RunDirError as e:  # the suite given has the run's hash: its resolved form is the same
+        write_suite_file(out, suite.resolved)
+        notes.append(f"{SUITE_FILE} was missing or damaged ({str(e).split('; ')[0]}); written again from the "
+                     "suite given (same suite hash)")
     return writer, str(manifest.get("run_id")), notes

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from harness import registry
 from harness.errors import RunError
@@ -45,6 +44,7 @@ from harness.store import (
     check_writable,
     read_env,
     read_manifest,
+    read_suite_file,
     write_json,
 )
 from harness.suite import Suite, SuiteError
@@ -136,7 +136,7 @@ def _create(out: Path, suite: Suite, plan: _Plan, opts: RunOptions,
         "order": opts.order, "allow_failures": opts.allow_failures, "n_points": len(plan.points),
         "suite_points": len(plan.all_points), "shard": f"{shard[0]}/{shard[1]}" if shard else None,
     }
-    env = fingerprint(argv=argv, seed=common_seed(plan.points))
+    env = fingerprint(argv=argv, seed=common_seed(plan.points), plugins=registry.plugin_record())
     # Ray workers measure the peaks of their own machines and send them with their rows
     env[PEAKS_KEY] = run_peaks(_peak_settings(plan.points)) if opts.executor == "local" else {}
     metrics = {k: asdict(v) for k, v in plan.workload.metrics().items()}
@@ -215,9 +215,9 @@ def _recorded_suite(out: Path) -> tuple[Suite, str]:
     except RunDirError as e:
         raise RunError(str(e)) from None
     try:
-        resolved = yaml.safe_load((out / SUITE_FILE).read_text())
+        resolved = read_suite_file(out)
         suite = parse_recorded_suite(resolved, manifest.get("preset"), str(out / SUITE_FILE))
-    except (OSError, yaml.YAMLError, SuiteError) as e:
+    except (RunDirError, SuiteError) as e:
         raise RunError(f"cannot read the suite {out / SUITE_FILE} recorded by the run: {e}") from None
     if suite.hash != manifest.get("suite_hash"):
         raise RunError(

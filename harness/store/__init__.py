@@ -31,15 +31,17 @@ from harness.store.layout import (
     SCHEMA_VERSION,
     SUITE_FILE,
     RunDirError,
+    enclosing_run,
     is_run_dir,
     name_problem,
     note_resume,
     read_env,
+    read_json_object,
     read_manifest,
     resume_command_line,
     run_dir_in,
 )
-from harness.store.load import RunData, load, read_ops, read_tables
+from harness.store.load import RunData, load, read_ops, read_suite_file, read_tables
 from harness.store.lock import RunLock, in_use_message, lock_holder
 from harness.store.writer import RunLogs, RunWriter, read_logs, write_logs
 
@@ -47,8 +49,8 @@ __all__ = [
     "ENV_FILE", "LOCK_FILE", "MANIFEST_FILE", "METRICS_FILE", "OPS_FILE", "OPS_LOG", "POINTS_FILE",
     "POINTS_LOG", "PROFILED_AT", "PROFILES_DIR", "RESUMED_KEY", "SAMPLES_FILE", "SAMPLES_LOG",
     "SCHEMA_VERSION", "SUITE_FILE", "DamagedLine", "RunData", "RunDirError", "RunLock", "RunLogs",
-    "RunWriter", "atomic_write_bytes", "check_new_run_dir", "check_writable", "in_use_message",
-    "is_run_dir", "load", "lock_holder", "name_problem", "note_resume", "read_env", "read_jsonl",
-    "read_logs", "read_manifest", "read_ops", "read_tables", "repair_torn_tail", "resume_command_line",
-    "run_dir_in", "write_json", "write_logs",
+    "RunWriter", "atomic_write_bytes", "check_new_run_dir", "check_writable", "enclosing_run",
+    "in_use_message", "is_run_dir", "load", "lock_holder", "name_problem", "note_resume", "read_env",
+    "read_json_object", "read_jsonl", "read_logs", "read_manifest", "read_ops", "read_suite_file",
+    "read_tables", "repair_torn_tail", "resume_command_line", "run_dir_in", "write_json", "write_logs",
 ]

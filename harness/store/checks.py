@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 from harness.errors import StorageError
-from harness.store.layout import LOCK_FILE, MANIFEST_FILE, POINTS_LOG, RunDirError, is_run_dir
+from harness.store.layout import LOCK_FILE, MANIFEST_FILE, POINTS_LOG, RunDirError, enclosing_run, is_run_dir
 from harness.store.lock import in_use_message, lock_holder
 
 
@@ -22,7 +22,7 @@ def check_new_run_dir(out: Path, *, resumable: bool = True) -> None:
         finish = f"Pass --resume {shlex.quote(str(out))} to finish it, or choose" if resumable else "Choose"
         raise RunDirError(f"{out} already holds a run ({MANIFEST_FILE} exists). {finish} a new --out "
                           "directory.")
-    outer = next((p for p in Path(os.path.abspath(out)).parents if is_run_dir(p)), None)
+    outer = enclosing_run(out)
     if outer is not None:
         raise RunDirError(f"--out {out} is inside the run directory {outer}: a run there would be mixed "
                           "into that run's files (and its profiles folder); choose a directory outside it")

@@ -10,7 +10,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +70,7 @@ class DamagedLine:
     line: int  # 1-based
     torn_tail: bool
     text: str  # its first characters, as read
+    reason: str = "not a JSON row"  # what is wrong with it
 
     @property
     def point_hash(self) -> str | None:
@@ -82,13 +83,17 @@ class DamagedLine:
         h = self.point_hash
         which = f" (point_hash {h[:8]} by its text)" if h else ""
         what = "ends in an unfinished write (torn by a kill or a full disk)" if self.torn_tail else \
-            "is damaged (not a JSON row)"
+            f"is damaged ({self.reason})"
         return f"{self.path.name} line {self.line}{which} {what}"
 
 
-def read_jsonl(path: Path, damaged: list[DamagedLine] | None = None) -> list[dict[str, Any]]:
-    """The JSON-object lines of a log. Lines that are not (a torn tail, a damaged line) are left
-    out, and appended to ``damaged`` when given."""
+RowCheck = Callable[[dict[str, Any]], "str | None"]  # what is wrong with a row (None: nothing)
+
+
+def read_jsonl(path: Path, damaged: list[DamagedLine] | None = None,
+               check: RowCheck | None = None) -> list[dict[str, Any]]:
+    """The JSON-object lines of a log that pass ``check``. Lines that do not (a torn tail, a
+    damaged line, a row ``check`` refuses) are left out, and appended to ``damaged`` when given."""
     if not path.exists():
         return []
     raw = path.read_bytes()
@@ -101,20 +106,21 @@ def read_jsonl(path: Path, damaged: list[DamagedLine] | None = None) -> list[dic
             row = json.loads(line)
         except json.JSONDecodeError:
             row = None
-        if isinstance(row, dict):
+        problem = None if not isinstance(row, dict) or check is None else check(row)
+        if isinstance(row, dict) and problem is None:
             rows.append(row)
         elif damaged is not None:
-            torn = i == len(lines) - 1  # no newline after it
-            damaged.append(DamagedLine(path, i + 1, torn, line.strip()[:200]))
+            torn = i == len(lines) - 1 and row is None  # an unterminated last line that does not parse
+            damaged.append(DamagedLine(path, i + 1, torn, line.strip()[:200], problem or "not a JSON row"))
     return rows
 
 
-def quarantine_damaged(path: Path) -> list[DamagedLine]:
+def quarantine_damaged(path: Path, check: RowCheck | None = None) -> list[DamagedLine]:
     """Move the damaged lines of a log (not its torn tail: :func:`repair_torn_tail` cuts that) to
     ``<log>.damaged``, appended there first, then the log rewritten atomically without them:
     nothing is lost, and the points they hid run again on resume. Returns the lines moved."""
     found: list[DamagedLine] = []
-    read_jsonl(path, found)
+    read_jsonl(path, found, check)
     bad = [d for d in found if not d.torn_tail]
     if not bad:
         return []

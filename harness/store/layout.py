@@ -78,6 +78,12 @@ def is_run_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / MANIFEST_FILE).exists()
 
 
+def enclosing_run(path: str | os.PathLike) -> Path | None:
+    """The run directory ``path`` lies in (at any depth), or None: a file written there would mix
+    with (or replace) the run's own files."""
+    return next((p for p in Path(os.path.abspath(path)).parents if is_run_dir(p)), None)
+
+
 def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
     """``run.json`` of a run directory, its schema version checked.
 
@@ -93,6 +99,10 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as e:
         msg = f"{path} cannot be read as JSON ({e}); it is not a run this harness wrote"
         raise RunDirError(msg) from None
+    if not isinstance(manifest, dict) or "schema_version" not in manifest:
+        what = "not a JSON object" if not isinstance(manifest, dict) else "an object without schema_version"
+        raise RunDirError(f"{path} is damaged ({what}); restore it from a copy of the run, or re-run its "
+                          f"suite (the suite is in {run_dir / SUITE_FILE})")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         wrote = manifest.get("harness_version", "an unknown version")
@@ -109,11 +119,21 @@ def read_env(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(run_dir) / ENV_FILE
     if not path.exists():
         return {}
+    return read_json_object(path)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A run file that holds one JSON object (``env.json``, ``metrics.json``); RunDirError naming
+    it when it cannot be read or holds something else."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise RunDirError(f"{path} cannot be read as JSON ({e}); restore it from a copy of the run, "
-                          "or start a new run") from None
+        obj = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path} cannot be read as JSON ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                          "restore it from a copy of the run, or start a new run") from None
+    if not isinstance(obj, dict):
+        raise RunDirError(f"{path} is damaged (a JSON {type(obj).__name__}, not an object); restore it from "
+                          "a copy of the run, or start a new run")
+    return obj
 
 
 def note_resume(run_dir: str | os.PathLike, at: str, argv: list[str], env: dict[str, Any]) -> dict[str, Any]:

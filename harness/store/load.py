@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ import pandas as pd
 import yaml
 
 from harness.store import columns as C
-from harness.store.files import DamagedLine, read_jsonl
+from harness.store.files import DamagedLine
 from harness.store.layout import (
     ENV_FILE,
     METRICS_FILE,
@@ -25,16 +24,19 @@ from harness.store.layout import (
     SAMPLES_LOG,
     SUITE_FILE,
     RunDirError,
+    read_json_object,
     read_manifest,
 )
+from harness.store.logs import read_log
 
 
-def read_ops(run_dir: Path) -> pd.DataFrame:
+def read_ops(run_dir: Path, damaged: list[DamagedLine] | None = None) -> pd.DataFrame:
     """The operator table of a profiled run (rows of committed points only, of each point's
-    latest profile: ``harness profile`` appends a newer one); empty when none."""
+    latest profile: ``harness profile`` appends a newer one); empty when none. Lines of the
+    operator log that are not rows go to ``damaged``."""
     run_dir = Path(run_dir)
-    done = {r.get(C.HASH) for r in read_jsonl(run_dir / POINTS_LOG)}
-    rows = [r for r in read_jsonl(run_dir / OPS_LOG) if r.get(C.HASH) in done]
+    done = {r.get(C.HASH) for r in read_log(run_dir / POINTS_LOG)}
+    rows = [r for r in read_log(run_dir / OPS_LOG, damaged) if r.get(C.HASH) in done]
     latest: dict[str, str] = {}
     for r in rows:
         latest[r[C.HASH]] = max(latest.get(r[C.HASH], ""), str(r.get(PROFILED_AT) or ""))
@@ -51,9 +53,9 @@ def read_tables(run_dir: Path, damaged: list[DamagedLine] | None = None) -> tupl
         samples = (pd.read_parquet(run_dir / SAMPLES_FILE) if (run_dir / SAMPLES_FILE).exists()
                    else pd.DataFrame(columns=list(C.SAMPLE_COLUMNS)))
         return points, samples
-    rows = read_jsonl(run_dir / POINTS_LOG, damaged)
+    rows = read_log(run_dir / POINTS_LOG, damaged)
     done = {r.get(C.HASH) for r in rows}
-    samples = [r for r in read_jsonl(run_dir / SAMPLES_LOG, damaged) if r.get(C.HASH) in done]
+    samples = [r for r in read_log(run_dir / SAMPLES_LOG, damaged) if r.get(C.HASH) in done]
     return _points_frame(rows), pd.DataFrame(samples, columns=list(C.SAMPLE_COLUMNS))
 
 
@@ -92,6 +94,25 @@ class RunData:
         return self.points[self.points[C.STATUS] == C.OK]
 
 
+def read_suite_file(run_dir: Path) -> dict[str, Any]:
+    """``suite.resolved.yaml`` of a run: a mapping, or RunDirError naming the file and what to do
+    (resuming the run writes it again from the suite given)."""
+    path = Path(run_dir) / SUITE_FILE
+    fix = ("restore it from a copy of the run, or resume the run (`harness run SUITE --resume RUN` writes "
+           "it again from the suite)")
+    try:
+        suite = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{path} is missing (the run's resolved suite, which the reports read); {fix}") \
+            from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise RunDirError(f"{path} is damaged ({type(e).__name__}: {first}); {fix}") from None
+    if not isinstance(suite, dict):
+        raise RunDirError(f"{path} is damaged (it holds {type(suite).__name__}, not a mapping); {fix}")
+    return suite
+
+
 def load(path: str | os.PathLike) -> RunData:
     """Load a run directory into DataFrames (``points``, ``samples``) and its metadata.
 
@@ -103,29 +124,16 @@ def load(path: str | os.PathLike) -> RunData:
     bad_lines: list[DamagedLine] = []
     points, samples = read_tables(run_dir, bad_lines)
 
-    def damaged(path: Path, e: Exception) -> RunDirError:
-        first = (str(e).splitlines() or [""])[0]
-        return RunDirError(f"{path} is damaged ({type(e).__name__}: {first}); restore it from a copy of the "
-                           "run, or re-run its suite")
-
     def _json(name: str) -> dict[str, Any]:
         p = run_dir / name
-        try:
-            return json.loads(p.read_text()) if p.exists() else {}
-        except (ValueError, UnicodeDecodeError) as e:
-            raise damaged(p, e) from None
+        return read_json_object(p) if p.exists() else {}
 
-    suite_path = run_dir / SUITE_FILE
-    try:
-        suite = yaml.safe_load(suite_path.read_text()) if suite_path.exists() else {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise damaged(suite_path, e) from None
     return RunData(
         path=run_dir,
         points=points,
         samples=samples,
         manifest=manifest,
-        suite=suite or {},
+        suite=read_suite_file(run_dir),
         env=_json(ENV_FILE),
         metrics=_json(METRICS_FILE),
         damaged=bad_lines,

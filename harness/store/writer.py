@@ -20,8 +20,6 @@ from harness.store.files import (
     DamagedLine,
     atomic_write_bytes,
     jsonable,
-    quarantine_damaged,
-    read_jsonl,
     repair_torn_tail,
     write_json,
     write_jsonl_atomic,
@@ -42,6 +40,7 @@ from harness.store.layout import (
     SUITE_FILE,
 )
 from harness.store.load import read_ops, read_tables
+from harness.store.logs import quarantine_log, read_log
 
 
 @dataclass
@@ -59,11 +58,11 @@ def read_logs(run_dir: str | os.PathLike) -> RunLogs:
     the lines of its logs that could not be read."""
     run_dir = Path(run_dir)
     damaged: list[DamagedLine] = []
-    points = read_jsonl(run_dir / POINTS_LOG, damaged)
+    points = read_log(run_dir / POINTS_LOG, damaged)
     done = {r.get(C.HASH) for r in points}
     return RunLogs(points=points,
-                   samples=[r for r in read_jsonl(run_dir / SAMPLES_LOG, damaged) if r.get(C.HASH) in done],
-                   ops=[r for r in read_jsonl(run_dir / OPS_LOG, damaged) if r.get(C.HASH) in done],
+                   samples=[r for r in read_log(run_dir / SAMPLES_LOG, damaged) if r.get(C.HASH) in done],
+                   ops=[r for r in read_log(run_dir / OPS_LOG, damaged) if r.get(C.HASH) in done],
                    damaged=damaged)
 
 
@@ -74,6 +73,11 @@ def write_logs(run_dir: str | os.PathLike, logs: RunLogs) -> None:
     if logs.ops:
         write_jsonl_atomic(run_dir / OPS_LOG, logs.ops)
     write_jsonl_atomic(run_dir / POINTS_LOG, logs.points)  # last: the rows commit the points
+
+
+def write_suite_file(run_dir: Path, suite_resolved: dict[str, Any]) -> None:
+    """``suite.resolved.yaml``: the suite after preset and --set overrides (written atomically)."""
+    atomic_write_bytes(Path(run_dir) / SUITE_FILE, yaml.safe_dump(suite_resolved, sort_keys=False).encode())
 
 
 def _append_lines(path: Path, lines: list[str]) -> None:
@@ -110,7 +114,7 @@ class RunWriter:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / MANIFEST_FILE, {"schema_version": SCHEMA_VERSION, **manifest})
-        atomic_write_bytes(run_dir / SUITE_FILE, yaml.safe_dump(suite_resolved, sort_keys=False).encode())
+        write_suite_file(run_dir, suite_resolved)
         write_json(run_dir / ENV_FILE, env)
         write_json(run_dir / METRICS_FILE, metrics)
         return cls(run_dir)
@@ -124,14 +128,14 @@ class RunWriter:
             dropped = repair_torn_tail(writer.run_dir / name)
             if dropped:
                 notes.append(f"{name}: cut a torn last line ({dropped} bytes of an unfinished write)")
-            moved = quarantine_damaged(writer.run_dir / name)
+            moved = quarantine_log(writer.run_dir / name)
             if moved:
                 shown = "; ".join(d.describe() for d in moved[:3]) + ("; ..." if len(moved) > 3 else "")
                 then = "their points run again" if name == POINTS_LOG else "the tables leave them out"
                 notes.append(f"{name}: moved {len(moved)} damaged line(s) to {name}{DAMAGED_SUFFIX} "
                              f"({shown}); {then}")
         done = writer.finished_hashes()
-        samples = read_jsonl(writer.run_dir / SAMPLES_LOG)
+        samples = read_log(writer.run_dir / SAMPLES_LOG)
         kept = [r for r in samples if r.get(C.HASH) in done]
         if len(kept) != len(samples):
             write_jsonl_atomic(writer.run_dir / SAMPLES_LOG, kept)
@@ -141,7 +145,7 @@ class RunWriter:
 
     def finished_hashes(self) -> set[str]:
         """Hashes of points already recorded (any status): a resumed run skips these."""
-        return {r[C.HASH] for r in read_jsonl(self.run_dir / POINTS_LOG) if C.HASH in r}
+        return {r[C.HASH] for r in read_log(self.run_dir / POINTS_LOG)}
 
     def append(self, row: dict[str, Any], samples: Iterable[dict[str, Any]] = ()) -> None:
         """Durably record one finished point: its samples, then its row (the commit)."""

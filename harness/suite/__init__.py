@@ -17,16 +17,23 @@ A suite is a YAML file read with ``yaml.safe_load`` (nothing in it is executed):
     include:                         # optional extra points: parameters merged over `fixed`
       - {method: math, seq_len: 1024}   #   (`method` required; lists are swept here too)
     exclude:                         # drop points matching every key of an entry
-      - {method: math, seq_len: [256, 512]}   #   (a list value matches any of its items)
+      - {method: math, seq_len: [256, 512]}   #   (a list value matches any of its items; values are
+                                     #   checked like the parameter's, `method` must be one of the
+                                     #   suite's methods or include entries)
     timing: {warmup_n: 1, min_samples: 3, max_samples: 10, budget_s: 2}   # TimingConfig fields
     metrics: {evaluate: true, breakdown: false}   # run bench.evaluate / bench.breakdown
     regression: {threshold: 0.05, alpha: 0.01, per_metric: {latency_median_ms: 0.05}}  # for compare
+                                     #   (per_metric keys: LATENCY_KEYS, or a q_/fid_ column the
+                                     #   workload declares in metrics())
     presets:                         # named overrides, deep-merged over the keys above
       cpu: {timing: {max_samples: 5}}
       gpu: {fixed: {device: cuda, dtype: bfloat16}, sweep: {seq_len: [4096, 16384]}}
     default_preset: cpu              # applied when no --preset is given
     point_limit: 100000              # optional; the most points the suite may expand to
                                      #   (counted before `exclude`; default 100000)
+
+YAML anchors, aliases and ``<<`` merge keys work as in YAML (a key a mapping gives itself wins
+over a merged one; a key given twice in one mapping is reported).
 
 Order of application: the file, then the preset (``--preset`` or ``default_preset``;
 mappings merge key by key, anything else is replaced), then each ``--set key=value``
@@ -91,6 +98,7 @@ from harness.suite.loader import Suite, load_suite, parse_suite
 from harness.suite.problems import Issue, KeyPath, Problems, SuiteError, dotted
 from harness.suite.spec import (
     DEFAULT_POINT_LIMIT,
+    LATENCY_KEYS,
     REGRESSION_KEYS,
     Include,
     MetricsConfig,
@@ -100,7 +108,8 @@ from harness.suite.spec import (
 )
 
 __all__ = [
-    "DEFAULT_POINT_LIMIT", "HASH_HEX_CHARS", "MAX_DOCUMENT_VALUES", "MAX_SUITE_BYTES", "PRESET_KEYS",
+    "DEFAULT_POINT_LIMIT", "HASH_HEX_CHARS", "LATENCY_KEYS", "MAX_DOCUMENT_VALUES", "MAX_SUITE_BYTES",
+    "PRESET_KEYS",
     "REGRESSION_KEYS", "TOP_LEVEL_KEYS",
     "Expansion", "Include", "Issue", "KeyPath", "MetricsConfig", "Overlaid", "Problems",
     "RegressionConfig", "Rejected", "Suite", "SuiteError", "SuiteSpec",

@@ -13,7 +13,7 @@ knows parameters.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +98,8 @@ def read_yaml(text: str, problems: Problems) -> dict[str, Any] | None:
         root = loader.get_single_node()
         if root is not None and not _bounded(root, problems):
             return None
+        if root is not None:  # before constructing, which folds `<<` merge keys into the mappings
+            _report_duplicates(root, (), problems, set())
         data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as e:
         problems.add_at(*_malformed(e, problems.source))
@@ -201,21 +203,46 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], active: set[int], sha
     return total
 
 
-def _record_lines(node: yaml.Node, path: KeyPath, problems: Problems) -> None:
-    """Walk the node tree: the line of every key and list item, and duplicate keys."""
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _report_duplicates(node: yaml.Node, path: KeyPath, problems: Problems, done: set[int]) -> None:
+    """Report keys given twice in one mapping, on the node tree as composed (before construction
+    folds ``<<`` merge keys in): a key the mapping gives itself wins over a merged one (YAML's
+    rule), so only keys the mapping itself gives twice are duplicates. A node reached again
+    through an alias is not walked again (its duplicates are reported once, where it is anchored)."""
+    if id(node) in done:
+        return
+    done.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                _report_duplicates(value_node, path, problems, done)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):  # the constructor refuses it
+                continue
             key = key_node.value
-            loc = f"{problems.source}, line {key_node.start_mark.line + 1}"
             if key in seen:
                 problems.add_at(
-                    loc,
+                    f"{problems.source}, line {key_node.start_mark.line + 1}",
                     f"{dotted(path + (key,))}: duplicate key {key!r}; YAML would silently keep "
                     "the last one. Give each key once.",
                 )
             seen.add(key)
-            problems.record(path + (key,), loc)
+            _report_duplicates(value_node, path + (key,), problems, done)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _report_duplicates(item, path + (i,), problems, done)
+
+
+def _record_lines(node: yaml.Node, path: KeyPath, problems: Problems) -> None:
+    """Walk the node tree (as constructed, ``<<`` merges folded in): the line of every key and
+    list item. Of the pairs a mapping holds for one key, the last is the one YAML keeps."""
+    if isinstance(node, yaml.MappingNode):
+        kept = {k.value: (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+        for key, (key_node, value_node) in kept.items():
+            problems.record(path + (key,), f"{problems.source}, line {key_node.start_mark.line + 1}")
             _record_lines(value_node, path + (key,), problems)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
@@ -269,7 +296,7 @@ def _preset_name(
 ) -> str | None:
     """The preset to apply: ``--preset``, else a valid ``default_preset``; None when none (or unknown)."""
     default = data.get("default_preset")
-    if default is not None and default not in presets:
+    if default is not None and not (isinstance(default, Hashable) and default in presets):  # [a]: not a name
         problems.add(
             ("default_preset",),
             f"{default!r} is not a preset of this suite{did_you_mean(str(default), list(presets))}; "

@@ -281,7 +281,10 @@ def _point(spec: SuiteSpec, method: str, parts: _Parts) -> Point:
 
 
 def matches(rule: Grid, point: Point) -> bool:
-    """Whether ``point`` matches an exclude rule: every key's value is one of the rule's values."""
+    """Whether ``point`` matches an exclude rule: every key's value is one of the rule's values.
+
+    ``device: auto`` in a rule means the device it resolves to, as in the points.
+    """
     for k, values in rule.items():
         if k == "method":
             actual = point.method
@@ -289,6 +292,8 @@ def matches(rule: Grid, point: Point) -> bool:
             actual = point.params[k]
         else:
             return False
+        if k == "device":
+            values = [resolve_device(v) if isinstance(v, str) else v for v in values]
         if _norm(actual) not in [_norm(v) for v in values]:
             return False
     return True

@@ -277,8 +277,21 @@ def check_settings(problems: Problems, data: dict[str, Any], key: str, cls: type
 
     Unknown or bad settings are reported and left at their defaults.
     """
+    return checked_settings(problems, data, key, cls)[0]
+
+
+def checked_settings(
+    problems: Problems, data: dict[str, Any], key: str, cls: type
+) -> tuple[Any, frozenset[str]]:
+    """:func:`check_settings`, and the names of the given settings that had a problem.
+
+    A cross-field check must skip those: they hold their defaults, not what the suite gave. So
+    the dataclass's own cross-field rule (its ``__post_init__``) is reported only when every
+    given setting was good.
+    """
     fields = settings_fields(cls, key)
     kwargs = {}
+    bad: set[str] = set()
     for k, v in section(problems, data, key).items():
         if k not in fields:
             problems.add(
@@ -290,10 +303,13 @@ def check_settings(problems: Problems, data: dict[str, Any], key: str, cls: type
         nv, found = fields[k].check(v)
         for sub, msg in found:
             problems.add((key, k) + sub, msg + fields[k].help_suffix())
-        if not found:
+        if found:
+            bad.add(k)
+        else:
             kwargs[k] = nv
     try:
-        return cls(**kwargs)
+        return cls(**kwargs), frozenset(bad)
     except (TypeError, ValueError) as e:  # a cross-field rule in the dataclass's __post_init__
-        problems.add((key,), str(e))
-        return cls()
+        if not bad:
+            problems.add((key,), str(e))
+        return cls(), frozenset(bad)

@@ -17,13 +17,14 @@ from harness import registry
 from harness.measure.timing import TimingConfig
 from harness.params import did_you_mean, param
 from harness.registry import MethodSpec
+from harness.store import columns as C
 from harness.store.layout import name_problem
 from harness.suite.document import TOP_LEVEL_KEYS
 from harness.suite.fields import (
     Field,
     check_settings,
     check_value,
-    coerce,
+    checked_settings,
     fields_of,
     is_sequence_type,
     report_unknown_param,
@@ -74,6 +75,11 @@ class RegressionConfig:
 
 REGRESSION_KEYS = tuple(f.name for f in dataclasses.fields(RegressionConfig))
 
+LATENCY_KEYS = (C.LAT_MEDIAN, "latency", C.DEVICE_MS)
+"""``regression.per_metric`` keys that set the relative latency threshold (`harness compare` reads the
+first one given); every other key must be a quality (``q_``) or fidelity (``fid_``) column the
+workload declares in ``metrics()``."""
+
 
 @dataclass(frozen=True)
 class Include:
@@ -123,6 +129,7 @@ def validate(data: dict[str, Any], preset: str | None, problems: Problems) -> Su
     wcls = _workload(data, problems)
     if wcls is None:
         return None
+    _per_metric_keys(data, wcls, problems)
     methods_raw = _methods_section(data, wcls.name, problems)
     catalog = _catalog(wcls, methods_raw, problems)
     reference = _reference(data, methods_raw, problems)
@@ -130,7 +137,7 @@ def validate(data: dict[str, Any], preset: str | None, problems: Problems) -> Su
     sweep = _sweep(data, catalog, fixed, problems)
     grids = _grids(methods_raw, catalog, problems)
     include = _includes(data, catalog, problems)
-    exclude = _excludes(data, catalog, problems)
+    exclude = _excludes(data, catalog, _suite_methods(methods_raw, include), problems)
     if problems:
         return None
     return SuiteSpec(
@@ -177,12 +184,18 @@ def _description(data: dict[str, Any], problems: Problems) -> str:
 
 
 def _timing(data: dict[str, Any], problems: Problems) -> TimingConfig:
-    """Timing settings; when only max_samples is given below the default minimum, the minimum follows it."""
-    timing = check_settings(problems, data, "timing", TimingConfig)
+    """Timing settings; when only max_samples is given below the default minimum, the minimum follows it.
+
+    min_samples <= max_samples is checked only when neither already has a problem (a bad one holds
+    its default, which the suite did not give).
+    """
+    timing, bad = checked_settings(problems, data, "timing", TimingConfig)
     given = data.get("timing")
-    min_given = isinstance(given, dict) and "min_samples" in given
+    min_given = isinstance(given, dict) and "min_samples" in given and "min_samples" not in bad
     if not min_given and timing.min_samples > timing.max_samples:
         timing = dataclasses.replace(timing, min_samples=timing.max_samples)
+    if {"min_samples", "max_samples"} & bad:
+        return timing
     if timing.min_samples > timing.max_samples:
         problems.add(
             ("timing", "min_samples"),
@@ -200,6 +213,26 @@ def _regression(data: dict[str, Any], problems: Problems) -> RegressionConfig:
         f = settings_fields(RegressionConfig, "regression")["alpha"]
         problems.add(("regression", "alpha"), f.out_of_range(regression.alpha) + f.help_suffix())
     return regression
+
+
+def _per_metric_keys(data: dict[str, Any], wcls: type[Workload], problems: Problems) -> None:
+    """``regression.per_metric`` keys: a latency key or a q_/fid_ column the workload declares
+    (anything else would be silently ignored by `harness compare`)."""
+    given = data.get("regression")
+    per_metric = given.get("per_metric") if isinstance(given, dict) else None
+    if not isinstance(per_metric, dict):
+        return  # absent, or not a mapping (reported by the settings check)
+    columns = [c for c in wcls().metrics() if c.startswith((C.QUALITY_PREFIX, C.FIDELITY_PREFIX))]
+    allowed = [*LATENCY_KEYS, *columns]
+    for k in per_metric:
+        if str(k) in allowed:
+            continue
+        problems.add(
+            ("regression", "per_metric", k),
+            f"unknown per_metric column {k!r}{did_you_mean(str(k), allowed)}; allowed: a latency key "
+            f"({', '.join(LATENCY_KEYS)}: relative threshold) or a quality/fidelity column of workload "
+            f"{wcls.name!r} (absolute tolerance): {', '.join(columns) or '(it declares none)'}",
+        )
 
 
 def _point_limit(data: dict[str, Any], problems: Problems) -> int:
@@ -245,13 +278,17 @@ def _lookup_method(workload: str, name: Any) -> MethodSpec | str:
 def _reference(data: dict[str, Any], methods_raw: dict[Any, Any], problems: Problems) -> str | None:
     """``reference``: optional, the method the others are compared with; one of ``methods``."""
     reference = data.get("reference")
-    if reference is not None and reference not in methods_raw:
+    if reference is None:
+        return None
+    if not isinstance(reference, str) or reference not in methods_raw:
+        names = [str(m) for m in methods_raw]
         problems.add(
             ("reference",),
             f"reference method {reference!r} is not one of this suite's methods"
-            f"{did_you_mean(str(reference), [str(m) for m in methods_raw])}; "
-            f"methods: {', '.join(map(str, methods_raw)) or '(none)'}",
+            f"{did_you_mean(str(reference), names)}; the reference must be one of this suite's "
+            f"method names: {', '.join(names) or '(none)'}",
         )
+        return None
     return reference
 
 
@@ -400,8 +437,20 @@ def _includes(data: dict[str, Any], catalog: _Catalog, problems: Problems) -> tu
     return tuple(out)
 
 
-def _excludes(data: dict[str, Any], catalog: _Catalog, problems: Problems) -> tuple[Grid, ...]:
-    """``exclude``: rules matching points by value (a list matches any of its items)."""
+def _suite_methods(methods_raw: dict[Any, Any], include: tuple[Include, ...]) -> list[str]:
+    """The methods the suite's points may have: those under ``methods`` and in ``include``."""
+    names = [str(m) for m in methods_raw]
+    return names + [inc.method for inc in include if inc.method not in names]
+
+
+def _excludes(
+    data: dict[str, Any], catalog: _Catalog, methods: list[str], problems: Problems
+) -> tuple[Grid, ...]:
+    """``exclude``: rules matching points by value (a list matches any of its items).
+
+    Each value is checked like the parameter's own values (type, choices, range), and a ``method``
+    must be one of the suite's ``methods``: a rule that could match no point is refused.
+    """
     raw = data.get("exclude") or []
     if not isinstance(raw, list):
         problems.add(("exclude",),
@@ -423,14 +472,65 @@ def _excludes(data: dict[str, Any], catalog: _Catalog, problems: Problems) -> tu
                 what = f"workload {catalog.workload!r}"
                 report_unknown_param(problems, path + (k,), k, [*known, "method"], what)
                 continue
-            rule[k] = _exclude_values(known.get(k), v)
+            if k == "method":
+                values = _exclude_methods(path + (k,), v, methods, problems)
+            else:
+                values = _exclude_values(path + (k,), known[k], v, problems)
+            if values is not None:
+                rule[str(k)] = values
         out.append(rule)
     return tuple(out)
 
 
-def _exclude_values(f: Field | None, v: Any) -> list[Any]:
-    """The values an exclude key matches, normalized like the parameter's own values."""
-    as_list = isinstance(v, list) and (f is None or not is_sequence_type(f.hint)
-                                       or all(isinstance(x, list) for x in v))
-    values = list(v) if as_list else [v]
-    return values if f is None else [coerce(x, f.hint)[1] for x in values]
+def _exclude_items(
+    path: tuple[Any, ...], v: Any, as_list: bool, problems: Problems
+) -> list[tuple[Any, Any]] | None:
+    """(key path, value) of each value an exclude key lists (one, or each item of a list); None
+    (reported) for an empty list, which would match nothing."""
+    if not as_list:
+        return [(path, v)]
+    if not v:
+        problems.add(path, "empty list: it matches no point; give the value (or a list of the values) "
+                     "to exclude, or remove the key")
+        return None
+    return [(path + (j,), x) for j, x in enumerate(v)]
+
+
+def _exclude_methods(
+    path: tuple[Any, ...], v: Any, methods: list[str], problems: Problems
+) -> list[Any] | None:
+    """The methods an exclude ``method`` names, each one of the suite's (None: reported)."""
+    items = _exclude_items(path, v, isinstance(v, list), problems)
+    if items is None:
+        return None
+    out = []
+    for where, m in items:
+        if not isinstance(m, str) or m not in methods:
+            problems.add(
+                where,
+                f"{m!r} is not one of this suite's methods{did_you_mean(str(m), methods)}; an exclude "
+                f"`method` (or a list of them) must name one: {', '.join(methods) or '(none)'}",
+            )
+            continue
+        out.append(m)
+    return out if len(out) == len(items) else None
+
+
+def _exclude_values(path: tuple[Any, ...], f: Field, v: Any, problems: Problems) -> list[Any] | None:
+    """The values an exclude key matches, each checked and normalized like the parameter's own
+    values (a list is any of its items; for a sequence parameter only a list of lists is);
+    None when any was reported."""
+    as_list = isinstance(v, list) and (
+        not is_sequence_type(f.hint) or (len(v) > 0 and all(isinstance(x, list) for x in v))
+    )
+    items = _exclude_items(path, v, as_list, problems)
+    if items is None:
+        return None
+    out = []
+    for where, x in items:
+        nv, found = f.check(x)
+        for sub, msg in found:
+            problems.add(where + sub, msg + f.help_suffix())
+        if not found:
+            out.append(nv)
+    return out if len(out) == len(items) else None

@@ -73,6 +73,10 @@ class AttentionWorkload(Workload[AttentionParams, AttentionInputs]):
             return attn(q, k, v, layout)
 
         def evaluate(out: torch.Tensor) -> dict[str, float]:
+            if not isinstance(out, torch.Tensor) or out.shape != q.shape:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"method {point.method!r} returned {got}, but an attention function returns "
+                                 f"the shape of q, {tuple(q.shape)} [batch, heads, seq_len, head_dim]")
             ref = self._reference(model, point, ctx, layout)
             if ref is None:
                 return {}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from cli_runs import FAST, SMOKE, fake_suite_file
+from cli_runs import FAST, SMOKE, no_traceback
 
 from harness import cli
 from harness.cli import main
@@ -23,19 +23,6 @@ from harness.store import ENV_FILE, MANIFEST_FILE, POINTS_LOG, SAMPLES_FILE, SAM
 pytestmark = pytest.mark.usefixtures("one_thread", "clean_registry")
 
 REPO = Path(__file__).resolve().parents[2]
-SWEEP = "sweep: {size: [2, 3]}\nmethods: {plain: {}, knob: {}}\n"
-
-
-def no_traceback(err: str) -> str:
-    assert "Traceback" not in err
-    return err
-
-
-@pytest.fixture
-def suite(tmp_path, fake_workload) -> str:
-    return fake_suite_file(tmp_path, SWEEP)
-
-
 @pytest.fixture
 def two_runs(tmp_path, suite) -> dict[str, Path]:
     dirs = {}

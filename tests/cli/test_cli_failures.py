@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_runs import FAST, SMOKE, fake_suite_file
+from cli_runs import FAST, SMOKE, fake_suite_file, no_traceback
 
 from harness import cli
 from harness.cli import main
@@ -32,11 +32,6 @@ def two_runs(tmp_path, fake_workload):
         dirs[name] = tmp_path / name
         assert main(["run", suite, "--out", str(dirs[name]), "--no-report", "-q", *FAST]) == 0
     return dirs
-
-
-def no_traceback(err: str) -> str:
-    assert "Traceback" not in err
-    return err
 
 
 def a_file(tmp_path: Path) -> Path:

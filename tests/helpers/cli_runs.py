@@ -15,3 +15,9 @@ def fake_suite_file(tmp_path: Path, body: str) -> str:
     p = tmp_path / "fake.yaml"
     p.write_text("name: f\nworkload: fake\n" + body)
     return str(p)
+
+
+def no_traceback(err: str) -> str:
+    """``err`` (stderr of a command), asserting it holds no Python traceback."""
+    assert "Traceback" not in err
+    return err

@@ -68,7 +68,7 @@ def test_report_names_a_damaged_line_in_the_middle_of_the_points_log(run_dir, ca
     assert main(["report", str(out)]) == 0
     err = capsys.readouterr().err
     assert f"warning: points.jsonl line 2 (point_hash {h[:8]} by its text) is damaged (not a JSON row)" in err
-    assert "Resuming repairs it" in err and "--resume" in err
+    assert "their points count as not recorded. Resuming moves such lines to" in err and "--resume" in err
     assert len(load(out).damaged) == 1
 
 

@@ -137,13 +137,13 @@ def test_out_that_is_a_non_empty_directory_is_refused(tmp_path, fake_workload):
 def test_appending_does_not_rewrite_the_tables_and_load_reads_the_logs(tmp_path):
     writer = RunWriter.create(tmp_path / "run", {"run_id": "r", "suite": "s"}, {"name": "s"}, {}, {})
     for i in range(3):
-        writer.append({C.HASH: f"{i:016x}", C.STATUS: C.OK},
+        writer.append({C.HASH: f"{i:016x}", C.METHOD: "m", C.STATUS: C.OK, C.LAT_MEDIAN: 1.0},
                       [{C.RUN_ID: "r", C.HASH: f"{i:016x}", C.SAMPLE: 0, C.DEVICE_MS: 1.0, C.HOST_MS: 1.0}])
     assert not (tmp_path / "run" / POINTS_FILE).exists()  # no per-append rewrite
     writer.flush_tables()
     assert len(pd.read_parquet(tmp_path / "run" / POINTS_FILE)) == 3
     assert len(pd.read_parquet(tmp_path / "run" / SAMPLES_FILE)) == 3
-    writer.append({C.HASH: f"{3:016x}", C.STATUS: C.OK})
+    writer.append({C.HASH: f"{3:016x}", C.METHOD: "m", C.STATUS: C.OK, C.LAT_MEDIAN: 1.0})
     (tmp_path / "run" / SAMPLES_FILE).write_bytes(b"truncated parquet")  # a kill between the two
     run = load(tmp_path / "run")
     assert len(run.points) == 4 and len(run.samples) == 3  # the logs, not the stale tables

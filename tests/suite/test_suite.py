@@ -110,8 +110,8 @@ REGRESSION_CASES = [
     ("{alpha: 2}", "regression.alpha: 2.0 is out of range; allowed: float in [0, 1] (alpha: significance"),
     ("{alpha: 0}", "regression.alpha: 0.0 is out of range"),  # both ends excluded
     ("{threshold: null}", "regression.threshold: None is not a float; allowed: float in [0, inf)"),
-    ("{per_metric: {q_x: -1}}",
-     "regression.per_metric.q_x: -1.0 is out of range; allowed: float in [0, inf) (per_metric:"),
+    ("{per_metric: {fid_cos: -1}}",
+     "regression.per_metric.fid_cos: -1.0 is out of range; allowed: float in [0, inf) (per_metric:"),
     ("{per_metric: [1]}", "per_metric: [1] is not a dict; allowed: a mapping of names to float in [0, inf)"),
 ]
 
@@ -235,8 +235,8 @@ def test_every_problem_is_reported_at_once(tmp_path):
 
 
 def test_regression_settings_are_recorded_as_given_in_file_order(tmp_path):
-    suite = load_suite(write(tmp_path, ATTN + "regression: {per_metric: {q_x: 1}, alpha: 0.05}\n"))
-    assert list(suite.resolved["regression"].items()) == [("per_metric", {"q_x": 1.0}), ("alpha", 0.05)]
+    suite = load_suite(write(tmp_path, ATTN + "regression: {per_metric: {fid_cos: 1}, alpha: 0.05}\n"))
+    assert list(suite.resolved["regression"].items()) == [("per_metric", {"fid_cos": 1.0}), ("alpha", 0.05)]
     assert suite.regression == suite.resolved["regression"]
     assert load_suite(write(tmp_path, ATTN)).resolved["regression"] == {}
 
