@@ -306,6 +306,17 @@ def _ylabel(value: str) -> str:
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 
 
+def _ci_err(df: pd.DataFrame, value: str) -> np.ndarray | None:
+    """[[below], [above]] error-bar lengths of ``value`` from its interval columns (the speedup's
+    bootstrap interval), 0 where a row has none; None when there is no interval at all."""
+    if value != C.SPEEDUP or T.SPEEDUP_LOW not in df.columns or df[T.SPEEDUP_LOW].isna().all():
+        return None
+    v = df[value].astype(float).to_numpy()
+    lo = df[T.SPEEDUP_LOW].astype(float).fillna(df[value]).to_numpy()
+    hi = df[T.SPEEDUP_HIGH].astype(float).fillna(df[value]).to_numpy()
+    return np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
+
+
 def _unstable(df: pd.DataFrame) -> pd.Series:
     """Per row: whether its samples were judged unstable (``stable`` False)."""
     if C.STABLE not in df.columns:
@@ -339,6 +350,10 @@ def _quality_scatter(
             if not gm.empty:
                 ax.scatter(gm[x].astype(float), gm[col].astype(float), s=40, color=palette[m],
                            marker=marker[m], label=str(m), edgecolors="white", linewidths=0.5, zorder=3)
+                err = _ci_err(gm, x)
+                if err is not None:  # the speedup's 95 % bootstrap interval
+                    ax.errorbar(gm[x].astype(float), gm[col].astype(float), xerr=err, fmt="none",
+                                ecolor=palette[m], elinewidth=0.8, alpha=0.7, zorder=2)
         shaky = g[_unstable(g)]
         if not shaky.empty:  # ringed: their samples were judged unstable (harness.measure.stability)
             ax.scatter(shaky[x].astype(float), shaky[col].astype(float), s=130, facecolors="none",
@@ -381,7 +396,8 @@ def _bars(
         colors = [palette[g.at[v, C.METHOD]] for v in labels]
         shaky = _unstable(g.loc[labels])
         bars = ax.barh([f"{v}{T.UNSTABLE_MARK if bad else ''}" for v, bad in zip(labels, shaky)],
-                       g.loc[labels, value].astype(float), color=colors)
+                       g.loc[labels, value].astype(float), color=colors,
+                       xerr=_ci_err(g.loc[labels], value), error_kw={"lw": 1, "capsize": 2})
         for bar, bad in zip(bars, shaky):
             if bad:  # hatched, and '!' after its label: its samples were judged unstable
                 bar.set_hatch("///")
@@ -532,7 +548,7 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
 
 def plot_data(run: RunData, out_dir: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     """:func:`plot_run` on an already loaded run."""
-    pts = T.add_speedup(run.points, run.suite)
+    pts = T.add_speedup(run.points, run.suite, run.samples)
     pts[T.VARIANT] = T.variants(pts, run.suite)[0]
     pts = pts[pts[C.STATUS] == C.OK] if C.STATUS in pts.columns else pts
     paths: list[Path] = []

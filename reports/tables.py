@@ -9,6 +9,7 @@ with 3 significant figures for Markdown, and :func:`to_markdown` renders it with
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
@@ -18,14 +19,16 @@ from tabulate import tabulate
 
 from harness.store import RunData
 from harness.store import columns as C
+from reports import stats as S
 
 # columns that describe the row, not its configuration
 BOOKKEEPING = (C.RUN_ID, C.SUITE, C.HASH, C.STATUS, C.ERROR, C.STARTED_AT, C.ELAPSED_S)
 VARIANT = "variant"  # short label of a method's configuration (``httm#3``), see :func:`variants`
 # gpu_name is left out on purpose: where a run spans several GPU models it varies, so it becomes a
 # workload axis (reports group by it, speedup pairs points on the same model)
+SPEEDUP_LOW, SPEEDUP_HIGH = "speedup_ci_low", "speedup_ci_high"  # its 95 % bootstrap interval (derived)
 _NOT_CONFIG = (set(BOOKKEEPING) | set(C.TIMING) | set(C.TELEMETRY) | set(C.HOST_LOAD) | set(C.PROVENANCE)
-               | set(C.ARTIFACTS) | {C.HOST, C.GPU_UUID, C.SPEEDUP, VARIANT})
+               | set(C.ARTIFACTS) | {C.HOST, C.GPU_UUID, C.SPEEDUP, SPEEDUP_LOW, SPEEDUP_HIGH, VARIANT})
 
 # telemetry columns shown in the summary when any ok point has them
 RESOURCE_COLUMNS = (
@@ -289,8 +292,15 @@ def workload_axes(run: RunData | pd.DataFrame, suite: dict[str, Any]) -> list[st
 # ---------------------------------------------------------------------------- speedup
 
 
-def add_speedup(points: pd.DataFrame, suite: dict[str, Any]) -> pd.DataFrame:
-    """Return a copy of ``points`` with a ``speedup`` column.
+SPEEDUP_CI_LEVEL = 0.95
+SPEEDUP_BOOT = 1000  # bootstrap replicates per speedup
+
+
+def add_speedup(points: pd.DataFrame, suite: dict[str, Any],
+                samples: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Return a copy of ``points`` with a ``speedup`` column (and, given the run's raw ``samples``,
+    its 95 % percentile-bootstrap interval ``speedup_ci_low`` / ``speedup_ci_high``: each replicate
+    resamples the point's and its reference's samples and divides their medians, seeded per point).
 
     speedup = latency of the reference method's ok point with the same workload-level config
     (every non-method parameter equal: frames, seq_len, device, dtype, seed, ...) divided by
@@ -320,7 +330,33 @@ def add_speedup(points: pd.DataFrame, suite: dict[str, Any]) -> pd.DataFrame:
             out.at[i, C.SPEEDUP] = 1.0
         elif row_key[i] in ref_lat:
             out.at[i, C.SPEEDUP] = float(np.median(ref_lat[row_key[i]])) / float(lat[i])
+    if samples is not None and C.HASH in out.columns:
+        ref_rows = out.index[is_ref & usable]
+        refs = {k: [out.at[i, C.HASH] for i in ref_rows if row_key[i] == k] for k in ref_lat}
+        _add_speedup_ci(out, refs, row_key, is_ref, samples)
     return out
+
+
+def _add_speedup_ci(out: pd.DataFrame, refs: dict[tuple, list[str]], row_key: pd.Series, is_ref: pd.Series,
+                    samples: pd.DataFrame) -> None:
+    """Fill the speedup interval columns of ``out`` in place (NaN without samples on both sides)."""
+    out[SPEEDUP_LOW] = np.nan
+    out[SPEEDUP_HIGH] = np.nan
+    if samples.empty or C.DEVICE_MS not in samples.columns:
+        return
+    by_hash = {str(h): g[C.DEVICE_MS].dropna().to_numpy(float) for h, g in samples.groupby(C.HASH)}
+    for i in out.index[out[C.SPEEDUP].notna()]:
+        if is_ref[i]:
+            out.at[i, SPEEDUP_LOW] = out.at[i, SPEEDUP_HIGH] = 1.0
+            continue
+        mine = by_hash.get(str(out.at[i, C.HASH]), np.empty(0))
+        theirs = np.concatenate([by_hash.get(str(h), np.empty(0)) for h in refs.get(row_key[i], [])] or
+                                [np.empty(0)])
+        if mine.size >= 2 and theirs.size >= 2:
+            seed = [zlib.crc32(str(out.at[i, C.HASH]).encode())]
+            lo, hi = S.bootstrap_ratio_ci(mine, theirs, n_boot=SPEEDUP_BOOT, rng=np.random.default_rng(seed),
+                                          level=SPEEDUP_CI_LEVEL)
+            out.at[i, SPEEDUP_LOW], out.at[i, SPEEDUP_HIGH] = lo, hi
 
 
 # ---------------------------------------------------------------------------- tables
@@ -346,7 +382,7 @@ def summary_columns(points: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     """Column order of the summary: axes, latency, speedup, resources, work, breakdown, efficiency,
     quality, fidelity, then the point hash."""
     cols = list(axes) or ([C.METHOD] if C.METHOD in points.columns else [])
-    for c in (C.LAT_MEDIAN, C.LAT_IQR, C.STABLE, C.SPEEDUP, *RESOURCE_COLUMNS):
+    for c in (C.LAT_MEDIAN, C.LAT_IQR, C.STABLE, C.SPEEDUP, SPEEDUP_LOW, SPEEDUP_HIGH, *RESOURCE_COLUMNS):
         if c in points.columns and (c in (C.LAT_MEDIAN, C.SPEEDUP) or points[c].notna().any()):
             cols.append(c)
     prefixes = (C.WORK_PREFIX, C.BREAKDOWN_PREFIX, C.EFFICIENCY_PREFIX, C.QUALITY_PREFIX, C.FIDELITY_PREFIX)
@@ -363,7 +399,7 @@ def summary_table(run: RunData) -> pd.DataFrame:
 
     Values stay numeric; see :func:`format_table` for display.
     """
-    pts = add_speedup(run.points, run.suite)
+    pts = add_speedup(run.points, run.suite, run.samples)
     ok = _ok(pts)
     axes = swept_axes(ok)
     cols = summary_columns(ok, axes)
@@ -470,6 +506,17 @@ def sort_by_variant(df: pd.DataFrame, reference: str | None, first: Sequence[str
 # ---------------------------------------------------------------------------- formatting
 
 
+def speedup_text(df: pd.DataFrame, i: Any) -> str:
+    """Row ``i``'s speedup with its interval where it has one: ``11.4 [10.9, 12]``."""
+    v = df.at[i, C.SPEEDUP]
+    text = fmt_num(v)
+    if SPEEDUP_LOW in df.columns and not is_missing(v) and v != 1.0:
+        lo, hi = df.at[i, SPEEDUP_LOW], df.at[i, SPEEDUP_HIGH]
+        if not (is_missing(lo) or is_missing(hi)):
+            text += f" [{fmt_num(lo)}, {fmt_num(hi)}]"
+    return text
+
+
 UNSTABLE_MARK = " !"  # after the latency of a point whose samples were judged unstable
 
 
@@ -487,7 +534,7 @@ def format_table(df: pd.DataFrame, *, hash_short: bool = True) -> pd.DataFrame:
     out = pd.DataFrame(index=df.index)
     has_iqr = C.LAT_MEDIAN in df.columns and C.LAT_IQR in df.columns
     for c in df.columns:
-        if (has_iqr and c == C.LAT_IQR) or c == C.STABLE:
+        if (has_iqr and c == C.LAT_IQR) or c in (C.STABLE, SPEEDUP_LOW, SPEEDUP_HIGH):
             continue
         s = df[c]
         if has_iqr and c == C.LAT_MEDIAN:
@@ -495,6 +542,8 @@ def format_table(df: pd.DataFrame, *, hash_short: bool = True) -> pd.DataFrame:
                 fmt_num(m) + (f" ± {fmt_num(q)}" if not is_missing(q) else "") + unstable_mark(df, i)
                 for i, m, q in zip(df.index, s, df[C.LAT_IQR])
             ]
+        elif c == C.SPEEDUP:
+            out[c] = [speedup_text(df, i) for i in df.index]
         elif c == C.HASH and hash_short:
             out[c] = s.map(lambda h: "" if is_missing(h) else str(h)[:HASH_SHORT])
         elif c == C.ERROR:

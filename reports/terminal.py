@@ -43,6 +43,8 @@ def _cells(table: pd.DataFrame, col: str, axes: Sequence[str]) -> tuple[str, lis
         iqr = table[C.LAT_IQR] if C.LAT_IQR in table.columns else [None] * len(table)
         return LATENCY, [T.fmt_num(m) + ("" if T.is_missing(q) else f" ± {T.fmt_num(q, IQR_DIGITS)}")
                          + T.unstable_mark(table, i) for i, m, q in zip(table.index, table[col], iqr)]
+    if col == C.SPEEDUP:
+        return col, [T.speedup_text(table, i) for i in table.index]
     return col, [T.fmt_num(v) for v in table[col]]
 
 
@@ -85,7 +87,7 @@ def results_table(table: pd.DataFrame, metrics: dict, axes: Sequence[str],
 
     cols = fit([*identity, *display], len(identity), render, priority, limit)
     shown = set(cols)
-    folded = (C.METHOD, C.HASH, C.LAT_IQR, C.STABLE)  # shown inside other cells
+    folded = (C.METHOD, C.HASH, C.LAT_IQR, C.STABLE, T.SPEEDUP_LOW, T.SPEEDUP_HIGH)  # inside other cells
     left_out = [c for c in table.columns if c not in shown and c not in folded
                 and c not in T.config_columns(table) and table[c].notna().any()]
     return render(cols), cols, left_out

@@ -113,3 +113,39 @@ def test_the_overview_figure_rings_or_hatches_the_unstable_points(tmp_path, with
         hatched = [p for ax in fig.axes for p in ax.patches if p.get_hatch()]
         assert [t for t in ticks if t.endswith(" !")] == ["httm#2 !"] and len(hatched) == 1
     plt.close(fig)
+
+
+def test_every_speedup_carries_its_bootstrap_interval_in_the_tables(tmp_path, capsys):
+    run = load(make_run(tmp_path / "run"))
+    s = gather(run).summary
+    other = s[s[C.METHOD] != "sdpa"]
+    assert (other[T.SPEEDUP_LOW] <= other[C.SPEEDUP]).all()
+    assert (other[C.SPEEDUP] <= other[T.SPEEDUP_HIGH]).all()
+    assert (other[T.SPEEDUP_HIGH] > other[T.SPEEDUP_LOW]).all()  # lognormal jitter: a real width
+    assert (s.loc[s[C.METHOD] == "sdpa", [T.SPEEDUP_LOW, T.SPEEDUP_HIGH]] == 1.0).all().all()
+    report(run.path)
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| httm") and "256" in line)
+    assert "[" in row and "]" in row
+
+
+def test_the_interval_is_of_the_reference_over_the_point_not_the_other_way_round(tmp_path):
+    run_dir = make_run(tmp_path / "run", with_failure=False)
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    pts = load(run_dir).points.set_index(C.HASH)
+    for s in samples:  # the reference takes 4 ms a call, everything else 2 ms: a speedup of exactly 2
+        s[C.DEVICE_MS] = 4.0 if pts.at[s[C.HASH], C.METHOD] == "sdpa" else 2.0
+    (run_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    out = T.add_speedup(load(run_dir).points, load(run_dir).suite, load(run_dir).samples)
+    httm = out[out[C.METHOD] == "httm"]
+    assert (httm[T.SPEEDUP_LOW] == 2.0).all() and (httm[T.SPEEDUP_HIGH] == 2.0).all()
+
+
+def test_the_overview_draws_the_speedup_intervals_as_error_bars(tmp_path):
+    run = load(make_run(tmp_path / "run"))
+    pts = T.add_speedup(run.points, run.suite, run.samples)
+    pts[T.VARIANT] = T.variants(pts, run.suite)[0]
+    fig = overview(run, pts[pts[C.STATUS] == C.OK])
+    bars = [c for ax in fig.axes for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
+    assert bars and all(c.has_xerr for c in bars)
+    plt.close(fig)
