@@ -155,10 +155,10 @@ COLUMN_MEANINGS = {
     "host_median_ms": "host wall time per call (launch overhead on GPU)",
     "timer": "`cuda_event`, `cuda_graph` or `perf_counter`",
     "threads": "torch CPU threads the point ran with",
-    "load_avg_1m": "the 1-minute load average when the timed window opened",
-    "cpu_other_frac": "share of the machine's CPU other processes used during the timed window (`/proc/stat` "
-                      "busy time minus this process's CPU time); above 0.2 the point was measured under load",
-    "cpu_steal_frac": "share of the CPU time the hypervisor gave to other guests during the window",
+    "load_avg_1m": "the 1-minute load average when the point started",
+    "cpu_other_frac": "share of the machine's CPU other processes used while the point ran (`/proc/stat` "
+                      "busy time minus this process's CPU time); above 0.2 it was measured under load",
+    "cpu_steal_frac": "share of the CPU time the hypervisor gave to other guests while the point ran",
     "stop_reason": "why sampling stopped: `max_samples`, `converged` (spread under `target_rel_iqr`) or "
                    "`budget`",
     "stable": "the samples' stability verdict: true, false (see `unstable_why`) or empty with fewer than 3 "

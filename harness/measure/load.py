@@ -1,9 +1,11 @@
-"""The machine's load while a point is timed (Linux ``/proc``): was anything else running?
+"""The machine's load while a point runs (Linux ``/proc``): was anything else running?
 
-Columns (``HOST_LOAD``): ``load_avg_1m`` (the 1-minute load average when the window opened),
-``cpu_other_frac`` (the share of the machine's CPU capacity that *other* processes used during
-the window: busy time of all CPUs from ``/proc/stat`` minus this process's own CPU time, over the
-CPUs' total time) and ``cpu_steal_frac`` (the share a hypervisor gave to other guests). A
+The window is the whole point (model build or reuse, warm-up, timed samples, evaluation): a timed
+window alone is often too short for ``/proc/stat``'s 10 ms ticks. Columns (``HOST_LOAD``):
+``load_avg_1m`` (the 1-minute load average when the point started), ``cpu_other_frac`` (the share
+of the machine's CPU capacity that *other* processes used during the point: busy time of all CPUs
+from ``/proc/stat`` minus this process's own CPU time, over the CPUs' total time) and
+``cpu_steal_frac`` (the share a hypervisor gave to other guests). A
 window shorter than ``MIN_WINDOW_CPU_S`` of total CPU time (``/proc/stat`` counts in 10 ms
 ticks) leaves the shares empty. Elsewhere than Linux every column is empty.
 

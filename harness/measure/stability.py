@@ -3,9 +3,12 @@
 
 A point is **unstable** when any of these holds (thresholds in :class:`StabilityRules`):
 
-- *spread*: IQR / median above ``max_rel_iqr`` (10 %): the samples disagree with each other;
+- *spread*: IQR / median above ``max_rel_iqr`` (15 %: for normal samples about pyperf's "standard
+  deviation above 10 % of the mean", since an IQR is 1.35 standard deviations): the samples
+  disagree with each other;
 - *outliers*: more than ``max_outlier_frac`` (10 %, and at least 2) of the samples lie beyond
-  ``outlier_iqr_k`` (3) IQRs outside the quartiles: something else ran now and then (pyperf and
+  ``outlier_iqr_k`` (3) IQRs outside the quartiles, with at least ``min_outlier_samples`` (10)
+  samples (the quartiles of fewer are too rough): something else ran now and then (pyperf and
   hyperfine warn on the same sign);
 - *trend*: the samples drift across the sampling window (Kendall's tau, two-sided p below
   ``trend_alpha`` with at least ``min_trend_samples`` samples) by more than ``min_trend_rel``
@@ -33,9 +36,10 @@ MIN_SAMPLES_TO_JUDGE = 3
 class StabilityRules:
     """Thresholds of the verdict; see the module docstring."""
 
-    max_rel_iqr: float = 0.10
+    max_rel_iqr: float = 0.15
     outlier_iqr_k: float = 3.0
     max_outlier_frac: float = 0.10
+    min_outlier_samples: int = 10
     trend_alpha: float = 0.01
     min_trend_rel: float = 0.05
     min_trend_samples: int = 8
@@ -68,7 +72,7 @@ def judge(samples_ms: Sequence[float], *, stopped_on_budget: bool = False, targe
     if rel > r.max_rel_iqr:
         why.append(f"spread: IQR {rel:.0%} of the median")
     lo, hi = q1 - r.outlier_iqr_k * iqr, q3 + r.outlier_iqr_k * iqr
-    n_out = int(((x < lo) | (x > hi)).sum()) if iqr > 0 else 0
+    n_out = int(((x < lo) | (x > hi)).sum()) if iqr > 0 and x.size >= r.min_outlier_samples else 0
     if n_out >= 2 and n_out / x.size > r.max_outlier_frac:
         why.append(f"outliers: {n_out} of {x.size} samples beyond {r.outlier_iqr_k:g} IQR")
     drift = _trend(x, float(med), r)

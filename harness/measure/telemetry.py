@@ -2,14 +2,13 @@
 
     with TelemetrySampler("cuda:0") as tel:
         m = timer.measure(fn, "cuda:0")
-    row.update(tel.summary())           # exactly the columns.TELEMETRY + HOST_LOAD columns
+    row.update(tel.summary())           # exactly the columns.TELEMETRY columns
 
 On a CUDA device a background thread samples NVML (nvidia-ml-py, ``import pynvml``) at
 ``rate_hz``: power, SM/memory clocks, temperature, utilization, device memory used and the
 clock-event (throttle) reason bits; the total-energy counter is read at the window edges.
-The host side (``/proc/self/statm`` RSS, process CPU time) is sampled on every device, and the
-machine's load over the window (:mod:`harness.measure.load`: load average, other processes' CPU
-share, steal).
+The host side (``/proc/self/statm`` RSS, process CPU time) is sampled on every device (the
+machine's load over each point is :mod:`harness.measure.load`'s).
 
 Energy comes from the counter delta (``energy_source = "counter"``); when the counter is
 unsupported, fails, or did not advance (its granularity is ~20-100 ms), from trapezoid-
@@ -36,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.measure.devices import parse_device
-from harness.measure.load import LoadWindow
 from harness.measure.nvml import (
     MIB,
     THROTTLE_MASK,
@@ -228,8 +226,6 @@ class TelemetrySampler:
         self._torch_peak_mb: float | None = None
         self._hwm_reset = False
         self._rss_window_peak_mb: float | None = None
-        self._load = LoadWindow()
-        self._load_columns: dict[str, Any] = {}
 
     @property
     def samples(self) -> list[TelemetrySample]:
@@ -252,7 +248,6 @@ class TelemetrySampler:
             if self._nvml is not None:
                 be, h = self._nvml
                 self._energy0 = safe_reading(lambda: be.energy_mj(h))
-        self._load.start()
         self._cpu0 = time.process_time()
         self._hwm_reset = _reset_peak_rss()
         self._rss_window_peak_mb = None
@@ -271,7 +266,6 @@ class TelemetrySampler:
             self._thread = None
         self.sample_now()
         self._cpu_s = time.process_time() - self._cpu0
-        self._load_columns = self._load.columns(self._cpu_s)
         self._rss_window_peak_mb = _peak_rss_mb() if self._hwm_reset else None
         if self._nvml is not None:
             be, h = self._nvml
@@ -307,12 +301,10 @@ class TelemetrySampler:
         return sample
 
     def summary(self) -> dict[str, Any]:
-        """The ``columns.TELEMETRY`` and ``columns.HOST_LOAD`` row of the window (call after the
-        ``with`` block)."""
+        """The ``columns.TELEMETRY`` row of the window (call after the ``with`` block)."""
         cpu_s = self._cpu_s if self._cpu_s is not None else time.process_time() - self._cpu0
-        row = summarize_samples(
+        return summarize_samples(
             self.samples, gpu=self._nvml is not None, energy_start_mj=self._energy0,
             energy_end_mj=self._energy1, torch_peak_alloc_mb=self._torch_peak_mb, cpu_time_s=cpu_s,
             rss_fallback_mb=_maxrss_mb(), rss_window_peak_mb=self._rss_window_peak_mb,
         )
-        return {**row, **(self._load_columns or dict.fromkeys(C.HOST_LOAD))}

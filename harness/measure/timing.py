@@ -271,8 +271,9 @@ class Timer:
         while batch_ms < self.cfg.min_sample_ms and k < MAX_CALLS_PER_SAMPLE:
             k = calls_for(k, batch_ms, self.cfg.min_sample_ms)
             t0 = self.clock()
-            for _ in range(k):
-                out = fn()
+            for _ in range(k - 1):  # outputs dropped at once, as timeit does: no two alive together
+                fn()
+            out = fn()
             batch_ms = (self.clock() - t0) * 1e3
             calls += k
         return k, calls, out
@@ -302,8 +303,9 @@ class Timer:
             if marks:
                 markers.push(f"sample {len(samples)}")
             t0 = clock()
-            for _ in range(k):
-                out = fn()
+            for _ in range(k - 1):  # outputs dropped at once, as timeit does: no two alive together
+                fn()
+            out = fn()
             t1 = clock()
             if marks:
                 markers.pop()

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from harness.measure import cpu_alloc, markers
 from harness.measure.efficiency import efficiency_columns, efficiency_metric_info, peak_for
 from harness.measure.env import placement
+from harness.measure.load import LoadWindow
 from harness.measure.memory import MemorySnapshots
 from harness.measure.profiling import profile_callable
 from harness.measure.telemetry import TelemetrySampler
@@ -114,8 +115,7 @@ class PointLoop:
                     cpu_alloc.trim()  # each point starts without the previous point's retained memory
                 row, samples = self.run_point(point)
                 self.writer.append(row, samples)
-                status = row[C.STATUS]
-                self.summary.counts[status] = self.summary.counts.get(status, 0) + 1
+                status = self.summary.record(row)
                 if status != C.OK and progress:
                     bar.write(f"[{status}] {point.method} {point.hash}: {row.get(C.ERROR)}", file=sys.stderr)
                 bar.update(1)
@@ -155,7 +155,9 @@ class PointLoop:
         row = base_row(self.run_id, self.suite.name, point)
         row.update(placement(point.device))
         samples: list[dict[str, Any]] = []
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        load = LoadWindow()
+        load.start()
         self.snapshots.start(point.device)
         try:
             with markers.mark(f"point {point.method} {point.hash}"):
@@ -178,6 +180,7 @@ class PointLoop:
             free_caches(point.device)
         self._snapshot(point, row, oom=False)
         row[C.ELAPSED_S] = time.perf_counter() - t0
+        row.update(load.columns(time.process_time() - cpu0))  # the machine's load over the whole point
         return row, samples
 
     def _snapshot(self, point: Point, row: dict[str, Any], oom: bool) -> None:

@@ -267,8 +267,7 @@ class RayDriver:
             self.record_peaks(new_peaks)
         row = result["row"]
         self.writer.append(row, result.get("samples", []))
-        status = row[C.STATUS]
-        self.summary.counts[status] = self.summary.counts.get(status, 0) + 1
+        status = self.summary.record(row)
         if status != C.OK:
             bar.write(f"[{status}] {row.get(C.METHOD)} {row.get(C.HASH)}: {row.get(C.ERROR)}",
                       file=sys.stderr)

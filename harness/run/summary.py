@@ -24,6 +24,15 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)
     #: points left for a later resume (``max_points``)
     left: int = 0
+    #: ok points whose samples were judged unstable (:mod:`harness.measure.stability`)
+    unstable: int = 0
+
+    def record(self, row: dict) -> str:
+        """Count one finished point's row; returns its status."""
+        status = row[C.STATUS]
+        self.counts[status] = self.counts.get(status, 0) + 1
+        self.unstable += status == C.OK and row.get(C.STABLE) is False
+        return status
 
     @property
     def ran(self) -> int:
@@ -48,7 +57,9 @@ class RunSummary:
         skip = f" ({self.skipped} already recorded, skipped)" if self.skipped else ""
         where = shlex.quote(str(self.run_dir))
         left = f"; {self.left} left for --resume {where}" if self.left else ""
-        return f"{self.ran}/{self.total} points run: {parts}{skip}{left}. Results: {where}"
+        shaky = (f" ({self.unstable} measured unstably: their timings may not repeat; the report names them)"
+                 if self.unstable else "")
+        return f"{self.ran}/{self.total} points run: {parts}{shaky}{skip}{left}. Results: {where}"
 
 
 @dataclass

@@ -28,18 +28,19 @@ from harness.measure.timing import time_fn
 
 
 def calls() -> dict[str, Callable[[], Any]]:
-    """Name -> callable, from about a microsecond to about a second on one core."""
+    """Name -> callable, from about a microsecond to about a second on one core (the names say
+    what is computed; the timers say how long it takes)."""
     tiny = torch.ones(16)
     kib = torch.ones(256)  # 1 KiB of float32
     m64, m256, m1024 = (torch.randn(n, n) for n in (64, 256, 1024))
     m2048 = torch.randn(2048, 2048)
     return {
-        "add_ 16 elems (~1 us)": lambda: tiny.add_(0),
-        "add 1 KiB (~3 us)": lambda: kib + kib,
-        "matmul 64 (~30 us)": lambda: m64 @ m64,
-        "matmul 256 (~1 ms)": lambda: m256 @ m256,
-        "matmul 1024 (~50 ms)": lambda: m1024 @ m1024,
-        "matmul 2048 x3 (~1 s)": lambda: (m2048 @ m2048, m2048 @ m2048, m2048 @ m2048),
+        "in-place add, 16 floats": lambda: tiny.add_(0),
+        "add, 1 KiB": lambda: kib + kib,
+        "matmul 64x64": lambda: m64 @ m64,
+        "matmul 256x256": lambda: m256 @ m256,
+        "matmul 1024x1024": lambda: m1024 @ m1024,
+        "3 matmuls 2048x2048": lambda: (m2048 @ m2048, m2048 @ m2048, m2048 @ m2048),
     }
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
+from fake_suites import fake_suite
 from toy_runs import make_run
 
 from harness.measure.load import LoadWindow, read_cpu_times, read_load_avg, under_load
-from harness.measure.telemetry import TelemetrySampler
-from harness.store import POINTS_LOG
+from harness.run.options import RunOptions
+from harness.run.runner import run_suite
+from harness.store import POINTS_LOG, load
 from harness.store import columns as C
 from reports.compare import compare_runs
 from reports.summary import report
@@ -65,14 +68,20 @@ def test_the_real_proc_files_give_plausible_readings():
     if read_cpu_times() is None:
         pytest.skip("no /proc/stat here")
     assert read_load_avg() >= 0
-    with TelemetrySampler("cpu") as tel:
-        x = 0
-        while tel.samples and len(tel.samples) < 8:  # about 0.35 s of this thread busy
-            x += 1
-    row = tel.summary()
-    assert set(C.HOST_LOAD) <= set(row) and row[C.LOAD_AVG_1M] >= 0
-    if row[C.CPU_OTHER_FRAC] is not None:
-        assert 0.0 <= row[C.CPU_OTHER_FRAC] <= 1.0
+    w = LoadWindow()
+    w.start()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    while time.perf_counter() - t0 < 0.4:  # this thread busy for 0.4 s
+        pass
+    row = w.columns(time.process_time() - cpu0)
+    assert set(row) == set(C.HOST_LOAD) and row[C.LOAD_AVG_1M] >= 0
+    assert 0.0 <= row[C.CPU_OTHER_FRAC] <= 1.0 and 0.0 <= row[C.CPU_STEAL_FRAC] <= 1.0
+
+
+def test_every_point_records_the_load_over_its_whole_run(tmp_path, fake_workload):
+    run_suite(fake_suite("methods: {plain: {}}\n"), tmp_path / "run", RunOptions(progress=False))
+    row = load(tmp_path / "run").points.iloc[0]
+    assert row[C.LOAD_AVG_1M] >= 0 and C.CPU_OTHER_FRAC in row.index
 
 
 def loaded(run_dir, other_by_method: dict[str, float]):

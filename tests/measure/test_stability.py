@@ -29,9 +29,11 @@ def test_a_wide_spread_is_unstable_with_its_figure():
 
 
 def test_a_spread_just_under_the_limit_is_stable_and_just_over_is_not():
-    base = [9.5, 9.75, 10.0, 10.25, 10.5]  # IQR 0.5 of median 10: 5 %
+    base = [9.25, 9.5, 10.0, 10.5, 10.75]  # IQR 1.0 of median 10: 10 %
     assert judge(base).stable is True
-    assert judge(base, rules=StabilityRules(max_rel_iqr=0.049)).stable is False
+    assert judge(base, rules=StabilityRules(max_rel_iqr=0.099)).stable is False
+    wide = [9.0, 9.2, 10.0, 10.8, 11.0]  # IQR 1.6 of median 10: 16 %, over the default 15 %
+    assert judge(wide).stable is False
 
 
 def test_outliers_beyond_three_iqrs_make_a_point_unstable_even_when_the_median_is_tight():
@@ -86,3 +88,8 @@ def test_the_verdict_is_in_the_timing_columns():
     row = summarize(m)
     assert (row[C.STABLE], row[C.STOP_REASON]) == (False, "budget")
     assert row[C.UNSTABLE_WHY].startswith("spread: IQR ")
+
+
+def test_outliers_are_not_judged_from_fewer_than_ten_samples():
+    few = [10.0, 10.1, 10.0, 30.0, 31.0]  # 2 of 5 far out, but the quartiles of 5 are too rough
+    assert not any(w.startswith("outliers") for w in judge(few).why)
