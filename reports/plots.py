@@ -8,7 +8,8 @@
   speedup (or latency) per variant as bars. One panel per workload setting (e.g. frame count);
 - ``latency_vs_<axis>``: median latency per method vs each swept numeric axis, error bars
   p10–p90 (IQR when percentiles are missing), log y when the values span more than 10x;
-- ``speedup_vs_<axis>``: speedup vs the reference per method vs each swept numeric axis;
+- ``speedup_vs_<axis>``: speedup vs the reference per method vs each swept numeric axis (error
+  bars: the speedup's 95 % bootstrap interval);
 - ``<metric>_vs_speedup``: each quality/fidelity column vs speedup, one colour per method,
   with the Pareto front (direction from ``metrics.json``'s ``higher_is_better``);
 - ``roofline``: achieved TFLOP/s against arithmetic intensity per point (and per attention /
@@ -85,6 +86,19 @@ def pareto_front(df: pd.DataFrame, x: str, y: str, y_higher_is_better: bool) -> 
     gt = (xs[None, :] > xs[:, None]) | (ys[None, :] > ys[:, None])
     dominated = (ge & gt).any(axis=1)
     return sub[~dominated].sort_values(x, kind="stable")
+
+
+def uncertain_order(front: pd.DataFrame, x: str) -> dict[Any, bool]:
+    """Per front row (sorted by ``x``): whether its ``x`` interval (the speedup's bootstrap
+    interval) overlaps a neighbour's on the front, so the run cannot tell which of the two is
+    faster; all False without intervals."""
+    if x != C.SPEEDUP or T.SPEEDUP_LOW not in front.columns or len(front) < 2:
+        return dict.fromkeys(front.index, False)
+    lo = front[T.SPEEDUP_LOW].astype(float).to_numpy()
+    hi = front[T.SPEEDUP_HIGH].astype(float).to_numpy()
+    overlap = [bool(hi[k] >= lo[k + 1]) for k in range(len(front) - 1)]  # NaN compares False
+    return {idx: (k > 0 and overlap[k - 1]) or (k < len(overlap) and overlap[k])
+            for k, idx in enumerate(front.index)}
 
 
 def is_numeric_axis(s: pd.Series) -> bool:
@@ -216,7 +230,7 @@ def _metric_vs_axis(
                 continue
             xv = g[axis].astype(float).to_numpy()
             yv = g[value].astype(float).to_numpy()
-            yerr = _error_bars(g) if errors else None
+            yerr = _error_bars(g) if errors else _ci_err(g, value)  # a speedup: its bootstrap interval
             ax.errorbar(xv, yv, yerr=yerr, marker="o", capsize=3, label=names[key], color=palette[key])
         if reference is not None and axis in specific:
             ref = panel[(panel[C.METHOD] == reference) & panel[axis].isna() & panel[value].notna()]
@@ -364,9 +378,11 @@ def _quality_scatter(
             g = g.assign(_goodness=g[x] if x_higher_is_better else -g[x])
             front = pareto_front(g, "_goodness", col, bool(hib))
             ax.plot(front[x], front[col], color="0.2", lw=1.2, ls="--", label="Pareto front", zorder=2)
+            unsure = uncertain_order(front, x)
             if label_front and T.VARIANT in front.columns:
-                for _, r in front.iterrows():
-                    ax.annotate(str(r[T.VARIANT]), (float(r[x]), float(r[col])), xytext=(4, 4),
+                for i, r in front.iterrows():
+                    mark = " ?" if unsure.get(i, False) else ""  # its speedup interval overlaps a neighbour's
+                    ax.annotate(f"{r[T.VARIANT]}{mark}", (float(r[x]), float(r[col])), xytext=(4, 4),
                                 textcoords="offset points", fontsize=7, color="0.2")
         if not x_higher_is_better and g[x].max() > 10 * g[x].min() > 0:
             ax.set_xscale("log")
@@ -424,7 +440,8 @@ def overview(run: RunData, pts: pd.DataFrame) -> plt.Figure | None:
         fig = _quality_scatter(pts, col, run.metrics.get(col) or {}, C.SPEEDUP,
                                "speedup vs reference (×, → better)", True, facets, min_panel_points=1)
         if fig is not None:
-            _title(fig, f"{name}: {col} against speedup; dashed: Pareto front (labelled variants)")
+            _title(fig, f"{name}: {col} against speedup (bars: 95% intervals); dashed: Pareto front "
+                        "(labelled variants; '?': its speedup interval overlaps a neighbour's on the front)")
             return fig
     value = C.SPEEDUP if has_speedup else C.LAT_MEDIAN
     fig = _bars(pts, value, facets, run.suite.get("reference"))

@@ -116,7 +116,7 @@ def run_status(run: RunData) -> RunStatus:
 def load_note(points: pd.DataFrame) -> str:
     """One sentence when points were timed while other work loaded the machine
     (:func:`harness.measure.load.under_load`), with the figures; "" otherwise."""
-    if C.CPU_OTHER_FRAC not in points.columns:
+    if not {C.CPU_OTHER_FRAC, C.CPU_STEAL_FRAC, C.GPU_OTHER_PROCS} & set(points.columns):
         return ""
     rows = points.to_dict("records")
     loaded = [r for r in rows if under_load(r)]
@@ -127,7 +127,9 @@ def load_note(points: pd.DataFrame) -> str:
 
     other, steal, loads = finite(loaded, C.CPU_OTHER_FRAC), finite(loaded, C.CPU_STEAL_FRAC), \
         finite(rows, C.LOAD_AVG_1M)
+    gpu = finite(loaded, C.GPU_OTHER_PROCS)
     figures = [f"other processes used up to {max(other):.0%} of the CPU" if other else "",
+               f"up to {max(gpu):.0f} other process(es) on the GPU" if gpu and max(gpu) > 0 else "",
                f"the hypervisor stole up to {max(steal):.0%}" if steal and max(steal) > 0 else "",
                f"load average up to {max(loads):.2g}" if loads else ""]
     return (f"measured under load: {len(loaded)} of {len(rows)} points were timed while other work ran on "

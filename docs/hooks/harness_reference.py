@@ -158,6 +158,8 @@ COLUMN_MEANINGS = {
     "load_avg_1m": "the 1-minute load average when the point started",
     "cpu_other_frac": "share of the machine's CPU other processes used while the point ran (`/proc/stat` "
                       "busy time minus this process's CPU time); above 0.2 it was measured under load",
+    "gpu_other_procs": "most compute processes besides this one NVML listed on the device while the point "
+                       "was timed (inside a container one entry is taken to be this process)",
     "cpu_steal_frac": "share of the CPU time the hypervisor gave to other guests while the point ran",
     "stop_reason": "why sampling stopped: `max_samples`, `converged` (spread under `target_rel_iqr`) or "
                    "`budget`",

@@ -11,7 +11,9 @@ ticks) leaves the shares empty. Elsewhere than Linux every column is empty.
 
 A point is **measured under load** when other processes used more than
 :data:`UNDER_LOAD_OTHER_FRAC` of the CPU while it was timed, or the hypervisor stole more than
-:data:`UNDER_LOAD_STEAL_FRAC`: its timings compete with that work.
+:data:`UNDER_LOAD_STEAL_FRAC`, or (on a GPU, :mod:`harness.measure.telemetry`'s
+``gpu_other_procs``) another process held a compute context on its device while it was timed: its
+timings compete with that work.
 """
 
 from __future__ import annotations
@@ -93,7 +95,9 @@ class LoadWindow:
 
 
 def under_load(row: dict[str, Any]) -> bool:
-    """Whether a row's window was measured under load (see the module docstring)."""
-    other, steal = row.get(C.CPU_OTHER_FRAC), row.get(C.CPU_STEAL_FRAC)
+    """Whether a row's point was measured under load (see the module docstring; on a GPU, any
+    other compute process on the device while it was timed)."""
+    other, steal, gpu = row.get(C.CPU_OTHER_FRAC), row.get(C.CPU_STEAL_FRAC), row.get(C.GPU_OTHER_PROCS)
     return bool((isinstance(other, (int, float)) and other > UNDER_LOAD_OTHER_FRAC)
-                or (isinstance(steal, (int, float)) and steal > UNDER_LOAD_STEAL_FRAC))
+                or (isinstance(steal, (int, float)) and steal > UNDER_LOAD_STEAL_FRAC)
+                or (isinstance(gpu, (int, float)) and gpu > 0))

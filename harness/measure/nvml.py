@@ -60,6 +60,7 @@ class NVMLBackend(Protocol):
     def memory_total_bytes(self, h: Any) -> float: ...
     def persistence_mode(self, h: Any) -> bool: ...
     def mig_mode(self, h: Any) -> bool: ...
+    def compute_pids(self, h: Any) -> list[int]: ...
 
 
 class PynvmlBackend:
@@ -136,6 +137,18 @@ class PynvmlBackend:
 
     def mig_mode(self, h: Any) -> bool:
         return bool(self._nv.nvmlDeviceGetMigMode(h)[0])
+
+    def compute_pids(self, h: Any) -> list[int]:
+        return [int(p.pid) for p in self._nv.nvmlDeviceGetComputeRunningProcesses(h)]
+
+
+def other_processes(pids: list[int], own_pid: int | None = None) -> int:
+    """How many of a device's compute processes are not this one. Inside a container NVML lists
+    the host's PIDs, so when this process's PID is not among them one entry is taken to be it
+    (the caller holds a context on the device)."""
+    own = os.getpid() if own_pid is None else own_pid
+    unique = set(pids)
+    return len(unique - {own}) if own in unique else max(0, len(unique) - 1)
 
 
 def torch_uuid(index: int) -> str | None:

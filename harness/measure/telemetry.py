@@ -40,6 +40,7 @@ from harness.measure.nvml import (
     THROTTLE_MASK,
     NVMLBackend,
     open_nvml,
+    other_processes,
     safe_reading,
 )
 from harness.store import columns as C
@@ -109,6 +110,7 @@ class TelemetrySample:
     mem_used_mb: float | None = None
     reasons: int | None = None
     rss_mb: float | None = None
+    other_procs: int | None = None  # compute processes on the device besides this one
 
 
 def integrate_power_j(samples: Sequence[TelemetrySample]) -> float | None:
@@ -173,6 +175,8 @@ def summarize_samples(samples: Sequence[TelemetrySample], *, gpu: bool, energy_s
     row[C.GPU_UTIL_MEAN_PCT] = sum(util) / len(util) if util else None
     mem = vals("mem_used_mb")
     row[C.GPU_MEM_PEAK_MB] = max(mem) if mem else None
+    others = vals("other_procs")
+    row[C.GPU_OTHER_PROCS] = max(others) if others else None
     return row
 
 
@@ -295,6 +299,8 @@ class TelemetrySampler:
                 mem_used_mb=None if mem_b is None else mem_b / MIB,
                 reasons=safe_reading(lambda: be.clock_event_reasons(h)),
             )
+            pids = safe_reading(lambda: be.compute_pids(h))
+            fields["other_procs"] = None if pids is None else other_processes(pids)
         sample = TelemetrySample(**fields)
         with self._lock:
             self._samples.append(sample)

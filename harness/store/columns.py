@@ -79,12 +79,13 @@ THROTTLED = "throttled"  # any power/thermal slowdown bit seen (bool)
 GPU_UTIL_MEAN_PCT = "gpu_util_mean_pct"
 GPU_MEM_PEAK_MB = "gpu_mem_peak_mb"  # NVML device memory used, peak
 TORCH_PEAK_ALLOC_MB = "torch_peak_alloc_mb"  # torch.cuda.max_memory_allocated
+GPU_OTHER_PROCS = "gpu_other_procs"  # most compute processes besides this one seen on the device
 RSS_PEAK_MB = "rss_peak_mb"
 CPU_TIME_S = "cpu_time_s"
 
 TELEMETRY = (
     ENERGY_J, ENERGY_SOURCE, POWER_MEAN_W, POWER_MAX_W, TEMP_MAX_C, SM_CLOCK_MIN_MHZ,
-    SM_CLOCK_MEAN_MHZ, THROTTLE_REASONS, THROTTLED, GPU_UTIL_MEAN_PCT, GPU_MEM_PEAK_MB,
+    SM_CLOCK_MEAN_MHZ, THROTTLE_REASONS, THROTTLED, GPU_UTIL_MEAN_PCT, GPU_MEM_PEAK_MB, GPU_OTHER_PROCS,
     TORCH_PEAK_ALLOC_MB, RSS_PEAK_MB, CPU_TIME_S,
 )
 

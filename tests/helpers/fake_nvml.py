@@ -73,6 +73,9 @@ class FakeNVML:
     def power_mw(self, h: Any) -> float:
         return self._next("power_mw")
 
+    def compute_pids(self, h: Any) -> list[int]:
+        return self._next("compute_pids")
+
     def energy_mj(self, h: Any) -> float:
         return self._next("energy_mj")
 

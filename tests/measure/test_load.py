@@ -118,3 +118,13 @@ def test_a_quiet_run_does_not_cry_wolf(tmp_path, capsys):
     run = loaded(make_run(tmp_path / "run"), {"sdpa": 0.02, "httm": 0.19})
     report(run)
     assert "under load" not in capsys.readouterr().err
+
+
+def test_another_process_on_the_gpu_puts_a_run_under_load(tmp_path, capsys):
+    log = make_run(tmp_path / "run") / POINTS_LOG
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    rows[0][C.GPU_OTHER_PROCS] = 1
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report(tmp_path / "run")
+    assert "measured under load: 1 of 7 points" in capsys.readouterr().err
+    assert "up to 1 other process(es) on the GPU" in (tmp_path / "run" / "report" / "report.md").read_text()

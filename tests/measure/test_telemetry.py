@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from fake_nvml import FakeNVML, FakeNVMLError
 
 from harness.measure import nvml as N
 from harness.measure import telemetry as T
+from harness.measure.load import under_load
 from harness.measure.telemetry import TelemetrySample, TelemetrySampler, summarize_samples
 from harness.store import columns as C
 
@@ -148,6 +150,20 @@ def test_sampler_converts_units_and_ors_throttle_bits(fake_cuda):
     row = run_window(nv).summary()
     assert (row[C.GPU_MEM_PEAK_MB], row[C.THROTTLE_REASONS], row[C.THROTTLED]) == (6.0, 0x21, True)
     assert (row[C.SM_CLOCK_MIN_MHZ], row[C.SM_CLOCK_MEAN_MHZ]) == (1400.0, pytest.approx(4900.0 / 3))
+
+
+def test_other_compute_processes_on_the_gpu_are_counted_besides_this_one(fake_cuda):
+    me = os.getpid()
+    nv = FakeNVML({"compute_pids": [[me], [me, 4242], [me, 4242, 4343]]})
+    row = run_window(nv).summary()
+    assert row[C.GPU_OTHER_PROCS] == 2
+    assert under_load(row) and not under_load({C.GPU_OTHER_PROCS: 0})
+
+
+@pytest.mark.parametrize("pids, own, others", [([7, 8], 7, 1), ([7], 7, 0), ([100, 200], 7, 1), ([100], 7, 0),
+                                               ([], 7, 0), ([7, 7, 8], 7, 1)])
+def test_inside_a_container_one_listed_process_is_taken_to_be_this_one(pids, own, others):
+    assert N.other_processes(pids, own) == others
 
 
 def test_a_failing_reading_mid_run_is_skipped_not_fatal(fake_cuda):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
 from toy_runs import make_run
 
@@ -14,7 +15,7 @@ from harness.store import POINTS_LOG, load
 from harness.store import columns as C
 from reports import tables as T
 from reports.parts import gather, hide_impossible_efficiency
-from reports.plots import overview
+from reports.plots import overview, plot_data, uncertain_order
 from reports.summary import report
 
 
@@ -149,3 +150,19 @@ def test_the_overview_draws_the_speedup_intervals_as_error_bars(tmp_path):
     bars = [c for ax in fig.axes for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
     assert bars and all(c.has_xerr for c in bars)
     plt.close(fig)
+
+
+def test_front_points_whose_speedup_intervals_overlap_a_neighbours_are_marked_uncertain():
+    front = pd.DataFrame({C.SPEEDUP: [1.0, 1.5, 3.0, 3.1],
+                          T.SPEEDUP_LOW: [1.0, 1.4, 2.9, 3.0], T.SPEEDUP_HIGH: [1.0, 1.6, 3.05, 3.2]},
+                         index=[10, 11, 12, 13])
+    assert uncertain_order(front, C.SPEEDUP) == {10: False, 11: False, 12: True, 13: True}
+    assert not any(uncertain_order(front.drop(columns=[T.SPEEDUP_LOW, T.SPEEDUP_HIGH]), C.SPEEDUP).values())
+
+
+def test_the_speedup_curves_carry_the_intervals_as_error_bars(tmp_path):
+    run = load(make_run(tmp_path / "run"))
+    paths = plot_data(run, tmp_path / "plots", formats=("svg",))
+    assert any(p.name == "speedup_vs_seq_len.svg" for p in paths)
+    svg = (tmp_path / "plots" / "speedup_vs_seq_len.svg").read_text()
+    assert svg.count('id="LineCollection_') >= 1  # matplotlib draws error bars as a line collection
