@@ -14,6 +14,8 @@ EXIT_USAGE = 2
 EXIT_IO = 3
 #: exit code of a command interrupted by Ctrl-C (SIGINT)
 EXIT_INTERRUPTED = 130
+#: exit code of a command terminated by SIGTERM (handled like Ctrl-C)
+EXIT_TERMINATED = 143
 
 
 class HarnessError(Exception):

@@ -12,9 +12,11 @@ list`` prints what is registered. The registry is plain module-level data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
+import sys
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
@@ -200,7 +202,8 @@ def _import_plugin(mod: str) -> None:
     if problem is not None:
         raise PluginError(f"${PLUGINS_ENV} names {mod!r}, {problem}")
     try:
-        importlib.import_module(mod)
+        with contextlib.redirect_stdout(sys.stderr):  # a plugin's prints must not corrupt a command's output
+            importlib.import_module(mod)
     except ModuleNotFoundError as e:
         if e.name is not None and e.name != mod and not mod.startswith(e.name + "."):
             raise PluginError(f"${PLUGINS_ENV} module {mod!r} imports {e.name!r}, which is not installed"

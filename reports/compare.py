@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.measure.env import comparable
+from harness.measure.env import DEVICE_KIND, TORCH, comparable
 from harness.store import ENV_FILE, SAMPLES_FILE, SAMPLES_LOG, DamagedLine, RunData, load, lock_holder
 from harness.store import columns as C
 from reports import stats as S
@@ -148,7 +148,11 @@ def quality_tolerance(
     """Absolute tolerance for a q_/fid_ column: metrics.json, else suite per_metric, else None."""
     info = metrics.get(col) or {}
     if isinstance(info, dict) and info.get("tolerance") is not None:
-        return float(info["tolerance"])
+        try:
+            return float(info["tolerance"])
+        except (TypeError, ValueError):
+            raise CompareError(f"metrics.json: the tolerance of {col} is {info['tolerance']!r}, not a "
+                               "number; restore the file from a copy of the run") from None
     per_metric = suite_regression.get("per_metric") or {}
     if per_metric.get(col) is not None:
         return float(per_metric[col])
@@ -220,10 +224,10 @@ def compare_runs(
     if diffs and not allow_env_mismatch:
         raise CompareError(
             f"Refusing to compare {base.path} with {new.path}: their environment fingerprints differ "
-            f"in what matters for timing ({'; '.join(diffs)}). Latencies measured on different "
-            "hardware or software stacks are not comparable, so a verdict would be meaningless; run "
-            "the base and the new revision in the same job on the same machine, or pass "
-            "allow_env_mismatch=True (CLI: --allow-env-mismatch) to compare anyway with the "
+            f"in what matters for timing ({'; '.join(diffs)}). Latencies measured under different "
+            "conditions are not comparable, so a verdict would be meaningless; run the base and the "
+            "new revision in the same job on the same machine with the same settings, or pass "
+            "--allow-env-mismatch (allow_env_mismatch=True from Python) to compare anyway with the "
             "differences listed in the report."
         )
     reg = _regression_cfg(new)
@@ -284,12 +288,13 @@ def _check_finished(*runs: RunData) -> None:
 def _env_check(base: RunData, new: RunData, allow_env_mismatch: bool) -> list[str]:
     """What differs between the fingerprints; a missing ``env.json`` is refused (CompareError)
     unless allowed, since without it the gate cannot tell that both ran on the same machine."""
-    missing = [run.path for run in (base, new) if not run.env]
+    missing = [run.path for run in (base, new) if not (run.env.get(DEVICE_KIND) and run.env.get(TORCH))]
     if missing and not allow_env_mismatch:
         raise CompareError(
-            f"Refusing to compare: {' and '.join(map(str, missing))} has no {ENV_FILE} (the environment "
-            "fingerprint), so the gate cannot check that both runs measured the same hardware and software. "
-            f"Restore {ENV_FILE} from a copy of the run, or pass --allow-env-mismatch to compare anyway."
+            f"Refusing to compare: {' and '.join(map(str, missing))} has no {ENV_FILE}, or one without a "
+            "fingerprint (device kind, torch version), so the gate cannot check that both runs measured the "
+            f"same hardware and software. Restore {ENV_FILE} from a copy of the run, or pass "
+            "--allow-env-mismatch to compare anyway."
         )
     if missing:
         return [f"{ENV_FILE} missing from {p}" for p in missing]
@@ -313,6 +318,10 @@ def _paired_points(base: RunData, new: RunData, bp: pd.DataFrame, np_: pd.DataFr
     """(hashes in both runs, those of them ok in base); CompareError when there is nothing to gate
     or paired points ran on different GPU models."""
     both = [h for h in bp.index if h in np_.index]
+    empty = [run.path for run, pts in ((base, bp), (new, np_)) if pts.empty]
+    if empty:
+        raise CompareError(f"Refusing to compare: {' and '.join(map(str, empty))} has no recorded point (an "
+                           "empty or lost points log); finish or re-run it first")
     if not both:
         raise CompareError(
             f"Refusing to compare {base.path} with {new.path}: they have no point in common "
@@ -402,9 +411,16 @@ def _latency_row(
     lo, hi = S.bootstrap_ratio_ci(b, n, n_boot=n_boot, rng=rng, level=CI_LEVEL)
     p = S.mann_whitney_p(b, n)
     bm, nm = float(np.median(b)), float(np.median(n))
+    verdict, note = S.classify_latency(ratio, p, alpha, thr), ""
+    floor = S.smallest_p(b.size, n.size)
+    if verdict == S.NOISE and floor >= alpha:  # beyond the threshold, but no test could show it
+        verdict = S.NOT_GATED if allow_missing else S.CANNOT_JUDGE
+        note = (f"changed beyond the threshold, but {b.size} vs {n.size} samples cannot reach p < {alpha:g} "
+                f"(their smallest p is {floor:.2g}); take more samples (timing.min_samples)"
+                + (" (allowed)" if allow_missing else ""))
     return _row(**{C.HASH: h}, config=config, kind=KIND_LATENCY, metric=C.LAT_MEDIAN, base=bm, new=nm,
                 ratio=ratio, delta=nm - bm, ci_low=lo, ci_high=hi, p_value=p, n_base=b.size,
-                n_new=n.size, threshold=thr, verdict=S.classify_latency(ratio, p, alpha, thr))
+                n_new=n.size, threshold=thr, verdict=verdict, note=note)
 
 
 def _quality_rows(
@@ -501,7 +517,8 @@ def _markdown(
         f"{int(n_lat.get(S.NO_CHANGE, 0))} unchanged",
     ]
     if n_lat.get(S.CANNOT_JUDGE, 0):
-        parts.append(f"**{int(n_lat[S.CANNOT_JUDGE])} could not be judged** (raw samples missing)")
+        parts.append(f"**{int(n_lat[S.CANNOT_JUDGE])} could not be judged** (raw samples missing, or too few "
+                     "to show a change significant)")
     if n_lat.get(S.NOT_GATED, 0):
         parts.append(f"{int(n_lat[S.NOT_GATED])} without raw samples (allowed, not gated)")
     lines.append("Latency: " + "; ".join(parts) + ".")

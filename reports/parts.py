@@ -33,7 +33,8 @@ def env_summary(env: dict[str, Any], points: pd.DataFrame | None = None) -> str:
     Reads ``env.json`` by the keys :mod:`harness.measure.env` writes; absent fields are left out.
     """
     if not env:
-        return f"unknown ({ENV_FILE} is missing: no fingerprint of the machine, torch version or commit)"
+        return (f"unknown ({ENV_FILE} is missing or empty: no fingerprint of the machine, torch version or "
+                "commit)")
 
     def get(key: str) -> Any:
         v = env.get(key)

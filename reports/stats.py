@@ -80,6 +80,15 @@ def bootstrap_ratio_ci(
     return float(lo), float(hi)
 
 
+def smallest_p(n_base: int, n_new: int) -> float:
+    """The smallest two-sided Mann–Whitney p-value ``n_base`` vs ``n_new`` samples can give (tie-free,
+    exact): 2 / C(n_base + n_new, n_base); 0.1 for 3 vs 3. A gate whose alpha is at or below it
+    cannot call any change significant."""
+    if n_base < 1 or n_new < 1:
+        return 1.0
+    return min(1.0, 2.0 / math.comb(n_base + n_new, n_base))
+
+
 def mann_whitney_p(base: Sequence[float], new: Sequence[float]) -> float:
     """Two-sided Mann–Whitney U p-value that the two samples come from one distribution.
 

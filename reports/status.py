@@ -15,7 +15,15 @@ from typing import TextIO
 import pandas as pd
 
 from harness.measure.load import under_load
-from harness.store import POINTS_LOG, DamagedLine, RunData, lock_holder, resume_command_line
+from harness.store import (
+    POINTS_LOG,
+    SAMPLES_FILE,
+    SAMPLES_LOG,
+    DamagedLine,
+    RunData,
+    lock_holder,
+    resume_command_line,
+)
 from harness.store import columns as C
 
 SHOW_HASHES = 3  # duplicate hashes named in the warning
@@ -40,6 +48,7 @@ class RunStatus:
     resume: str = ""
     damaged: list[DamagedLine] = field(default_factory=list)  # log lines that are not rows
     under_load: str = ""  # how the machine was loaded while points were timed ("" when it was not)
+    samples_note: str = ""  # the raw samples' log is missing ("" when it is there)
 
     @property
     def missing(self) -> int:
@@ -56,7 +65,7 @@ class RunStatus:
 
     def warnings(self) -> list[str]:
         """One sentence per problem: still running, incomplete, damaged log lines, duplicate rows."""
-        out = [self.under_load] if self.under_load else []
+        out = [w for w in (self.under_load, self.samples_note) if w]
         if self.running is not None:
             out.append(f"the run is still running ({self.running}): {self.progress()} recorded so far; "
                        "these results are a snapshot, run the command again when it has finished")
@@ -89,7 +98,8 @@ class RunStatus:
             more = f" and {hidden} more" if hidden > 0 else ""
             out.append(f"{extra} duplicate row(s) in the points log: point_hash {named}{more}; the tables "
                        "list every row (a point recorded twice, e.g. logs merged by hand), so medians and "
-                       "pivots may be off")
+                       "pivots may be off, and compare keeps each point's last row. To clean the run, delete "
+                       "the rows you do not want from points.jsonl (resume keeps them: they are valid rows)")
         return out
 
 
@@ -110,7 +120,19 @@ def run_status(run: RunData) -> RunStatus:
         resume=resume_command(run),
         damaged=list(run.damaged),
         under_load=load_note(run.points),
+        samples_note=_samples_note(run),
     )
+
+
+def _samples_note(run: RunData) -> str:
+    """A warning when ``samples.jsonl`` is gone ("" when it is there, or nothing was recorded)."""
+    if (run.path / SAMPLES_LOG).exists() or run.points.empty:
+        return ""
+    if (run.path / SAMPLES_FILE).exists():
+        return (f"{SAMPLES_LOG} is missing: the raw samples are read from {SAMPLES_FILE}, its export; "
+                "resuming the run writes the log again")
+    return (f"{SAMPLES_LOG} and {SAMPLES_FILE} are missing: no raw samples (no speedup intervals, and "
+            "compare cannot judge these points); restore them from a copy of the run, or re-run its suite")
 
 
 def load_note(points: pd.DataFrame) -> str:

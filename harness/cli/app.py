@@ -70,7 +70,8 @@ def os_advice(e: OSError) -> str:
     if e.errno == errno.EISDIR:
         return "that path is a folder; give a file name"
     if e.errno == errno.ENOENT:
-        return "a folder on that path does not exist: create it, or give another path"
+        return ("a folder on that path does not exist (or its file system takes no new files, like /proc): "
+                "create it, or give another path")
     return "check the path and the disk, then run the command again"
 
 

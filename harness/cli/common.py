@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.errors import EXIT_INTERRUPTED as EXIT_INTERRUPTED  # 130: Ctrl-C
 from harness.errors import EXIT_IO as EXIT_IO  # 3: a read or write the system refused
+from harness.errors import EXIT_TERMINATED as EXIT_TERMINATED  # 143: SIGTERM
 from harness.errors import EXIT_USAGE as EXIT_USAGE  # 2: a HarnessError
 from harness.errors import HarnessError
 from harness.run.points import parse_shard
@@ -17,7 +18,7 @@ from harness.suite.catalog import not_a_regular_file
 from reports.plots import plot_and_summarise
 from reports.summary import report
 
-EXIT_OK, EXIT_FAIL, EXIT_TERMINATED = 0, 1, 143
+EXIT_OK, EXIT_FAIL = 0, 1
 
 
 class Terminated(KeyboardInterrupt):

@@ -28,8 +28,8 @@ def setup(sub: Any) -> None:
     cp.add_argument("--allow-env-mismatch", action="store_true",
                     help="compare even when the environment fingerprints differ")
     cp.add_argument("--allow-missing", action="store_true",
-                    help="points ok in BASE but missing from NEW, or without raw samples, do not fail "
-                         "the gate (reported as not gated)")
+                    help="points ok in BASE but missing from NEW, without raw samples, or with too few "
+                         "samples to test, do not fail the gate (reported as not gated)")
     cp.add_argument("--markdown", metavar="FILE", help="also write the markdown summary here")
     cp.set_defaults(func=run)
 
@@ -37,6 +37,8 @@ def setup(sub: Any) -> None:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Compare the two runs point by point; print (and optionally write) the markdown summary."""
     base, new = require_run_dir(args.base), require_run_dir(args.new)
+    if args.markdown is not None and not args.markdown.strip():
+        raise UsageError("--markdown '' names no file; give a file name, or leave the option out")
     outer = enclosing_run(args.markdown) if args.markdown else None
     if outer is not None:  # checked first: a gate that ran must not then overwrite a run's files
         raise UsageError(f"--markdown {args.markdown} lies inside the run directory {outer}, whose files it "
@@ -51,13 +53,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     print(result.markdown)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    if args.markdown:
+    if args.markdown is not None:
         Path(args.markdown).write_text(result.markdown)
     unjudged = result.unjudged
     if len(unjudged) and not result.regressed:
         shown = "; ".join(f"{h[:8]}: {note}" for h, note in zip(unjudged[C.HASH][:3], unjudged["note"][:3]))
         more = "; ..." if len(unjudged) > 3 else ""
         print(f"harness compare: error: {len(unjudged)} point(s) could not be judged ({shown}{more}). The "
-              "gate does not pass what it cannot check: restore the missing files from a copy of the run, or "
-              "re-run it; --allow-missing accepts them ungated.", file=sys.stderr)
+              "gate does not pass what it cannot check: restore missing files from a copy of the run, or "
+              "re-run it (with more samples where too few were taken); --allow-missing accepts them ungated.",
+              file=sys.stderr)
     return result.exit_code

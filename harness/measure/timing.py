@@ -13,7 +13,8 @@ How one point is timed:
 2. Sampling: CPU: ``time.perf_counter`` around the call; a call shorter than ``min_sample_ms``
    is timed in batches of k calls (k = 1, 2, 5, 10, ..., found in more warm-up calls after the
    warm-up, or without one on the first samples, which are then dropped and counted as warm-up:
-   as ``timeit``'s autorange and ``torch.utils.benchmark`` do),
+   as ``timeit``'s autorange and ``torch.utils.benchmark`` do; with ``warmup_n=0`` a first call
+   that already lasts ``min_sample_ms`` is a sample, cold as it is: warm up to avoid that),
    each sample being the batch's time / k, so the clock's own cost and the bookkeeping between
    samples stay out of sub-millisecond figures (k is the ``calls_per_sample`` column). CUDA: a
    ``torch.cuda.Event`` pair per sample on the current stream plus the host clock around the

@@ -90,15 +90,20 @@ class DamagedLine:
 RowCheck = Callable[[dict[str, Any]], "str | None"]  # what is wrong with a row (None: nothing)
 
 
-def read_jsonl(path: Path, damaged: list[DamagedLine] | None = None,
-               check: RowCheck | None = None) -> list[dict[str, Any]]:
-    """The JSON-object lines of a log that pass ``check``. Lines that do not (a torn tail, a
-    damaged line, a row ``check`` refuses) are left out, and appended to ``damaged`` when given."""
+RowKey = Callable[[dict[str, Any]], Any]  # what makes a row unique in its log (None: anything goes)
+
+
+def read_jsonl(path: Path, damaged: list[DamagedLine] | None = None, check: RowCheck | None = None,
+               key: RowKey | None = None) -> list[dict[str, Any]]:
+    """The JSON-object lines of a log that pass ``check`` (and, with ``key``, are not a repeat of an
+    earlier row's key). Lines that do not (a torn tail, a damaged line, a row ``check`` refuses, a
+    duplicate) are left out, and appended to ``damaged`` when given."""
     if not path.exists():
         return []
     raw = path.read_bytes()
     lines = raw.decode(errors="replace").split("\n")
     rows = []
+    seen: dict[Any, int] = {}
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -107,6 +112,12 @@ def read_jsonl(path: Path, damaged: list[DamagedLine] | None = None,
         except json.JSONDecodeError:
             row = None
         problem = None if not isinstance(row, dict) or check is None else check(row)
+        if problem is None and isinstance(row, dict) and key is not None:
+            k = key(row)
+            if k in seen:
+                problem = f"a repeat of line {seen[k]}"
+            else:
+                seen[k] = i + 1
         if isinstance(row, dict) and problem is None:
             rows.append(row)
         elif damaged is not None:
@@ -115,12 +126,13 @@ def read_jsonl(path: Path, damaged: list[DamagedLine] | None = None,
     return rows
 
 
-def quarantine_damaged(path: Path, check: RowCheck | None = None) -> list[DamagedLine]:
+def quarantine_damaged(path: Path, check: RowCheck | None = None,
+                       key: RowKey | None = None) -> list[DamagedLine]:
     """Move the damaged lines of a log (not its torn tail: :func:`repair_torn_tail` cuts that) to
     ``<log>.damaged``, appended there first, then the log rewritten atomically without them:
     nothing is lost, and the points they hid run again on resume. Returns the lines moved."""
     found: list[DamagedLine] = []
-    read_jsonl(path, found, check)
+    read_jsonl(path, found, check, key)
     bad = [d for d in found if not d.torn_tail]
     if not bad:
         return []

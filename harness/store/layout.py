@@ -99,9 +99,9 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as e:
         msg = f"{path} cannot be read as JSON ({e}); it is not a run this harness wrote"
         raise RunDirError(msg) from None
-    if not isinstance(manifest, dict) or "schema_version" not in manifest:
-        what = "not a JSON object" if not isinstance(manifest, dict) else "an object without schema_version"
-        raise RunDirError(f"{path} is damaged ({what}); restore it from a copy of the run, or re-run its "
+    problem = manifest_problem(manifest)
+    if problem is not None:
+        raise RunDirError(f"{path} is damaged ({problem}); restore it from a copy of the run, or re-run its "
                           f"suite (the suite is in {run_dir / SUITE_FILE})")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
@@ -112,6 +112,28 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
             f"{run_dir / SUITE_FILE}), or read it with the harness version that wrote it."
         )
     return manifest
+
+
+#: run.json fields and the types they hold (a field may be absent; present, it has this type)
+MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
+    "run_id": (str,), "suite": (str,), "suite_hash": (str,), "argv": (list,), "n_points": (int,),
+    "suite_points": (int,), "created_at": (str,), "shard": (str, type(None)), RESUMED_KEY: (list,),
+    "merged_from": (list,),
+}
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """What makes a parsed ``run.json`` unusable (None: nothing): not an object, no integer
+    ``schema_version``, or a field of the wrong type."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    version = manifest.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        return f"schema_version is {version!r}, not a number"
+    for key, types in MANIFEST_TYPES.items():
+        if key in manifest and (not isinstance(manifest[key], types) or isinstance(manifest[key], bool)):
+            return f"{key} is {manifest[key]!r}, not {' or '.join(t.__name__ for t in types)}"
+    return None
 
 
 def read_env(run_dir: str | os.PathLike) -> dict[str, Any]:

@@ -55,6 +55,9 @@ def read_tables(run_dir: Path, damaged: list[DamagedLine] | None = None) -> tupl
         return points, samples
     rows = read_log(run_dir / POINTS_LOG, damaged)
     done = {r.get(C.HASH) for r in rows}
+    if not (run_dir / SAMPLES_LOG).exists() and (run_dir / SAMPLES_FILE).exists():
+        table = pd.read_parquet(run_dir / SAMPLES_FILE)  # the log was lost: its export still holds them
+        return _points_frame(rows), table[table[C.HASH].isin(done)].reset_index(drop=True)
     samples = [r for r in read_log(run_dir / SAMPLES_LOG, damaged) if r.get(C.HASH) in done]
     return _points_frame(rows), pd.DataFrame(samples, columns=list(C.SAMPLE_COLUMNS))
 

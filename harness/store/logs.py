@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.store import columns as C
-from harness.store.files import DamagedLine, RowCheck, quarantine_damaged, read_jsonl
-from harness.store.layout import POINTS_LOG, SAMPLES_LOG
+from harness.store.files import DamagedLine, RowCheck, RowKey, quarantine_damaged, read_jsonl
+from harness.store.layout import OPS_LOG, POINTS_LOG, SAMPLES_LOG
 
 #: numeric columns of a point row: a value there is a number (or null)
 POINT_NUMBERS = (C.LAT_MEDIAN, C.LAT_MEAN, C.LAT_IQR, C.LAT_P10, C.LAT_P90, C.LAT_MIN, C.LAT_MAX,
@@ -42,6 +42,26 @@ def point_row_problem(row: dict[str, Any]) -> str | None:
     lat = row.get(C.LAT_MEDIAN)
     if row[C.STATUS] == C.OK and not (_is_number(lat) and math.isfinite(lat)):
         return f"an ok point without a latency ({C.LAT_MEDIAN} is {lat!r})"
+    return _bookkeeping_problem(row)
+
+
+#: columns whose value must lie in a range when present: (low, high), inclusive
+POINT_RANGES = {C.CPU_OTHER_FRAC: (0.0, 1.0), C.CPU_STEAL_FRAC: (0.0, 1.0), C.LOAD_AVG_1M: (0.0, math.inf),
+                C.CALLS_PER_SAMPLE: (1, math.inf), C.GPU_OTHER_PROCS: (0, math.inf)}
+
+
+def _bookkeeping_problem(row: dict[str, Any]) -> str | None:
+    """The verdict, load and batching columns hold what the harness writes there (or nothing)."""
+    v = row.get(C.STABLE)
+    if v is not None and not isinstance(v, bool):
+        return f"{C.STABLE} is {v!r}, not true, false or null"
+    for col, (lo, hi) in POINT_RANGES.items():
+        v = row.get(col)
+        if v is not None and not (_is_number(v) and lo <= v <= hi):
+            return f"{col} is {v!r}, not a number in [{lo}, {hi}]"
+    v = row.get(C.STOP_REASON)
+    if v not in (None, "", "max_samples", "converged", "budget"):
+        return f"{C.STOP_REASON} is {v!r}, not max_samples, converged or budget"
     return None
 
 
@@ -54,15 +74,30 @@ def sample_row_problem(row: dict[str, Any]) -> str | None:
     return None if v is None or _is_number(v) else f"{C.DEVICE_MS} is {v!r}, not a number"
 
 
-#: the row check of each log, by file name (ops rows are free-form)
-ROW_CHECKS: dict[str, RowCheck] = {POINTS_LOG: point_row_problem, SAMPLES_LOG: sample_row_problem}
+def op_row_problem(row: dict[str, Any]) -> str | None:
+    """What makes ``row`` unusable as an operator row (its times and calls are numbers >= 0), or None."""
+    problem = _text(row, C.HASH)
+    if problem:
+        return problem
+    for k, v in row.items():
+        if (k.endswith("_us") or k == "calls") and v is not None and not (_is_number(v) and v >= 0):
+            return f"{k} is {v!r}, not a number >= 0"
+    return None
+
+
+#: the row check of each log, by file name
+ROW_CHECKS: dict[str, RowCheck] = {POINTS_LOG: point_row_problem, SAMPLES_LOG: sample_row_problem,
+                                   OPS_LOG: op_row_problem}
+#: what a row of the log is unique by: a sample is one (point, index); repeats are damaged lines
+ROW_KEYS: dict[str, RowKey] = {SAMPLES_LOG: lambda r: (r.get(C.HASH), r.get(C.SAMPLE))}
 
 
 def read_log(path: Path, damaged: list[DamagedLine] | None = None) -> list[dict[str, Any]]:
-    """The rows of a log that pass its row check; the other lines go to ``damaged``."""
-    return read_jsonl(path, damaged, ROW_CHECKS.get(path.name))
+    """The rows of a log that pass its row check (and are not repeats); the other lines go to
+    ``damaged``."""
+    return read_jsonl(path, damaged, ROW_CHECKS.get(path.name), ROW_KEYS.get(path.name))
 
 
 def quarantine_log(path: Path) -> list[DamagedLine]:
-    """:func:`~harness.store.files.quarantine_damaged` with the log's row check."""
-    return quarantine_damaged(path, ROW_CHECKS.get(path.name))
+    """:func:`~harness.store.files.quarantine_damaged` with the log's row check and key."""
+    return quarantine_damaged(path, ROW_CHECKS.get(path.name), ROW_KEYS.get(path.name))

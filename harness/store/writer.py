@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from harness.store import columns as C
@@ -124,6 +125,12 @@ class RunWriter:
         """Reopen a run for appending after repairing its logs; returns notes on what was repaired."""
         writer = cls(Path(run_dir))
         notes = []
+        log, table = writer.run_dir / SAMPLES_LOG, writer.run_dir / SAMPLES_FILE
+        if not log.exists() and table.exists():  # rebuilt from its export before anything is appended
+            rows = pd.read_parquet(table).to_dict("records")
+            write_jsonl_atomic(log, [{k: jsonable(v) for k, v in r.items()} for r in rows])
+            notes.append(f"{SAMPLES_LOG} was missing; written again from {SAMPLES_FILE} "
+                         f"({len(rows)} samples)")
         for name in (POINTS_LOG, SAMPLES_LOG, OPS_LOG):
             dropped = repair_torn_tail(writer.run_dir / name)
             if dropped:

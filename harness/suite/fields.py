@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -60,6 +61,10 @@ def _hint_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+#: numbers PyYAML (YAML 1.1) reads as strings for want of a dot: ``1e-9``, ``2E6``, ``-3e+2``
+YAML11_EXPONENT = re.compile(r"[+-]?[0-9]+[eE][+-]?[0-9]+")
+
+
 def coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     """Check ``value`` against a type hint; returns (ok, normalized value)."""
     if tp is Any or tp is None:
@@ -82,6 +87,8 @@ def coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, float(value)
+        if isinstance(value, str) and YAML11_EXPONENT.fullmatch(value.strip()):
+            return True, float(value)  # 1e-9: a float in YAML 1.2, a string to PyYAML's YAML 1.1
         return False, value
     if tp is str or tp is Path:
         return isinstance(value, str), value

@@ -194,6 +194,14 @@ def _timing(data: dict[str, Any], problems: Problems) -> TimingConfig:
     min_given = isinstance(given, dict) and "min_samples" in given and "min_samples" not in bad
     if not min_given and timing.min_samples > timing.max_samples:
         timing = dataclasses.replace(timing, min_samples=timing.max_samples)
+    if not {"min_sample_ms", "budget_s"} & bad and timing.budget_s > 0 \
+            and timing.min_sample_ms > timing.budget_s * 1e3:
+        problems.add(
+            ("timing", "min_sample_ms"),
+            f"min_sample_ms ({timing.min_sample_ms:g}) is longer than the whole sampling budget (budget_s "
+            f"{timing.budget_s:g} = {timing.budget_s * 1e3:g} ms): every sample would overrun it; allowed: "
+            "min_sample_ms <= 1000 x budget_s (min_sample_ms batches short calls; 1 ms is plenty)",
+        )
     if {"min_samples", "max_samples"} & bad:
         return timing
     if timing.min_samples > timing.max_samples:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,7 +123,7 @@ def test_comparing_against_a_complete_run_of_another_suite_is_not_a_regression(t
     other = fake_suite_file(tmp_path / "o", "sweep: {size: [2]}\nmethods: {plain: {}, knob: {}}\n")
     assert main(["run", suite, "--out", str(tmp_path / "base"), "--no-report", "-q", *FAST]) == 0
     assert main(["run", other, "--out", str(tmp_path / "new"), "--no-report", "-q", *FAST]) == 0
-    assert main(["compare", str(tmp_path / "base"), str(tmp_path / "new")]) == 0
+    assert main(["compare", str(tmp_path / "base"), str(tmp_path / "new"), "--threshold", "100"]) == 0
     out = capsys.readouterr().out
     assert "the runs resolved different suites" in out and "not in new's suite" in out
 
@@ -135,7 +136,7 @@ def test_ctrl_c_while_the_command_line_starts_exits_130_without_a_traceback():
     proc = subprocess.Popen([sys.executable, "-m", "harness.console", "list"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(0.3)  # inside the imports of torch and the reports
+    time.sleep(1.0)  # inside the imports of torch and the reports (they take seconds)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == cli.EXIT_INTERRUPTED and "Traceback" not in err
@@ -253,3 +254,144 @@ def test_rows_beyond_the_suites_points_are_warned_about(run_dir, capsys):
     log.write_text(log.read_text() + json.dumps(row) + "\n")
     assert main(["report", str(run_dir)]) == 0
     assert "holds 5 distinct points, 1 more than the 4 its suite resolved to" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ round 4 (over rounds 2 and 3)
+
+
+def edit_row(run_dir: Path, log: str, index: int, **changes) -> dict:
+    """Set ``changes`` on row ``index`` of a log of the run; returns the row as it was."""
+    path = run_dir / log
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    before = dict(rows[index])
+    rows[index].update(changes)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return before
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({C.STABLE: "no"}, "stable is 'no', not true, false or null"),
+    ({C.CPU_OTHER_FRAC: -0.5}, "cpu_other_frac is -0.5, not a number in [0.0, 1.0]"),
+    ({C.CPU_STEAL_FRAC: 1e300}, "cpu_steal_frac is 1e+300"),
+    ({C.LOAD_AVG_1M: "high"}, "load_avg_1m is 'high'"),
+    ({C.CALLS_PER_SAMPLE: -3}, "calls_per_sample is -3"),
+    ({C.STOP_REASON: "bored"}, "stop_reason is 'bored'"),
+])
+def test_bookkeeping_columns_out_of_their_range_make_the_row_damaged_not_a_figure(run_dir, capsys, changes,
+                                                                                   reason):
+    edit_row(run_dir, POINTS_LOG, 0, **changes)
+    assert main(["report", str(run_dir)]) == 0
+    err = no_traceback(capsys.readouterr().err)
+    assert "points.jsonl line 1" in err and reason in err and "stole up to" not in err
+
+
+def test_a_repeated_sample_line_is_damaged_and_moved_aside_not_counted_twice(run_dir, suite, capsys):
+    log = run_dir / "samples.jsonl"
+    first = log.read_text().splitlines()[0]
+    log.write_text(log.read_text() + first + "\n")
+    n = len(load(run_dir).samples)
+    assert "samples.jsonl line" in str([d.describe() for d in load(run_dir).damaged])
+    assert n == len(log.read_text().splitlines()) - 1
+    assert main(["run", suite, "--resume", str(run_dir), "--no-report", "-q", *FAST]) == 0
+    assert (run_dir / "samples.jsonl.damaged").read_text() == first + "\n"
+    assert len(load(run_dir).samples) == n and load(run_dir).damaged == []
+
+
+def test_a_lost_samples_log_is_read_from_its_export_and_written_again_on_resume(run_dir, suite, capsys):
+    n = len(load(run_dir).samples)
+    (run_dir / "samples.jsonl").unlink()
+    assert len(load(run_dir).samples) == n  # from samples.parquet
+    assert main(["report", str(run_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "samples.jsonl is missing: the raw samples are read from samples.parquet" in err
+    assert main(["run", suite, "--resume", str(run_dir), "--no-report", "-q", *FAST]) == 0
+    assert "samples.jsonl was missing; written again from samples.parquet" in capsys.readouterr().err
+    assert len((run_dir / "samples.jsonl").read_text().splitlines()) == n == len(load(run_dir).samples)
+
+
+def test_an_operator_row_with_a_string_or_negative_time_is_damaged_not_a_crash(tmp_path, fake_workload,
+                                                                                capsys):
+    s = fake_suite_file(tmp_path, "methods: {plain: {}}\nmetrics: {profile: true}\n")
+    out = tmp_path / "run"
+    assert main(["run", s, "--out", str(out), "--no-report", "-q", *FAST]) == 0
+    rows = [json.loads(line) for line in (out / "ops.jsonl").read_text().splitlines()]
+    time_col = next(k for k in rows[0] if k.endswith("_us"))
+    edit_row(out, "ops.jsonl", 0, calls="many")
+    edit_row(out, "ops.jsonl", 1, **{time_col: -1e9})
+    assert main(["report", str(out), "--ops"]) == 0
+    text = no_traceback(capsys.readouterr().out)
+    assert "calls is 'many', not a number >= 0" in text and f"{time_col} is -1000000000.0" in text
+    assert main(["run", s, "--resume", str(out), "--no-report", "-q", *FAST]) == 0
+    assert "ops.jsonl: moved 2 damaged line(s)" in no_traceback(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("text, problem", [('{"schema_version": "2"}', "schema_version is '2', not a number"),
+                                            (None, "run_id is 5, not str")])
+def test_a_manifest_field_of_the_wrong_type_is_damage_not_an_old_schema(run_dir, capsys, text, problem):
+    manifest = run_dir / MANIFEST_FILE
+    if text is None:
+        m = json.loads(manifest.read_text())
+        m["run_id"] = 5
+        text = json.dumps(m)
+    manifest.write_text(text)
+    assert main(["report", str(run_dir)]) == cli.EXIT_USAGE
+    err = no_traceback(capsys.readouterr().err)
+    assert problem in err and "reads version" not in err
+
+
+def test_an_env_file_without_a_fingerprint_is_refused_by_the_gate_like_a_missing_one(run_dir, capsys):
+    (run_dir / ENV_FILE).write_text('{"foo": 1}')
+    assert main(["compare", str(run_dir), str(run_dir)]) == cli.EXIT_USAGE
+    assert "or one without a fingerprint (device kind, torch version)" in capsys.readouterr().err
+
+
+def test_an_empty_points_log_is_named_not_blamed_on_the_suites(run_dir, tmp_path, capsys):
+    new = tmp_path / "new"
+    shutil.copytree(run_dir, new)
+    (new / POINTS_LOG).write_text("")
+    (new / "points.parquet").unlink()
+    assert main(["compare", str(run_dir), str(new)]) == cli.EXIT_USAGE
+    err = no_traceback(capsys.readouterr().err)
+    assert f"{new} has no recorded point" in err and "identical configuration" not in err
+
+
+def test_a_bad_tolerance_in_metrics_json_names_the_file_and_the_column(run_dir, capsys):
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    metrics["q_sum"]["tolerance"] = "big"
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics))
+    assert main(["compare", str(run_dir), str(run_dir)]) == cli.EXIT_USAGE
+    assert "metrics.json: the tolerance of q_sum is 'big', not a number" in capsys.readouterr().err
+
+
+def test_an_empty_markdown_path_is_refused(run_dir, capsys):
+    assert main(["compare", str(run_dir), str(run_dir), "--markdown", ""]) == cli.EXIT_USAGE
+    assert "--markdown '' names no file" in capsys.readouterr().err
+
+
+def test_a_sample_longer_than_the_budget_is_refused_and_exponents_read_as_numbers(tmp_path, suite, capsys):
+    args = ["run", suite, "--dry-run", "--set", "timing.min_sample_ms=1e6", "--set", "timing.budget_s=0.05"]
+    assert main(args) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "min_sample_ms (1e+06) is longer than the whole sampling budget" in err
+    assert "is not a float" not in err
+    assert main(["run", suite, "--dry-run", "--set", "timing.min_sample_ms=2e-1"]) == 0
+
+
+def test_a_plugin_printing_on_import_does_not_corrupt_a_commands_output(tmp_path, monkeypatch, capsys):
+    (tmp_path / "chatty_plugin.py").write_text("print('HELLO FROM PLUGIN IMPORT')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HARNESS_PLUGINS", "chatty_plugin")
+    assert main(["env"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["plugins"]["modules"] == ["chatty_plugin"] and "HELLO FROM PLUGIN IMPORT" in err
+
+
+def test_sigterm_while_the_command_line_starts_exits_143_without_a_traceback():
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "harness.console", "list"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(1.0)  # inside the imports
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == cli.EXIT_TERMINATED and "Traceback" not in err
+    assert "terminated" in err or "interrupted" in err  # while starting, or (a fast machine) in the command

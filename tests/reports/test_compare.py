@@ -106,15 +106,26 @@ def test_a_significant_2_percent_slowdown_is_not_flagged_at_the_5_percent_thresh
     assert row["verdict"] == S.NO_CHANGE  # ... but smaller than the threshold
 
 
-def test_a_large_noisy_difference_with_3_samples_is_not_significant(tmp_path: Path) -> None:
+def test_a_2x_slowdown_with_3_samples_a_side_cannot_be_judged_not_passed(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     base = make_run(tmp_path / "base", {"p0": draw(rng, 3, sigma=0.3)})
     new = make_run(tmp_path / "new", {"p0": draw(rng, 3, scale=2.0, sigma=0.3)})
     res = compare_runs(base, new, n_boot=N_BOOT)
     row = latency_row(res)
-    assert row["p_value"] >= 0.01
-    assert row["verdict"] == S.NOISE
-    assert not res.regressed
+    assert row["p_value"] >= 0.01 and S.smallest_p(3, 3) == pytest.approx(0.1)
+    assert row["verdict"] == S.CANNOT_JUDGE and "3 vs 3 samples cannot reach p < 0.01" in row["note"]
+    assert not res.regressed and res.exit_code == 2
+    allowed = compare_runs(base, new, n_boot=N_BOOT, allow_missing=True)
+    assert latency_row(allowed)["verdict"] == S.NOT_GATED and allowed.exit_code == 0
+
+
+def test_a_large_noisy_difference_that_enough_samples_could_show_is_noise(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    base = make_run(tmp_path / "base", {"p0": draw(rng, 8, sigma=0.6)})
+    new = make_run(tmp_path / "new", {"p0": draw(rng, 8, scale=1.3, sigma=0.6)})
+    row = latency_row(compare_runs(base, new, n_boot=N_BOOT))
+    assert row["p_value"] >= 0.01 and row["ratio"] > 1.05  # this seed's draw: a change, not significant
+    assert S.smallest_p(8, 8) < 0.01 and row["verdict"] == S.NOISE
 
 
 def test_a_20_percent_speedup_is_an_improvement_not_a_regression(tmp_path: Path) -> None:
