@@ -572,3 +572,45 @@ def test_pose_encoding_round_trip():
     back = extri_intri_to_pose_encoding(extri, intri, (392, 518))
     assert torch.allclose(back, enc, atol=1e-5)
     assert torch.allclose(quat_to_mat(mat_to_quat(extri[..., :3])), extri[..., :3], atol=1e-5)
+
+
+def test_every_attention_layer_rotates_queries_and_keys_by_their_patch_positions(tiny, images):
+    """A VGGT whose frame or global attention lost its positional encoding (no ``pos`` passed, or
+    the wrong one) must fail here: the q and k each attention sees are its own projections
+    rotated by the patch positions (frame: one frame's; global: every frame's, the same grid)."""
+    captured, frame_pos = {}, {}
+
+    def recording(q, k, v, layout):
+        captured[layout.layer] = (q, k, layout)
+        return sdpa_attention(q, k, v)
+
+    hooks = [blk.attn.register_forward_pre_hook(
+        lambda m, args, i=i: frame_pos.__setitem__(i, args[1] if len(args) > 1 else None))
+        for i, blk in enumerate(tiny.aggregator.frame_blocks)]
+    try:
+        with torch.no_grad():
+            tiny(images, attention_fn=recording, heads=())
+    finally:
+        for h in hooks:
+            h.remove()
+    seen = 0
+    for i, blk in enumerate(tiny.aggregator.global_blocks):
+        q, k, layout = captured[i]
+        attn = blk.attn
+        B, N, _ = layout.x_norm.shape
+        qkv = attn.qkv(layout.x_norm).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q0, k0 = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+        grid = patch_positions(layout.frames, layout.patch_h, layout.patch_w, layout.patch_start, "cpu")
+        pos = grid.view(1, layout.frames * layout.tokens_per_frame, 2).expand(B, -1, -1)
+        rope = tiny.aggregator.rope  # parameter-free; its rotation itself is checked by the RoPE tests above
+        assert torch.allclose(q, rope(q0, pos), atol=1e-6) and torch.allclose(k, rope(k0, pos), atol=1e-6)
+        patches = slice(layout.patch_start, None)
+        assert not torch.allclose(q[:, :, patches], q0[:, :, patches], atol=1e-3)  # the rotation matters
+        seen += 1
+    assert seen == len(tiny.aggregator.global_blocks) > 0
+    layout = captured[0][2]
+    one_frame = patch_positions(1, layout.patch_h, layout.patch_w, layout.patch_start, "cpu")[0]
+    for i in range(len(tiny.aggregator.frame_blocks)):
+        pos = frame_pos[i]
+        assert pos is not None and pos.shape[0] == B * layout.frames
+        assert all(torch.equal(p.cpu().long(), one_frame.long()) for p in pos)

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import harness.workloads.swin  # noqa: F401 - registers the swin workload
-import harness.workloads.vggt  # noqa: F401 - registers the vggt workload
+from harness import registry
 from harness.models import weights as W
 from harness.models.swin import build_swin
 from harness.models.vggt import build_vggt, save_checkpoint
@@ -25,6 +24,13 @@ from harness.store import load
 from harness.suite import SuiteError, parse_suite
 from harness.workloads.swin import SwinParams, SwinWorkload
 from harness.workloads.vggt import VGGTWorkload
+
+
+@pytest.fixture(autouse=True)
+def _builtins() -> None:
+    """The built-in workloads and methods (suites here name the methods; run alone, no other test
+    module has loaded them)."""
+    registry.load_builtins()
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
