@@ -141,6 +141,17 @@ def test_resume_after_interrupt_runs_every_point_exactly_once(tmp_path, fake_wor
     assert len(load(tmp_path / "run").manifest["resumed"]) == 1
 
 
+def test_resume_keeps_failed_points_as_recorded_and_does_not_run_them_again(tmp_path, fake_workload):
+    suite = fake_suite("sweep: {mode: [ok, raise, oom]}\nmethods: {plain: {}}\n")
+    first = run_suite(suite, tmp_path / "run", RunOptions(progress=False, allow_failures=True))
+    assert first.counts == {C.OK: 1, C.FAILED: 1, C.OOM: 1}
+    benches = fake_workload.benches
+    again = run_suite(suite, tmp_path / "run", RunOptions(resume=True, progress=False, allow_failures=True))
+    assert (again.skipped, again.ran) == (3, 0) and fake_workload.benches == benches  # nothing re-run
+    pts = rows(tmp_path / "run").set_index("mode")
+    assert pts.at["raise", C.STATUS] == C.FAILED and pts.at["oom", C.STATUS] == C.OOM and len(pts) == 3
+
+
 def test_resume_refuses_another_suites_run_dir(tmp_path, fake_workload):
     run_suite(fake_suite("methods: {plain: {}}\n"), tmp_path / "run", RunOptions(progress=False))
     other = fake_suite("sweep: {size: [7]}\nmethods: {plain: {}}\n", name="other")
