@@ -76,6 +76,15 @@ def test_summary_values_on_known_samples_use_linear_interpolation():
     assert (s[C.LAT_MIN], s[C.LAT_MAX]) == (1.0, 10.0)
 
 
+def test_on_skewed_samples_the_median_is_the_median_not_the_mean():
+    """On clean samples (1..10) mean and median agree; a slow outlier tells them apart, and each
+    statistic its own way (a mean for the median, or a max for p90, would show here)."""
+    s = summarize(Measurement([1.0, 1.0, 1.0, 1.0, 100.0], [], 0, "perf_counter", 1))
+    assert s[C.LAT_MEDIAN] == 1.0 and s[C.LAT_MEAN] == pytest.approx(20.8)
+    assert (s[C.LAT_IQR], s[C.LAT_P10], s[C.LAT_MAX]) == (0.0, 1.0, 100.0)
+    assert s[C.LAT_P90] == pytest.approx(60.4)  # linear interpolation between 1 and 100
+
+
 def test_summary_cv_is_sample_std_over_mean():
     assert summarize(known_measurement())[C.LAT_CV] == pytest.approx(3.0276503540974917 / 5.5)
 

@@ -106,6 +106,13 @@ def test_a_significant_2_percent_slowdown_is_not_flagged_at_the_5_percent_thresh
     assert row["verdict"] == S.NO_CHANGE  # ... but smaller than the threshold
 
 
+def test_the_ratio_and_its_interval_are_of_medians_so_an_outlier_does_not_move_them():
+    base, new = [1.0] * 9 + [100.0], [2.0] * 10  # one slow call in base: a mean ratio would be 0.17
+    assert S.median_ratio(base, new) == 2.0
+    lo, hi = S.bootstrap_ratio_ci(base, new, n_boot=500, rng=0)
+    assert lo <= 2.0 <= hi and hi <= 2.0 + 1e-12  # resamples that catch the outlier cannot lower the median
+
+
 def test_a_2x_slowdown_with_3_samples_a_side_cannot_be_judged_not_passed(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     base = make_run(tmp_path / "base", {"p0": draw(rng, 3, sigma=0.3)})
