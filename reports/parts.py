@@ -181,7 +181,7 @@ def unstable_points(summary: pd.DataFrame, run: RunData, axes: list[str]) -> lis
     why (:mod:`harness.measure.stability`), with what to do; [] when there are none."""
     if C.STABLE not in summary.columns or summary.empty:
         return []
-    bad = summary[summary[C.STABLE].map(lambda v: v is False or str(v) == "False")]
+    bad = summary[T.unstable_rows(summary)]
     if bad.empty:
         return []
     why = run.points.drop_duplicates(C.HASH, keep="last").set_index(C.HASH).get(C.UNSTABLE_WHY)

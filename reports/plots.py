@@ -331,13 +331,6 @@ def _ci_err(df: pd.DataFrame, value: str) -> np.ndarray | None:
     return np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
 
 
-def _unstable(df: pd.DataFrame) -> pd.Series:
-    """Per row: whether its samples were judged unstable (``stable`` False)."""
-    if C.STABLE not in df.columns:
-        return pd.Series(False, index=df.index)
-    return df[C.STABLE].map(lambda v: v is False or str(v) == "False")
-
-
 def _quality_scatter(
     pts: pd.DataFrame, col: str, info: dict[str, Any], x: str, x_label: str, x_higher_is_better: bool,
     facet_axes: Sequence[str], *, min_panel_points: int = 2, label_front: bool = True,
@@ -368,7 +361,7 @@ def _quality_scatter(
                 if err is not None:  # the speedup's 95 % bootstrap interval
                     ax.errorbar(gm[x].astype(float), gm[col].astype(float), xerr=err, fmt="none",
                                 ecolor=palette[m], elinewidth=0.8, alpha=0.7, zorder=2)
-        shaky = g[_unstable(g)]
+        shaky = g[T.unstable_rows(g)]
         if not shaky.empty:  # ringed: their samples were judged unstable (harness.measure.stability)
             ax.scatter(shaky[x].astype(float), shaky[col].astype(float), s=130, facecolors="none",
                        edgecolors="crimson", linewidths=1.2, label="unstable (!)", zorder=4)
@@ -410,7 +403,7 @@ def _bars(
         g = g.drop_duplicates(T.VARIANT).set_index(T.VARIANT)
         labels = [v for v in order if v in g.index]
         colors = [palette[g.at[v, C.METHOD]] for v in labels]
-        shaky = _unstable(g.loc[labels])
+        shaky = T.unstable_rows(g.loc[labels])
         bars = ax.barh([f"{v}{T.UNSTABLE_MARK if bad else ''}" for v, bad in zip(labels, shaky)],
                        g.loc[labels, value].astype(float), color=colors,
                        xerr=_ci_err(g.loc[labels], value), error_kw={"lw": 1, "capsize": 2})

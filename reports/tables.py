@@ -520,12 +520,22 @@ def speedup_text(df: pd.DataFrame, i: Any) -> str:
 UNSTABLE_MARK = " !"  # after the latency of a point whose samples were judged unstable
 
 
+def judged_unstable(v: Any) -> bool:
+    """Whether a ``stable`` value says unstable (False, numpy's False; not None/NaN, which mean no
+    verdict)."""
+    return v is False or str(v) == "False"
+
+
+def unstable_rows(df: pd.DataFrame) -> pd.Series:
+    """Per row of ``df``: whether its samples were judged unstable (all False without the column)."""
+    if C.STABLE not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df[C.STABLE].map(judged_unstable)
+
+
 def unstable_mark(df: pd.DataFrame, i: Any) -> str:
     """:data:`UNSTABLE_MARK` when row ``i`` of ``df`` was judged unstable (``stable`` False), else ''."""
-    if C.STABLE not in df.columns:
-        return ""
-    v = df.at[i, C.STABLE]
-    return UNSTABLE_MARK if v is False or (not is_missing(v) and str(v) == "False") else ""
+    return UNSTABLE_MARK if C.STABLE in df.columns and judged_unstable(df.at[i, C.STABLE]) else ""
 
 
 def format_table(df: pd.DataFrame, *, hash_short: bool = True) -> pd.DataFrame:

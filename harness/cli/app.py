@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: options whose value may start with "-" (``--shard -1/2``, to be refused for its value, not as
 #: "expected one argument"); argparse reads such a value as an option unless it is attached
-DASH_VALUE_OPTIONS = ("--shard", "--threshold")
+DASH_VALUE_OPTIONS = ("--shard",)
 
 
 def _attach_dash_values(argv: list[str]) -> list[str]:

@@ -65,9 +65,7 @@ DEFAULT_CUDA_BATCH = 10  # samples per synchronize once min_samples are in
 MAX_CALLS_PER_SAMPLE = 10**6  # CPU batching never times more calls than this in one sample
 
 # stop reasons recorded in Measurement.stop_reason
-STOP_MAX = "max_samples"
-STOP_CONVERGED = "converged"
-STOP_BUDGET = "budget"
+STOP_MAX, STOP_CONVERGED, STOP_BUDGET = C.STOP_MAX, C.STOP_CONVERGED, C.STOP_BUDGET
 
 _warned: set[str] = set()  # warnings already logged in this process
 

@@ -57,7 +57,9 @@ CALLS_PER_SAMPLE = "calls_per_sample"  # calls timed together in one sample (CPU
 HOST_MEDIAN = "host_median_ms"
 TIMER = "timer"  # "cuda_event" | "perf_counter" | "cuda_graph"
 THREADS = "threads"
-STOP_REASON = "stop_reason"  # why sampling stopped: "max_samples" | "converged" | "budget"
+STOP_REASON = "stop_reason"  # why sampling stopped: one of STOP_REASONS
+STOP_MAX, STOP_CONVERGED, STOP_BUDGET = "max_samples", "converged", "budget"
+STOP_REASONS = (STOP_MAX, STOP_CONVERGED, STOP_BUDGET)
 STABLE = "stable"  # the samples' verdict (harness.measure.stability): True, False, None (too few)
 UNSTABLE_WHY = "unstable_why"  # its reasons ("spread: IQR 35% of the median; ...")
 

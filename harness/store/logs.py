@@ -60,8 +60,8 @@ def _bookkeeping_problem(row: dict[str, Any]) -> str | None:
         if v is not None and not (_is_number(v) and lo <= v <= hi):
             return f"{col} is {v!r}, not a number in [{lo}, {hi}]"
     v = row.get(C.STOP_REASON)
-    if v not in (None, "", "max_samples", "converged", "budget"):
-        return f"{C.STOP_REASON} is {v!r}, not max_samples, converged or budget"
+    if v not in (None, "", *C.STOP_REASONS):
+        return f"{C.STOP_REASON} is {v!r}, not {', '.join(C.STOP_REASONS)}"
     return None
 
 
