@@ -63,7 +63,9 @@ COMPARE_MD = "compare.md"
 COMPARE_CSV = "compare.csv"
 
 KIND_LATENCY = "latency"
+KIND_INSTRUCTIONS = "instructions"
 KIND_STATUS = "status"
+DEFAULT_INSTRUCTIONS_THRESHOLD = 0.01  # counts repeat within 0.01 % here: 1 % is far above their noise
 
 ROW_COLUMNS = (
     C.HASH, "config", "kind", "metric", "base", "new", "ratio", "delta", "ci_low", "ci_high",
@@ -140,6 +142,15 @@ def latency_threshold(suite_regression: dict[str, Any], cli_threshold: float | N
     if suite_regression.get("threshold") is not None:
         return float(suite_regression["threshold"])
     return DEFAULT_THRESHOLD
+
+
+def instructions_threshold(suite_regression: dict[str, Any], cli_threshold: float | None) -> float:
+    """Relative instruction-count threshold: CLI > ``per_metric[instructions]`` > 0.01 (the suite's
+    latency ``threshold`` does not apply: counts are not noisy like times)."""
+    if cli_threshold is not None:
+        return float(cli_threshold)
+    value = (suite_regression.get("per_metric") or {}).get(C.INSTRUCTIONS)
+    return DEFAULT_INSTRUCTIONS_THRESHOLD if value is None else float(value)
 
 
 def quality_tolerance(
@@ -232,13 +243,16 @@ def compare_runs(
         )
     reg = _regression_cfg(new)
     thr = latency_threshold(reg, threshold)
+    instr_thr = instructions_threshold(reg, threshold)
     a = float(alpha) if alpha is not None else float(reg.get("alpha") or DEFAULT_ALPHA)
     if not 0 < a < 1:  # also refuses nan
         raise ValueError(f"the significance level (--alpha, else the suite's regression.alpha) must be in "
                          f"(0, 1), got {a}")
-    if not (math.isfinite(thr) and thr >= 0):  # nan or inf would switch the gate off
-        raise ValueError(f"the latency threshold (--threshold, else the suite's regression.threshold) must "
-                         f"be a finite number >= 0 (0.05 = 5%), got {thr}")
+    for value, what in ((thr, "latency threshold (--threshold, else the suite's regression.threshold)"),
+                        (instr_thr, "instruction-count threshold (--threshold, else the suite's "
+                                    "regression.per_metric.instructions)")):
+        if not (math.isfinite(value) and value >= 0):  # nan or inf would switch the gate off
+            raise ValueError(f"the {what} must be a finite number >= 0 (0.05 = 5%), got {value}")
     bp, np_ = _last_by_hash(base.points), _last_by_hash(new.points)
     both, common = _paired_points(base, new, bp, np_, allow_env_mismatch)
     axes = T.varying_columns(pd.concat([bp, np_], ignore_index=True))
@@ -257,8 +271,11 @@ def compare_runs(
                              verdict=S.REGRESSION,
                              note=f"ok -> {n_row[C.STATUS]}: {T.short_error(n_row.get(C.ERROR))}"))
             continue
-        rows.append(_latency_row(h, label(h), b_row, n_row, bs.get(h), ns.get(h), thr, a, n_boot, seed,
-                                 _no_samples_why(base, new, bs, ns, h), allow_missing))
+        if _counted(b_row) or _counted(n_row):  # counted instructions: the times are valgrind's
+            rows.append(_instructions_row(h, label(h), b_row, n_row, instr_thr, allow_missing))
+        else:
+            rows.append(_latency_row(h, label(h), b_row, n_row, bs.get(h), ns.get(h), thr, a, n_boot, seed,
+                                     _no_samples_why(base, new, bs, ns, h), allow_missing))
         rows += _quality_rows(h, label(h), b_row, n_row, base, new, reg)
     only_base = [h for h in bp.index if h not in np_.index]
     elsewhere = _other_suite(base, new)
@@ -268,7 +285,7 @@ def compare_runs(
     only_new = [h for h in np_.index if h not in bp.index]
     warnings = [f"{name} run {run.path}: {w}" for name, run in (("base", base), ("new", new))
                 for w in run_status(run).warnings()] + ([elsewhere] if elsewhere else [])
-    md = _markdown(base, new, df, regressed, len(common), thr, a, diffs, only_base, only_new, warnings)
+    md = _markdown(base, new, df, regressed, (thr, instr_thr), a, diffs, only_base, only_new, warnings)
     return CompareResult(rows=df, markdown=md, regressed=regressed, n_common=len(common),
                          env_differences=diffs, warnings=warnings)
 
@@ -423,6 +440,44 @@ def _latency_row(
                 n_new=n.size, threshold=thr, verdict=verdict, note=note)
 
 
+def _counted(row: pd.Series) -> bool:
+    """Whether the point's instructions were counted (``timing.mode: instructions``)."""
+    return not math.isnan(_float(row.get(C.INSTRUCTIONS)))
+
+
+def _count_noise(row: pd.Series) -> float:
+    """How much the point's counts varied between its samples: (max - min) / median."""
+    spread = _float(row.get(C.INSTRUCTIONS_SPREAD))
+    if not math.isnan(spread):
+        return spread
+    lo, hi, mid = (_float(row.get(c)) for c in (C.INSTRUCTIONS_MIN, C.INSTRUCTIONS_MAX, C.INSTRUCTIONS))
+    return (hi - lo) / mid if mid > 0 else math.nan
+
+
+def _instructions_row(h: str, config: str, b_row: pd.Series, n_row: pd.Series, thr: float,
+                      allow_missing: bool = False) -> dict[str, Any]:
+    """The instruction-count verdict of one point (:func:`reports.stats.classify_counts`); a point
+    counted on one side and timed on the other cannot be judged."""
+    bm, nm = _float(b_row.get(C.INSTRUCTIONS)), _float(n_row.get(C.INSTRUCTIONS))
+    common = dict(kind=KIND_INSTRUCTIONS, metric=C.INSTRUCTIONS, base=bm, new=nm, threshold=thr,
+                  n_base=_float(b_row.get(C.N_SAMPLES)), n_new=_float(n_row.get(C.N_SAMPLES)))
+    if math.isnan(bm) or math.isnan(nm):
+        timed = "base" if math.isnan(bm) else "new"
+        verdict = S.NOT_GATED if allow_missing else S.CANNOT_JUDGE
+        return _row(**{C.HASH: h}, config=config, verdict=verdict, **common,
+                    note=f"{timed} timed this point and the other run counted its instructions: compare two "
+                    "runs of the same timing.mode" + (" (allowed)" if allow_missing else ""))
+    ratio = nm / bm if bm > 0 else math.nan
+    noise = max(_count_noise(b_row), _count_noise(n_row))
+    verdict = S.classify_counts(ratio, noise, thr)
+    note = f"counts vary by {noise:.3%} between samples" if noise > 0 else "counts repeat exactly"
+    if verdict == S.CANNOT_JUDGE:
+        note += (f": too much to tell a {ratio - 1:+.2%} change from the {thr:.2%} threshold (count with "
+                 "threads: 1, as the counts of other threads' spinning vary)")
+    return _row(**{C.HASH: h}, config=config, ratio=ratio, delta=nm - bm, verdict=verdict, note=note,
+                **common)
+
+
 def _quality_rows(
     h: str, config: str, b_row: pd.Series, n_row: pd.Series, base: RunData, new: RunData,
     reg: dict[str, Any],
@@ -480,6 +535,22 @@ def _latency_table(lat: pd.DataFrame) -> str:
     return T.to_markdown(table)
 
 
+def _instructions_table(ins: pd.DataFrame) -> str:
+    order = {S.REGRESSION: 0, S.CANNOT_JUDGE: 1, S.IMPROVEMENT: 2, S.NOT_GATED: 3, S.NO_CHANGE: 4}
+    ins = ins.assign(__o=ins["verdict"].map(order).fillna(9)).sort_values(
+        ["__o", "ratio"], ascending=[True, False], kind="stable")
+    table = pd.DataFrame({
+        "point": ins[C.HASH].str[: T.HASH_SHORT],
+        "config": ins["config"],
+        "base instructions": ins["base"].map(lambda v: "" if math.isnan(v) else f"{v:,.0f}"),
+        "new instructions": ins["new"].map(lambda v: "" if math.isnan(v) else f"{v:,.0f}"),
+        "change": ins["ratio"].map(lambda r: "" if math.isnan(r) else f"{r - 1:+.3%}"),
+        "verdict": ins["verdict"].map(_verdict_cell),
+        "note": ins["note"],
+    })
+    return T.to_markdown(table)
+
+
 def _quality_table(q: pd.DataFrame) -> str:
     table = pd.DataFrame({
         "point": q[C.HASH].str[: T.HASH_SHORT],
@@ -495,12 +566,27 @@ def _quality_table(q: pd.DataFrame) -> str:
     return T.to_markdown(table)
 
 
+def _instructions_line(ins: pd.DataFrame, thr: float) -> str:
+    n = ins["verdict"].value_counts()
+    parts = [f"{int(n.get(S.REGRESSION, 0))} of {len(ins)} points execute more than {thr:.2%} more "
+             "instructions per call", f"{int(n.get(S.IMPROVEMENT, 0))} fewer",
+             f"{int(n.get(S.NO_CHANGE, 0))} unchanged"]
+    if n.get(S.CANNOT_JUDGE, 0):
+        parts.append(f"**{int(n[S.CANNOT_JUDGE])} could not be judged** (counts that vary too much, or a run "
+                     "that timed instead of counting)")
+    return "Instructions: " + "; ".join(parts) + "."
+
+
 def _markdown(
-    base: RunData, new: RunData, df: pd.DataFrame, regressed: bool, n_common: int, thr: float,
+    base: RunData, new: RunData, df: pd.DataFrame, regressed: bool, thresholds: tuple[float, float],
     alpha: float, diffs: Sequence[str], only_base: Sequence[str], only_new: Sequence[str],
     warnings: Sequence[str] = (),
 ) -> str:
+    """Length: one section after another, in the order a reader looks for them."""
+    thr, instr_thr = thresholds
+    ins = df[df["kind"] == KIND_INSTRUCTIONS]
     lat = df[df["kind"] == KIND_LATENCY]
+    n_common = len(lat)
     qual = df[df["kind"].isin(["quality", "fidelity"])]
     status = df[df["kind"] == KIND_STATUS]
     n_lat = lat["verdict"].value_counts()
@@ -521,7 +607,10 @@ def _markdown(
                      "to show a change significant)")
     if n_lat.get(S.NOT_GATED, 0):
         parts.append(f"{int(n_lat[S.NOT_GATED])} without raw samples (allowed, not gated)")
-    lines.append("Latency: " + "; ".join(parts) + ".")
+    if len(lat) or not len(ins):
+        lines.append("Latency: " + "; ".join(parts) + ".")
+    if len(ins):
+        lines.append(_instructions_line(ins, instr_thr))
     gated_q = qual[qual["verdict"] != S.NOT_GATED]
     lines.append(f"Quality/fidelity: {n_q_reg} regression(s) among {len(gated_q)} gated values"
                  f" ({len(qual) - len(gated_q)} not gated).")
@@ -532,13 +621,19 @@ def _markdown(
         "",
         f"- **base**: {base.manifest.get('run_id') or base.path.name} (`{base.path}`)",
         f"- **new**: {new.manifest.get('run_id') or new.path.name} (`{new.path}`)",
-        f"- **rule**: regression when Mann–Whitney p < {alpha:g} and median ratio new/base − 1 > "
-        f"{thr:g}; CI is a {int(CI_LEVEL * 100)}% bootstrap interval of the ratio",
-        "",
-        "### Latency",
-        "",
-        _latency_table(lat) if len(lat) else "_(no point ok in both runs)_",
     ]
+    if len(lat) or not len(ins):
+        lines += [
+            f"- **rule**: regression when Mann–Whitney p < {alpha:g} and median ratio new/base − 1 > "
+            f"{thr:g}; CI is a {int(CI_LEVEL * 100)}% bootstrap interval of the ratio",
+        ]
+    if len(ins):
+        lines += [f"- **rule (instructions)**: regression when the median count's ratio new/base − 1, less "
+                  f"the counts' spread, exceeds {instr_thr:g}"]
+    if len(lat) or not len(ins):
+        lines += ["", "### Latency", "", _latency_table(lat) if len(lat) else "_(no point ok in both runs)_"]
+    if len(ins):
+        lines += ["", "### Instructions", "", _instructions_table(ins)]
     blind = lat[lat["verdict"].isin([S.CANNOT_JUDGE, S.NOT_GATED])]
     if len(blind):
         lines += ["", "### Latency not judged", "", T.to_markdown(pd.DataFrame({

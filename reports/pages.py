@@ -316,7 +316,7 @@ def summary_table(data: PageData) -> str:
     if parts.summary.empty:
         return "_No point finished ok._"
     text, shown, left_out = TV.results_table(parts.summary, data.run.metrics, parts.axes, PAGE_WIDTH)
-    notes = [f"{TV.LATENCY}: median ± IQR of the timed calls"] if C.LAT_MEDIAN in shown else []
+    notes = [TV.latency_note(parts.summary)] if C.LAT_MEDIAN in shown else []
     if C.SPEEDUP in shown:
         ref = data.run.suite.get("reference")
         notes.append(f"speedup: the median latency of the reference `{ref}` at the same workload setting / "

@@ -121,6 +121,27 @@ def classify_latency(ratio: float, p: float, alpha: float, threshold: float) -> 
     return NO_CHANGE
 
 
+def classify_counts(ratio: float, noise: float, threshold: float) -> str:
+    """Verdict for an instruction-count ratio (new/base) whose samples vary by ``noise`` (relative:
+    the larger (max - min) / median of the two sides; 0 when the counts repeat exactly).
+
+    No statistics: a count is not a sample of a distribution but (nearly) a property of the code.
+    regression: ratio - 1 - noise > threshold (beyond the threshold even at the noise's worst);
+    improvement: 1 - ratio - noise > threshold; no change: |ratio - 1| + noise <= threshold;
+    cannot judge: the noise straddles the threshold.
+    """
+    if math.isnan(ratio) or math.isnan(noise):
+        return CANNOT_JUDGE
+    change = ratio - 1
+    if change - noise > threshold:
+        return REGRESSION
+    if -change - noise > threshold:
+        return IMPROVEMENT
+    if abs(change) + noise <= threshold:
+        return NO_CHANGE
+    return CANNOT_JUDGE
+
+
 def classify_quality(
     base: float, new: float, tolerance: float | None, higher_is_better: bool | None
 ) -> str:

@@ -74,7 +74,9 @@ def terminal(parts: ReportParts, out: Path | None = None, limit: int = TV.WIDTH)
         lines.append("No point finished ok.")
     else:
         text, shown, left_out = TV.results_table(parts.summary, parts.run.metrics, parts.axes, limit)
-        notes = [f"{TV.LATENCY}: median ± IQR of the timed calls"] if C.LAT_MEDIAN in shown else []
+        notes = [TV.latency_note(parts.summary)] if C.LAT_MEDIAN in shown else []
+        if C.INSTRUCTIONS in shown:
+            notes.insert(0, f"{TV.INSTRUCTIONS}: median instructions per call, counted under valgrind")
         if C.SPEEDUP in shown:
             notes.append("speedup: the reference's median latency at the same workload setting / the point's")
         lines += [text, *([TV.wrap("; ".join(notes) + ".", limit)] if notes else [])]

@@ -27,8 +27,9 @@ VARIANT = "variant"  # short label of a method's configuration (``httm#3``), see
 # gpu_name is left out on purpose: where a run spans several GPU models it varies, so it becomes a
 # workload axis (reports group by it, speedup pairs points on the same model)
 SPEEDUP_LOW, SPEEDUP_HIGH = "speedup_ci_low", "speedup_ci_high"  # its 95 % bootstrap interval (derived)
-_NOT_CONFIG = (set(BOOKKEEPING) | set(C.TIMING) | set(C.TELEMETRY) | set(C.HOST_LOAD) | set(C.PROVENANCE)
-               | set(C.ARTIFACTS) | {C.HOST, C.GPU_UUID, C.SPEEDUP, SPEEDUP_LOW, SPEEDUP_HIGH, VARIANT})
+_NOT_CONFIG = (set(BOOKKEEPING) | set(C.TIMING) | set(C.INSTRUCTION_COUNTS) | set(C.TELEMETRY)
+               | set(C.HOST_LOAD) | set(C.PROVENANCE) | set(C.ARTIFACTS)
+               | {C.HOST, C.GPU_UUID, C.SPEEDUP, SPEEDUP_LOW, SPEEDUP_HIGH, VARIANT})
 
 # telemetry columns shown in the summary when any ok point has them
 RESOURCE_COLUMNS = (
@@ -307,7 +308,8 @@ def add_speedup(points: pd.DataFrame, suite: dict[str, Any],
     this point's latency. Reference rows get exactly 1.0; points without an ok reference
     match, and points that are not ok, get NaN. Method-specific parameters are not part
     of the match. When several reference points share a key (the reference's own parameters
-    swept), their median latency is used.
+    swept), their median latency is used. Points whose instructions were counted get NaN: their
+    latencies are wall times under valgrind, which say nothing of native speed.
     """
     out = points.copy()
     out[C.SPEEDUP] = np.nan
@@ -316,6 +318,8 @@ def add_speedup(points: pd.DataFrame, suite: dict[str, Any],
         return out
     keys = match_key_columns(out, suite)
     lat = pd.to_numeric(out[C.LAT_MEDIAN], errors="coerce")
+    if C.INSTRUCTIONS in out.columns:
+        lat = lat.where(pd.to_numeric(out[C.INSTRUCTIONS], errors="coerce").isna())
     ok = (out[C.STATUS] == C.OK) if C.STATUS in out.columns else pd.Series(True, index=out.index)
     usable = ok & lat.notna() & (lat > 0)
     row_key = [tuple(hashable(r[c]) for c in keys) for _, r in out[keys].iterrows()] if keys \
@@ -379,10 +383,11 @@ def _sort_rows(df: pd.DataFrame, by: Sequence[str], reference: str | None) -> pd
 
 
 def summary_columns(points: pd.DataFrame, axes: Sequence[str]) -> list[str]:
-    """Column order of the summary: axes, latency, speedup, resources, work, breakdown, efficiency,
-    quality, fidelity, then the point hash."""
+    """Column order of the summary: axes, instructions (where counted), latency, speedup, resources,
+    work, breakdown, efficiency, quality, fidelity, then the point hash."""
     cols = list(axes) or ([C.METHOD] if C.METHOD in points.columns else [])
-    for c in (C.LAT_MEDIAN, C.LAT_IQR, C.STABLE, C.SPEEDUP, SPEEDUP_LOW, SPEEDUP_HIGH, *RESOURCE_COLUMNS):
+    for c in (C.INSTRUCTIONS, C.LAT_MEDIAN, C.LAT_IQR, C.STABLE, C.SPEEDUP, SPEEDUP_LOW, SPEEDUP_HIGH,
+              *RESOURCE_COLUMNS):
         if c in points.columns and (c in (C.LAT_MEDIAN, C.SPEEDUP) or points[c].notna().any()):
             cols.append(c)
     prefixes = (C.WORK_PREFIX, C.BREAKDOWN_PREFIX, C.EFFICIENCY_PREFIX, C.QUALITY_PREFIX, C.FIDELITY_PREFIX)

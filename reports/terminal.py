@@ -20,6 +20,7 @@ from reports import tables as T
 WIDTH = 100
 LABEL = C.METHOD  # header of the first column: the variant label (``vggt``, ``httm#3``)
 LATENCY = "latency ms"  # median ± IQR
+INSTRUCTIONS = "instructions"  # per call, where counted
 IQR_DIGITS = 2
 
 
@@ -45,7 +46,18 @@ def _cells(table: pd.DataFrame, col: str, axes: Sequence[str]) -> tuple[str, lis
                          + T.unstable_mark(table, i) for i, m, q in zip(table.index, table[col], iqr)]
     if col == C.SPEEDUP:
         return col, [T.speedup_text(table, i) for i in table.index]
+    if col == C.INSTRUCTIONS:
+        return INSTRUCTIONS, ["" if T.is_missing(v) else f"{v:,.0f}" for v in table[col]]
     return col, [T.fmt_num(v) for v in table[col]]
+
+
+def latency_note(table: pd.DataFrame) -> str:
+    """What the latency column holds: the timed calls' median ± IQR, or, in a run that counted
+    instructions, the counted calls' wall times under valgrind (not comparable with timed runs)."""
+    counted = C.INSTRUCTIONS in table.columns and table[C.INSTRUCTIONS].notna().any()
+    if counted:
+        return f"{LATENCY}: median ± IQR of the counted calls' wall times under valgrind (not a native time)"
+    return f"{LATENCY}: median ± IQR of the timed calls"
 
 
 def fit(columns: Sequence[str], required: int, render: Callable[[list[str]], str],
@@ -68,9 +80,10 @@ def key_columns(table: pd.DataFrame, metrics: dict) -> tuple[list[str], list[str
     work = T.work_columns(table, metrics)
     speed = [C.SPEEDUP] if C.SPEEDUP in table.columns and table[C.SPEEDUP].notna().any() else []
     lat = [C.LAT_MEDIAN] if C.LAT_MEDIAN in table.columns else []
-    priority = [*speed, *acc[:1], *work[:1], *lat, *acc[1:2], *work[1:2], *more[:1], *acc[2:], *more[1:],
-                *work[2:]]
-    return [*lat, *speed, *acc, *more, *work], priority
+    counted = [C.INSTRUCTIONS] if C.INSTRUCTIONS in table.columns else []  # first: its run's measure
+    priority = [*counted, *speed, *acc[:1], *work[:1], *lat, *acc[1:2], *work[1:2], *more[:1], *acc[2:],
+                *more[1:], *work[2:]]
+    return [*counted, *lat, *speed, *acc, *more, *work], priority
 
 
 def results_table(table: pd.DataFrame, metrics: dict, axes: Sequence[str],

@@ -117,6 +117,7 @@ COLUMN_GROUPS = (
     ("PROVENANCE", "provenance"),
     ("PLACEMENT", "placement"),
     ("TIMING", "timing"),
+    ("INSTRUCTION_COUNTS", "instruction counts"),
     ("TELEMETRY", "telemetry"),
     ("HOST_LOAD", "host load"),
     ("ARTIFACTS", "files"),
@@ -153,7 +154,13 @@ COLUMN_MEANINGS = {
     "calls_per_sample": "calls timed together in one sample (CPU: short calls are batched up to "
                         "`timing.min_sample_ms`; each sample is the batch's time / calls); 1 on CUDA",
     "host_median_ms": "host wall time per call (launch overhead on GPU)",
-    "timer": "`cuda_event`, `cuda_graph` or `perf_counter`",
+    "timer": "`cuda_event`, `cuda_graph`, `perf_counter` or `callgrind` (instructions counted; the "
+             "latency columns are then wall times under valgrind, not comparable to timed runs)",
+    "instructions": "instructions per call (Callgrind's `Ir`, the call's Python overhead included): the "
+                    "median over the counted samples",
+    "instructions_min": "fewest instructions per call among the counted samples",
+    "instructions_max": "most instructions per call among the counted samples",
+    "instructions_spread": "(max - min) / median of the counted samples: 0 when the count repeats exactly",
     "threads": "torch CPU threads the point ran with",
     "load_avg_1m": "the 1-minute load average when the point started",
     "cpu_other_frac": "share of the machine's CPU other processes used while the point ran (`/proc/stat` "
@@ -161,8 +168,8 @@ COLUMN_MEANINGS = {
     "gpu_other_procs": "most compute processes besides this one NVML listed on the device while the point "
                        "was timed (inside a container one entry is taken to be this process)",
     "cpu_steal_frac": "share of the CPU time the hypervisor gave to other guests while the point ran",
-    "stop_reason": "why sampling stopped: `max_samples`, `converged` (spread under `target_rel_iqr`) or "
-                   "`budget`",
+    "stop_reason": "why sampling stopped: `max_samples`, `converged` (spread under `target_rel_iqr`), "
+                   "`budget`, or `counted` (instructions mode: `min_samples` counted calls)",
     "stable": "the samples' stability verdict: true, false (see `unstable_why`) or empty with fewer than 3 "
               "samples",
     "unstable_why": "why a point is unstable: spread, outliers, a trend across the sampling window (with "

@@ -12,6 +12,7 @@ from typing import Any
 from tabulate import tabulate
 
 from harness import registry
+from harness.cli import under_callgrind
 from harness.cli.common import (
     EXIT_IO,
     EXIT_OK,
@@ -24,6 +25,8 @@ from harness.cli.common import (
     report_after_run,
     shard_arg,
 )
+from harness.measure.instructions import under_callgrind as counting_here
+from harness.measure.timing import MODE_INSTRUCTIONS
 from harness.params import format_value
 from harness.run.options import EXECUTORS, RayOptions, RunOptions
 from harness.run.points import ORDERS, shard_points
@@ -118,6 +121,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path(args.out) if args.out else run_dir_in(RUNS_DIR, f"{suite.name}-{stamp}")
+    if suite.timing.mode == MODE_INSTRUCTIONS and not counting_here():
+        return under_callgrind.rerun(suite, args, argv, out)
     try:
         summary = run_suite(suite, out, run_options(args, argv))
     except KeyboardInterrupt as e:

@@ -96,7 +96,10 @@ class LoadWindow:
 
 def under_load(row: dict[str, Any]) -> bool:
     """Whether a row's point was measured under load (see the module docstring; on a GPU, any
-    other compute process on the device while it was timed)."""
+    other compute process on the device while it was timed). Never for a point whose instructions
+    were counted: a count does not depend on what else ran."""
+    if isinstance(row.get(C.INSTRUCTIONS), (int, float)) and row[C.INSTRUCTIONS] == row[C.INSTRUCTIONS]:
+        return False
     other, steal, gpu = row.get(C.CPU_OTHER_FRAC), row.get(C.CPU_STEAL_FRAC), row.get(C.GPU_OTHER_PROCS)
     return bool((isinstance(other, (int, float)) and other > UNDER_LOAD_OTHER_FRAC)
                 or (isinstance(steal, (int, float)) and steal > UNDER_LOAD_STEAL_FRAC)

@@ -32,6 +32,10 @@ Reading eager CUDA numbers: when fn is shorter than its own launch cost, the GPU
 between samples and the event pair also spans the launch gap (host_ms tells); a cold-L2 flush
 or graph mode keeps the queue full and shows kernel time alone.
 
+Instructions (``mode: instructions``): the warm-up, then ``min_samples`` single calls each counted
+under Callgrind (:mod:`harness.measure.instructions`; the process must run under valgrind, as
+``harness run`` arranges), their wall times kept beside the counts.
+
 Every raw sample is kept; :func:`summarize` turns them into the ``columns.TIMING`` row.
 """
 
@@ -47,7 +51,8 @@ from typing import Any
 import numpy as np
 
 from harness.measure import markers
-from harness.measure.devices import parse_device
+from harness.measure.devices import parse_device, resolve_device
+from harness.measure.instructions import Counter
 from harness.measure.stability import judge
 from harness.params import did_you_mean, param
 from harness.store import columns as C
@@ -57,6 +62,11 @@ log = logging.getLogger(__name__)
 TIMER_CPU = "perf_counter"
 TIMER_CUDA = "cuda_event"
 TIMER_GRAPH = "cuda_graph"
+TIMER_CALLGRIND = "callgrind"  # instructions counted; the times are wall times under valgrind
+
+MODE_TIME = "time"
+MODE_INSTRUCTIONS = "instructions"
+MODES = (MODE_TIME, MODE_INSTRUCTIONS)
 
 MIN_SAMPLES_FOR_IQR = 3
 DEFAULT_L2_FLUSH_BYTES = 256 * 2**20  # when the device does not report its L2 size
@@ -66,6 +76,7 @@ MAX_CALLS_PER_SAMPLE = 10**6  # CPU batching never times more calls than this in
 
 # stop reasons recorded in Measurement.stop_reason
 STOP_MAX, STOP_CONVERGED, STOP_BUDGET = C.STOP_MAX, C.STOP_CONVERGED, C.STOP_BUDGET
+STOP_COUNTED = C.STOP_COUNTED
 
 _warned: set[str] = set()  # warnings already logged in this process
 
@@ -87,6 +98,10 @@ class TimingConfig:
         range=(0, None))
     flush_l2: bool = param(False, "on CUDA, zero a buffer larger than L2 before each sample (cold cache)")
     cuda_graph: bool = param(False, "on CUDA, capture fn in a CUDA graph and time graph replays")
+    mode: str = param(
+        MODE_TIME, "time: time each call (host clock or CUDA events); instructions: count each call's CPU "
+        "instructions under valgrind's Callgrind (min_samples counted calls after the warm-up calls; "
+        "CPU only; the run re-executes itself under valgrind)", choices=MODES)
 
 
 @dataclass
@@ -111,6 +126,7 @@ class Measurement:
     sampling_s: float = 0.0
     calls_per_sample: int = 1
     target_rel_iqr: float = 0.0  # the spread sampling aimed for (the stability verdict names it)
+    instructions: list[float] = dataclasses.field(default_factory=list)  # per call, one per sample
 
     def summary(self) -> dict[str, float | int | str]:
         """The ``columns.TIMING`` row of this measurement (see :func:`summarize`)."""
@@ -168,7 +184,8 @@ def calls_for(k: int, batch_ms: float, target_ms: float) -> int:
 
 
 def summarize(m: Measurement) -> dict[str, float | int | str]:
-    """Exactly the ``columns.TIMING`` columns for ``m`` (milliseconds).
+    """The ``columns.TIMING`` columns for ``m`` (milliseconds), then, for counted instructions, the
+    ``columns.INSTRUCTION_COUNTS`` (:func:`instruction_columns`).
 
     Percentiles use numpy's linear interpolation; IQR = p75 - p25; CV = sample std (ddof=1) /
     mean (0.0 for a single sample). Without samples the float columns are NaN.
@@ -195,11 +212,24 @@ def summarize(m: Measurement) -> dict[str, float | int | str]:
     row[C.TIMER] = m.timer
     row[C.THREADS] = int(m.threads)
     row[C.STOP_REASON] = m.stop_reason
-    verdict = judge(m.device_ms, stopped_on_budget=m.stop_reason == STOP_BUDGET,
+    # counted runs are judged on their counts: their times are wall times under valgrind
+    verdict = judge(m.instructions or m.device_ms, stopped_on_budget=m.stop_reason == STOP_BUDGET,
                     target_rel_iqr=m.target_rel_iqr)
     row[C.STABLE] = verdict.stable
     row[C.UNSTABLE_WHY] = verdict.text
-    return {k: row[k] for k in C.TIMING}
+    return {k: row[k] for k in C.TIMING} | instruction_columns(m.instructions)
+
+
+def instruction_columns(counts: Sequence[float]) -> dict[str, float]:
+    """The ``columns.INSTRUCTION_COUNTS`` of per-call instruction samples ({} without any): median,
+    min, max and (max - min) / median."""
+    if not len(counts):
+        return {}
+    x = np.asarray(counts, dtype=float)
+    median = float(np.median(x))
+    spread = float(x.max() - x.min()) / median if median > 0 else 0.0
+    return {C.INSTRUCTIONS: median, C.INSTRUCTIONS_MIN: float(x.min()), C.INSTRUCTIONS_MAX: float(x.max()),
+            C.INSTRUCTIONS_SPREAD: spread}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,10 +255,12 @@ class Timer:
     drive warm-up, sampling and the budget deterministically.
     cuda_batch: samples per synchronize on CUDA once ``min_samples`` are in (the first batch
     is ``min_samples`` long; later batches also shrink to fit the remaining budget).
+    counter: the instruction :class:`~harness.measure.instructions.Counter` of ``mode:
+    instructions`` (default: one over this process's Callgrind dumps, made at the first count).
     """
 
     def __init__(self, cfg: TimingConfig | None = None, *, clock: Callable[[], float] | None = None,
-                 cuda_batch: int = DEFAULT_CUDA_BATCH) -> None:
+                 cuda_batch: int = DEFAULT_CUDA_BATCH, counter: Counter | None = None) -> None:
         self.cfg = cfg if cfg is not None else TimingConfig()
         if self.cfg.min_samples > self.cfg.max_samples:
             raise ValueError(f"TimingConfig: min_samples={self.cfg.min_samples} is larger than "
@@ -237,9 +269,16 @@ class Timer:
             raise ValueError(f"Timer: cuda_batch={cuda_batch} must be >= 1")
         self.clock = clock if clock is not None else time.perf_counter
         self.cuda_batch = cuda_batch
+        self.counter = counter
 
     def measure(self, fn: Callable[[], Any], device: Any = "cpu") -> Measurement:
         """Warm up, sample adaptively and return every raw sample plus the last output of ``fn``."""
+        if self.cfg.mode == MODE_INSTRUCTIONS:
+            where = resolve_device(device) if isinstance(device, str) else str(device)
+            if not where.startswith("cpu"):
+                raise ValueError(f"timing.mode {MODE_INSTRUCTIONS!r} counts CPU instructions; the point runs "
+                                 f"on {where}: time it (timing.mode {MODE_TIME!r}) or run it on the CPU")
+            return self._measure_instructions(fn)
         dev = parse_device(device)
         if dev.type == "cuda":
             return self._measure_cuda(fn, dev)
@@ -321,6 +360,32 @@ class Timer:
         return Measurement(device_ms=samples, host_ms=list(samples), n_warmup=n_warm, timer=TIMER_CPU,
                            threads=torch.get_num_threads(), output=out, stop_reason=reason,
                            sampling_s=clock() - start, calls_per_sample=k, target_rel_iqr=cfg.target_rel_iqr)
+
+    # -- instructions -------------------------------------------------------------------------
+
+    def _measure_instructions(self, fn: Callable[[], Any]) -> Measurement:
+        """After the warm-up, ``min_samples`` calls each counted on its own (one call per sample:
+        counts need no batching); the wall time of each counted call is kept beside its count.
+        Callgrind instruments code only from the warm-up to the last count (the rest of the run
+        goes several times faster uninstrumented)."""
+        import torch
+
+        if self.counter is None:
+            self.counter = Counter()
+        counts: list[float] = []
+        samples: list[float] = []
+        with self.counter.instrumented():
+            out, n_warm, _ = self._warm_up(fn)
+            start = self.clock()
+            while len(counts) < self.cfg.min_samples:
+                t0 = self.clock()
+                n, out = self.counter.count(fn)
+                samples.append((self.clock() - t0) * 1e3)
+                counts.append(float(n))
+        return Measurement(device_ms=samples, host_ms=list(samples), n_warmup=n_warm, timer=TIMER_CALLGRIND,
+                           threads=torch.get_num_threads(), output=out, stop_reason=STOP_COUNTED,
+                           sampling_s=self.clock() - start, target_rel_iqr=self.cfg.target_rel_iqr,
+                           instructions=counts)
 
     # -- CUDA --------------------------------------------------------------------------------
 

@@ -225,7 +225,8 @@ class PointLoop:
                 row.update(self._breakdown_columns(phases))
                 phase_work = {f"{C.WORK_PREFIX}{k}": v for k, v in getattr(phases, "counters", {}).items()}
             peak = peak_for(self.peaks, point.device, point.dtype, point.common.threads)
-            eff = efficiency_columns(row, peak, phase_work or None)
+            # counted points have no efficiency: their times are wall times under valgrind
+            eff = {} if m.instructions else efficiency_columns(row, peak, phase_work or None)
             self._note_metrics({k: efficiency_metric_info(k) for k in eff})
             row.update(eff)
             if self.suite.metrics.profile:  # after the timed samples, never between them
@@ -239,9 +240,10 @@ class PointLoop:
                 [f"non-finite {', '.join(bad_metrics)}"] if bad_metrics else []
             )
             row[C.ERROR] = "; ".join(what)
+        counted = [{C.INSTRUCTIONS: n} for n in m.instructions] or [{}] * len(m.device_ms)
         return [
-            {C.RUN_ID: self.run_id, C.HASH: point.hash, C.SAMPLE: i, C.DEVICE_MS: d, C.HOST_MS: h}
-            for i, (d, h) in enumerate(zip(m.device_ms, m.host_ms))
+            {C.RUN_ID: self.run_id, C.HASH: point.hash, C.SAMPLE: i, C.DEVICE_MS: d, C.HOST_MS: h, **n}
+            for i, (d, h, n) in enumerate(zip(m.device_ms, m.host_ms, counted))
         ]
 
     def _breakdown_columns(self, phases: dict[str, float]) -> dict[str, float]:

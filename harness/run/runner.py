@@ -26,6 +26,7 @@ from harness.errors import RunError
 from harness.measure import markers
 from harness.measure.efficiency import PEAKS_KEY, run_peaks
 from harness.measure.env import fingerprint
+from harness.measure.timing import MODE_INSTRUCTIONS
 from harness.run.options import EXECUTORS, RunOptions
 from harness.run.point_loop import BuildFailed, PointLoop, free_caches
 from harness.run.points import order_points, select_points, shard_points
@@ -91,7 +92,7 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, options: RunOptions | No
         else:
             writer, run_id, peaks = _create(out, suite, plan, opts, argv)
             notes, done = [], set()
-        if opts.executor == "local":
+        if _measures_peaks(suite, opts):
             peaks = peaks or run_peaks(_peak_settings(plan.points))  # a run from before peaks were recorded
         todo = [p for p in plan.ordered if p.hash not in done]
         left = max(0, len(todo) - opts.max_points) if opts.max_points is not None else 0
@@ -137,8 +138,7 @@ def _create(out: Path, suite: Suite, plan: _Plan, opts: RunOptions,
         "suite_points": len(plan.all_points), "shard": f"{shard[0]}/{shard[1]}" if shard else None,
     }
     env = fingerprint(argv=argv, seed=common_seed(plan.points), plugins=registry.plugin_record())
-    # Ray workers measure the peaks of their own machines and send them with their rows
-    env[PEAKS_KEY] = run_peaks(_peak_settings(plan.points)) if opts.executor == "local" else {}
+    env[PEAKS_KEY] = run_peaks(_peak_settings(plan.points)) if _measures_peaks(suite, opts) else {}
     metrics = {k: asdict(v) for k, v in plan.workload.metrics().items()}
     return RunWriter.create(out, manifest, suite.resolved, env, metrics), run_id, env[PEAKS_KEY]
 
@@ -164,6 +164,13 @@ def add_peaks(run_dir: Path, new: dict[str, Any]) -> None:
     for k, v in new.items():
         peaks.setdefault(k, v)
     write_json(run_dir / ENV_FILE, env)
+
+
+def _measures_peaks(suite: Suite, opts: RunOptions) -> bool:
+    """Whether this process measures the device peaks (the efficiency columns' denominators): not for
+    Ray (its workers measure their own machines and send them with their rows), and not when
+    instructions are counted (no efficiency without times; under valgrind the peaks would be wrong)."""
+    return opts.executor == "local" and suite.timing.mode != MODE_INSTRUCTIONS
 
 
 def _peak_settings(points: Sequence[Point]) -> list[tuple[str, str, int]]:

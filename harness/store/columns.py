@@ -9,13 +9,16 @@ Config: every resolved parameter by its own name (workload, method and common pa
 Provenance (``PROVENANCE``): ``weights`` (label) and ``weights_sha256`` of the model's weights.
 Placement (``PLACEMENT``): ``host``, ``gpu_name``, ``gpu_uuid`` the point ran on.
 Timing (``TIMING``): summary of the per-sample device time in milliseconds.
+Instruction counts (``INSTRUCTION_COUNTS``): instructions per call under Callgrind
+    (``timing.mode: instructions``); absent from timed runs.
 Telemetry (``TELEMETRY``): NVML on GPU; RSS / CPU time on CPU. Empty when unavailable.
 Metrics: ``q_*`` quality vs ground truth, ``fid_*`` fidelity vs the reference method,
     ``work_*`` counters, ``bd_*_ms`` breakdown phases, ``eff_*`` efficiency (achieved FLOP/s and
     bandwidth, their fraction of the device's peak: :mod:`harness.measure.efficiency`). Their meaning
     and direction are in the run directory's ``metrics.json``.
 
-``samples.parquet``: run_id, point_hash, sample (index), device_ms, host_ms.
+``samples.parquet``: run_id, point_hash, sample (index), device_ms, host_ms (and ``instructions`` per
+call where they were counted).
 The run directory's files and ``run.json`` belong to :mod:`harness.store`.
 """
 
@@ -55,11 +58,12 @@ N_SAMPLES = "n_samples"
 N_WARMUP = "n_warmup"
 CALLS_PER_SAMPLE = "calls_per_sample"  # calls timed together in one sample (CPU batching of short calls)
 HOST_MEDIAN = "host_median_ms"
-TIMER = "timer"  # "cuda_event" | "perf_counter" | "cuda_graph"
+TIMER = "timer"  # "cuda_event" | "perf_counter" | "cuda_graph" | "callgrind"
 THREADS = "threads"
 STOP_REASON = "stop_reason"  # why sampling stopped: one of STOP_REASONS
 STOP_MAX, STOP_CONVERGED, STOP_BUDGET = "max_samples", "converged", "budget"
-STOP_REASONS = (STOP_MAX, STOP_CONVERGED, STOP_BUDGET)
+STOP_COUNTED = "counted"  # instructions mode: min_samples counted calls, never more
+STOP_REASONS = (STOP_MAX, STOP_CONVERGED, STOP_BUDGET, STOP_COUNTED)
 STABLE = "stable"  # the samples' verdict (harness.measure.stability): True, False, None (too few)
 UNSTABLE_WHY = "unstable_why"  # its reasons ("spread: IQR 35% of the median; ...")
 
@@ -67,6 +71,13 @@ TIMING = (
     LAT_MEDIAN, LAT_MEAN, LAT_IQR, LAT_P10, LAT_P90, LAT_MIN, LAT_MAX, LAT_CV,
     N_SAMPLES, N_WARMUP, CALLS_PER_SAMPLE, HOST_MEDIAN, TIMER, THREADS, STOP_REASON, STABLE, UNSTABLE_WHY,
 )
+
+# instruction counts (timing.mode: instructions; harness.measure.instructions), absent when timed
+INSTRUCTIONS = "instructions"  # median over the samples of the instructions per call (Callgrind's Ir)
+INSTRUCTIONS_MIN = "instructions_min"
+INSTRUCTIONS_MAX = "instructions_max"
+INSTRUCTIONS_SPREAD = "instructions_spread"  # (max - min) / median of the samples: 0 when they repeat exactly
+INSTRUCTION_COUNTS = (INSTRUCTIONS, INSTRUCTIONS_MIN, INSTRUCTIONS_MAX, INSTRUCTIONS_SPREAD)
 
 # telemetry
 ENERGY_J = "energy_j"

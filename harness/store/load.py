@@ -59,7 +59,8 @@ def read_tables(run_dir: Path, damaged: list[DamagedLine] | None = None) -> tupl
         table = pd.read_parquet(run_dir / SAMPLES_FILE)  # the log was lost: its export still holds them
         return _points_frame(rows), table[table[C.HASH].isin(done)].reset_index(drop=True)
     samples = [r for r in read_log(run_dir / SAMPLES_LOG, damaged) if r.get(C.HASH) in done]
-    return _points_frame(rows), pd.DataFrame(samples, columns=list(C.SAMPLE_COLUMNS))
+    counted = [C.INSTRUCTIONS] if any(C.INSTRUCTIONS in r for r in samples) else []
+    return _points_frame(rows), pd.DataFrame(samples, columns=[*C.SAMPLE_COLUMNS, *counted])
 
 
 def _points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from harness.store.layout import OPS_LOG, POINTS_LOG, SAMPLES_LOG
 
 #: numeric columns of a point row: a value there is a number (or null)
 POINT_NUMBERS = (C.LAT_MEDIAN, C.LAT_MEAN, C.LAT_IQR, C.LAT_P10, C.LAT_P90, C.LAT_MIN, C.LAT_MAX,
-                 C.N_SAMPLES, C.ELAPSED_S)
+                 C.N_SAMPLES, C.ELAPSED_S, *C.INSTRUCTION_COUNTS)
 
 
 def _is_number(v: Any) -> bool:
@@ -70,8 +70,11 @@ def sample_row_problem(row: dict[str, Any]) -> str | None:
     problem = _text(row, C.HASH)
     if problem:
         return problem
-    v = row.get(C.DEVICE_MS)
-    return None if v is None or _is_number(v) else f"{C.DEVICE_MS} is {v!r}, not a number"
+    for col in (C.DEVICE_MS, C.INSTRUCTIONS):
+        v = row.get(col)
+        if v is not None and not _is_number(v):
+            return f"{col} is {v!r}, not a number"
+    return None
 
 
 def op_row_problem(row: dict[str, Any]) -> str | None:

@@ -224,21 +224,22 @@ def _regression(data: dict[str, Any], problems: Problems) -> RegressionConfig:
 
 
 def _per_metric_keys(data: dict[str, Any], wcls: type[Workload], problems: Problems) -> None:
-    """``regression.per_metric`` keys: a latency key or a q_/fid_ column the workload declares
-    (anything else would be silently ignored by `harness compare`)."""
+    """``regression.per_metric`` keys: a latency key, ``instructions`` or a q_/fid_ column the workload
+    declares (anything else would be silently ignored by `harness compare`)."""
     given = data.get("regression")
     per_metric = given.get("per_metric") if isinstance(given, dict) else None
     if not isinstance(per_metric, dict):
         return  # absent, or not a mapping (reported by the settings check)
     columns = [c for c in wcls().metrics() if c.startswith((C.QUALITY_PREFIX, C.FIDELITY_PREFIX))]
-    allowed = [*LATENCY_KEYS, *columns]
+    allowed = [*LATENCY_KEYS, C.INSTRUCTIONS, *columns]
     for k in per_metric:
         if str(k) in allowed:
             continue
         problems.add(
             ("regression", "per_metric", k),
             f"unknown per_metric column {k!r}{did_you_mean(str(k), allowed)}; allowed: a latency key "
-            f"({', '.join(LATENCY_KEYS)}: relative threshold) or a quality/fidelity column of workload "
+            f"({', '.join(LATENCY_KEYS)}: relative threshold), {C.INSTRUCTIONS} (relative threshold of "
+            "instruction counts) or a quality/fidelity column of workload "
             f"{wcls.name!r} (absolute tolerance): {', '.join(columns) or '(it declares none)'}",
         )
 

@@ -128,3 +128,10 @@ def test_another_process_on_the_gpu_puts_a_run_under_load(tmp_path, capsys):
     report(tmp_path / "run")
     assert "measured under load: 1 of 7 points" in capsys.readouterr().err
     assert "up to 1 other process(es) on the GPU" in (tmp_path / "run" / "report" / "report.md").read_text()
+
+
+def test_a_point_whose_instructions_were_counted_is_never_under_load():
+    loaded = {C.CPU_OTHER_FRAC: 0.6, C.CPU_STEAL_FRAC: 0.0}
+    assert under_load(loaded)
+    assert not under_load({**loaded, C.INSTRUCTIONS: 1.2e7})  # a count does not depend on the neighbours
+    assert under_load({**loaded, C.INSTRUCTIONS: float("nan")})  # a timed point in a mixed frame
