@@ -12,12 +12,12 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from harness.cli import compare, env, listing, merge, plot, profile, report, run, suites, train
+from harness.cli import compare, env, history, listing, merge, plot, profile, report, run, suites, train
 from harness.cli.common import EXIT_IO, EXIT_OK, EXIT_USAGE, Terminated, interrupted_exit_code
 from harness.errors import HarnessError
 
 #: the command modules, in the order ``harness --help`` lists them
-COMMANDS = (run, suites, listing, report, plot, compare, profile, merge, env, train)
+COMMANDS = (run, suites, listing, report, plot, compare, history, profile, merge, env, train)
 
 
 def build_parser() -> argparse.ArgumentParser:
