@@ -162,6 +162,22 @@ def test_budget_stops_sampling_after_min_samples():
     assert (len(m.device_ms), m.stop_reason) == (4, timing.STOP_BUDGET)
 
 
+def test_a_long_warm_up_spends_none_of_the_sampling_budget_nor_of_the_sampling_time():
+    # 30 warm-up calls take 450 ms of a 50 ms budget: were they counted, sampling would stop at
+    # min_samples (2); counted from the first sample, it stops at 60 ms as without a warm-up
+    m, calls = measure([10.0, 20.0], warmup_n=30, min_samples=2, max_samples=100, budget_s=0.05)
+    assert (m.n_warmup, len(m.device_ms), m.stop_reason) == (30, 4, timing.STOP_BUDGET)
+    assert m.device_ms == pytest.approx([10.0, 20.0, 10.0, 20.0])
+    assert m.sampling_s == pytest.approx(0.060)
+    assert calls["n"] == 34
+
+
+def test_warming_up_by_time_counts_only_the_warm_up_calls_toward_warmup_ms():
+    # 7 ms calls, warmup_ms 20: 7, 14, 21 -> three calls; a fourth would mean the clock started late
+    m, calls = measure([7.0], warmup_n=0, warmup_ms=20.0, min_samples=2, max_samples=2)
+    assert (m.n_warmup, calls["n"]) == (3, 5)
+
+
 def test_budget_never_cuts_below_min_samples():
     m, _ = measure([10.0, 20.0], warmup_n=0, min_samples=7, max_samples=100, budget_s=0.0)
     assert (len(m.device_ms), m.stop_reason) == (7, timing.STOP_BUDGET)

@@ -167,6 +167,23 @@ def test_head_groups_one_equals_uniform_merging_reference():
     torch.testing.assert_close(make_httm(p)(q, k, v, layout()), ref_httm(q, k, v, p), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize(("heads", "groups"), [(4, 2), (8, 2), (8, 4)])
+def test_head_groups_between_one_and_every_head_equal_the_loop_reference(heads, groups):
+    # at 1 and at H a mix-up of which heads share a group cannot show: here it must
+    q, k, v = rand_qkv(H=heads, seed=5)
+    p = HTTMParams(outlier_frac=0.0, **{**SMALL, "head_groups": groups})
+    torch.testing.assert_close(make_httm(p)(q, k, v, layout()), ref_httm(q, k, v, p), atol=1e-5, rtol=1e-4)
+
+
+def test_outlier_filtering_with_two_head_groups_of_four_equals_the_loop_reference():
+    q, k, v = rand_qkv(H=8, seed=6)
+    base = HTTMParams(**{**SMALL, "head_groups": 2})
+    budget = gap_budget(q, base)
+    p = dataclasses.replace(base, outlier_frac=(budget + 0.25) / (2 * N))  # rounds to exactly `budget`
+    torch.testing.assert_close(make_httm(p)(q, k, v, layout()), ref_httm(q, k, v, p, budget), atol=1e-5,
+                               rtol=1e-4)
+
+
 def test_ragged_headwise_path_equals_per_head_loop_reference():
     q, k, v = rand_qkv(B=2, seed=2)
     base = HTTMParams(**SMALL)
