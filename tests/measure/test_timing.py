@@ -178,6 +178,25 @@ def test_warming_up_by_time_counts_only_the_warm_up_calls_toward_warmup_ms():
     assert (m.n_warmup, calls["n"]) == (3, 5)
 
 
+def test_on_a_device_each_warm_up_call_is_synchronized_before_the_warm_up_clock_reads_it():
+    # a launch returns at once (1 ms) and the device finishes its work at the synchronize (4 ms more):
+    # warmup_ms counts device time only if every call is synchronized; syncing once at the end
+    # would count 1 ms per call and make ten calls
+    clock, events = FakeClock(), []
+
+    def fn() -> None:
+        events.append("call")
+        clock.now += 0.001
+
+    def sync() -> None:
+        events.append("sync")
+        clock.now += 0.004
+
+    _, n, last_ms = Timer(TimingConfig(warmup_n=0, warmup_ms=10.0), clock=clock)._warm_up(fn, sync)
+    assert events == ["call", "sync", "call", "sync"] and n == 2
+    assert last_ms == pytest.approx(5.0)
+
+
 def test_budget_never_cuts_below_min_samples():
     m, _ = measure([10.0, 20.0], warmup_n=0, min_samples=7, max_samples=100, budget_s=0.0)
     assert (len(m.device_ms), m.stop_reason) == (7, timing.STOP_BUDGET)
