@@ -562,7 +562,7 @@ def plot_data(run: RunData, out_dir: Path, formats: Sequence[str] = FORMATS) -> 
     pts[T.VARIANT] = T.variants(pts, run.suite)[0]
     pts = pts[pts[C.STATUS] == C.OK] if C.STATUS in pts.columns else pts
     paths: list[Path] = []
-    if pts.empty or C.LAT_MEDIAN not in pts.columns:
+    if pts.empty or C.LAT_MEDIAN not in pts.columns or T.counted(pts):
         return paths
     out_dir.mkdir(parents=True, exist_ok=True)
     axes = T.swept_axes(pts)
@@ -641,6 +641,10 @@ def nothing_to_plot(run: RunData) -> str:
                 "failed points (harness report)")
     if C.LAT_MEDIAN not in ok.columns or ok[C.LAT_MEDIAN].notna().sum() == 0:
         return "no ok point has a latency to draw"
+    if T.counted(ok):
+        return ("its instructions were counted (timing.mode instructions): its latencies are wall times "
+                "under valgrind and would draw nothing of native speed; the counts are in the tables "
+                "(harness report)")
     if len(ok) < 2:
         return ("only one point finished ok, and a figure compares at least two; its numbers are in "
                 "the tables (harness report)")

@@ -297,6 +297,12 @@ SPEEDUP_CI_LEVEL = 0.95
 SPEEDUP_BOOT = 1000  # bootstrap replicates per speedup
 
 
+def counted(points: pd.DataFrame) -> bool:
+    """Whether any of ``points`` had its instructions counted (``timing.mode: instructions``)."""
+    return C.INSTRUCTIONS in points.columns and bool(pd.to_numeric(points[C.INSTRUCTIONS], errors="coerce")
+                                                      .notna().any())
+
+
 def add_speedup(points: pd.DataFrame, suite: dict[str, Any],
                 samples: pd.DataFrame | None = None) -> pd.DataFrame:
     """Return a copy of ``points`` with a ``speedup`` column (and, given the run's raw ``samples``,

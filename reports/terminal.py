@@ -54,8 +54,7 @@ def _cells(table: pd.DataFrame, col: str, axes: Sequence[str]) -> tuple[str, lis
 def latency_note(table: pd.DataFrame) -> str:
     """What the latency column holds: the timed calls' median ± IQR, or, in a run that counted
     instructions, the counted calls' wall times under valgrind (not comparable with timed runs)."""
-    counted = C.INSTRUCTIONS in table.columns and table[C.INSTRUCTIONS].notna().any()
-    if counted:
+    if T.counted(table):
         return f"{LATENCY}: median ± IQR of the counted calls' wall times under valgrind (not a native time)"
     return f"{LATENCY}: median ± IQR of the timed calls"
 

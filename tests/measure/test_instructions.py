@@ -335,3 +335,12 @@ def test_a_counted_run_reports_its_counts_first_and_no_speedup_from_valgrind_tim
     out = capsys.readouterr().out
     assert "| instructions" in out and "10,000,000" in out and "20,000,000" in out
     assert "wall times under valgrind (not a native time)" in out
+
+
+def test_a_counted_run_draws_no_latency_figure_and_says_why(tmp_path: Path) -> None:
+    from harness.store import load
+    from reports.plots import nothing_to_plot, plot_run
+
+    run = counted_run(tmp_path / "r", {"a": [1e7] * 3, "b": [2e7] * 3})
+    assert plot_run(run) == []
+    assert "wall times under valgrind" in nothing_to_plot(load(run))
