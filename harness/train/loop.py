@@ -94,10 +94,13 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _round_trip(model: nn.Module, dtype: str) -> nn.Module:
-    """The model as it will be shipped: weights cast to ``dtype`` and back to float32."""
+    """The model as it will be shipped: the tensors its checkpoint holds (parameters and persistent
+    buffers) cast to ``dtype`` and back to float32. Non-persistent buffers (constants such as an
+    ImageNet mean/std the model builds itself) are not saved, so a loaded model has them exact:
+    they stay exact here too, or the card's metrics would be of another model."""
     if dtype == "float32":
         return model
-    for t in list(model.parameters()) + list(model.buffers()):
+    for t in model.state_dict(keep_vars=True).values():
         if t.is_floating_point():
             t.data = t.data.to(getattr(torch, dtype)).float()
     return model

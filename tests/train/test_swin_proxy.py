@@ -12,8 +12,10 @@ from harness.data.shapes import HELDOUT_SEED, NUM_CLASSES, shapes_images
 from harness.models.swin import build_swin, load_checkpoint
 from harness.models.weights import PROXY_ROOT
 from harness.train import get_proxy
+from harness.train import swin_proxy as swin_proxy_module
 from harness.train.card import file_sha256
-from harness.train.swin_proxy import SwinProxy
+from harness.train.loop import evaluate
+from harness.train.swin_proxy import HELDOUT_IMAGES, SwinProxy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,3 +146,41 @@ def pd_isna(value: object) -> bool:
     import pandas as pd
 
     return value is None or bool(pd.isna(value))
+
+
+# ----------------------------------------------------------------- held-out metrics of the card, pinned
+
+NLL_RTOL = 1e-5
+"""Relative tolerance of the mean NLL: float32 logits, summed in float64 over the images; a
+recomputation on the card's machine (1 thread, torch 2.14.1) gives the card's value bit for bit, so
+this only leaves room for another CPU's rounding (~1e-7). top1 must count the same images right:
+the smallest top-2 logit margin over the 500 held-out images is 0.02, far above rounding."""
+SUBSET_IMAGES = 50
+SUBSET_METRICS = {"top1": 1.0, "nll": 0.07440736293792724}
+"""``SwinProxy.evaluate`` on the first SUBSET_IMAGES held-out images (HELDOUT_IMAGES set to 50) of
+the committed weights, computed once (torch 2.14.1+cu130, timm 1.0.31, 1 thread): the fast pin of
+the card's metric code, data and weights; the full card figure is recomputed by the slow test."""
+
+
+def _committed_model() -> torch.nn.Module:
+    """The committed weights as the harness resolves ``checkpoint: proxy:swin-proxy``."""
+    return build_swin("swin_proxy", 224, checkpoint=PROXY_ROOT / "swin-proxy" / "model.safetensors")
+
+
+def _assert_metrics_equal(got: dict[str, float], want: dict[str, float], n_images: int) -> None:
+    assert set(got) == set(want)
+    assert round(got["top1"] * n_images) == round(want["top1"] * n_images)  # the same count of images
+    assert got["nll"] == pytest.approx(want["nll"], rel=NLL_RTOL)
+
+
+@pytest.mark.slow
+def test_the_cards_heldout_metrics_are_recomputed_from_the_committed_weights():
+    """The trainer's own evaluation (harness.train.loop.evaluate -> SwinProxy.evaluate, all 500
+    held-out images) of the committed weights gives card["heldout"]. 18 s on one idle core."""
+    card = json.loads((PROXY_ROOT / "swin-proxy" / "card.json").read_text())
+    _assert_metrics_equal(evaluate(SwinProxy(), _committed_model()), card["heldout"], HELDOUT_IMAGES)
+
+
+def test_the_heldout_metrics_of_the_first_images_are_pinned(monkeypatch):
+    monkeypatch.setattr(swin_proxy_module, "HELDOUT_IMAGES", SUBSET_IMAGES)
+    _assert_metrics_equal(evaluate(SwinProxy(), _committed_model()), SUBSET_METRICS, SUBSET_IMAGES)

@@ -137,3 +137,23 @@ def test_cli_refuses_a_resume_without_state_in_one_paragraph(tmp_path, capsys):
     assert main(["train", "vggt-proxy", "--out", str(tmp_path / "none"), "--resume", "-q"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds no training state" in err
+
+
+def test_the_shipped_round_trip_rounds_what_the_checkpoint_holds_and_keeps_constants_exact():
+    # the card's metrics must be of the model users load: its checkpoint holds the parameters and
+    # persistent buffers (float16), while non-persistent constants are rebuilt exact at load
+    from harness.train.loop import _round_trip
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor([0.1, 1 / 3]))
+            self.register_buffer("saved", torch.tensor([1 / 3]))
+            self.register_buffer("constant", torch.tensor([0.229, 1 / 3]), persistent=False)
+
+    m = _round_trip(Tiny(), "float16")
+    assert torch.equal(m.w.data, torch.tensor([0.1, 1 / 3]).half().float())
+    assert torch.equal(m.saved, torch.tensor([1 / 3]).half().float())
+    assert torch.equal(m.constant, torch.tensor([0.229, 1 / 3]))  # exactly as a loaded model has it
+    assert not torch.equal(m.constant, m.constant.half().float())  # so rounding it would show
+    assert isinstance(m.w, torch.nn.Parameter)
