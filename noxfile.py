@@ -179,3 +179,12 @@ def results_pages(session: nox.Session) -> None:
     _install(session)
     command = session.posargs[:1] or ["build"]
     session.run("python", "-m", "reports.pages", *command, "--readme", "README.md", *session.posargs[1:])
+
+
+@nox.session(venv_params=VENV_PARAMS, default=False)
+def mutation(session: nox.Session) -> None:
+    """Mutation testing with mutmut: each module of tests/mutation-modules.toml against its own tests
+    (each with its time limit from the map); `-- harness/methods/httm.py reports/stats.py` picks modules.
+    Prints a score table per module; survivors with file:line in mutation-report/<module>.txt."""
+    _install(session, "[test,mutation]")
+    session.run("python", ".ci/mutation.py", *session.posargs)

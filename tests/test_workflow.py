@@ -127,6 +127,12 @@ def nox_sessions() -> dict[str, Any]:
     return {"sessions": sessions, "options": nox.options}
 
 
+def test_the_mutation_session_is_not_run_by_a_bare_nox(nox_sessions):
+    sessions = nox_sessions["sessions"]
+    assert "mutation" in sessions and sessions["mutation"].default is False
+    assert "mutation" not in nox_sessions["options"].sessions
+
+
 def test_noxfile_defines_the_documented_sessions(nox_sessions):
     missing = [s for s in REQUIRED_SESSIONS if s not in nox_sessions["sessions"]]
     assert not missing, f"noxfile.py lacks sessions {missing}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from harness.methods.httm import (
     make_httm,
     temporal_blocks,
 )
-from harness.methods.merging import SlotMap, assign
+from harness.methods.merging import SlotMap, assign, percentile
 from harness.models.seam import AttentionLayout, Recorder
 from harness.params import describe
 from harness.store.columns import METRIC_PREFIXES
@@ -369,3 +370,201 @@ def test_every_dst_rule_keeps_the_requested_fraction():
         _, _, part_k = partitions(p)
         kept = part_k.n_slots - S * PS
         assert kept == pytest.approx(0.3 * (N - S * PS), abs=4)
+
+
+# ------------------------------------------------ counters, edges and paths the tests above miss
+# (found by mutation testing: docs/guide/mutation.md)
+
+GROUPED = dict(n_s=16, n_t=4, head_groups=2)  # H = 4 heads in 2 groups of hg = 2
+
+
+def _counted(p: HTTMParams, q, k, v):
+    rec = Recorder()
+    make_httm(p)(q, k, v, layout(rec=rec))
+    return rec
+
+
+def test_with_nothing_merged_every_counter_counts_all_n_tokens():
+    B, H, d = 2, 4, 8
+    q, k, v = rand_qkv(B=B, H=H, d=d)
+    p = HTTMParams(query_merge=0.0, kv_merge=0.0, outlier_frac=0.0, **GROUPED)
+    c = _counted(p, q, k, v).counters
+    G, hg, elem = 2, 2, 4
+    assert (c["tokens_q"], c["tokens_kv"], c["pad_q"]) == (N * H, N * H, 0.0)  # per batch element
+    assert c["attn_flops"] == 4.0 * B * H * N * N * d
+    assert c["attn_bytes"] == B * H * (2 * N + 2 * N) * d * elem  # read q, k, v, write o
+    # merges of k and v (N -> N), of q (N -> N), the unmerge (N -> N)
+    assert c["agg_bytes"] == B * H * (2 * (N + N) + (N + N) + (N + N)) * d * elem
+    assert c["match_bytes"] == B * G * (2 * N) * (hg * d) * elem  # q and k read once each
+    assert c["match_flops"] == 0.0  # no block merges anything: no similarity is computed
+
+
+def test_token_counters_are_per_batch_element_and_work_counters_for_the_whole_batch():
+    q1, k1, v1 = structured_qkv(B=1)
+    p = HTTMParams(**GROUPED)
+    one = _counted(p, q1, k1, v1).counters
+    two = _counted(p, *(x.expand(2, -1, -1, -1).contiguous() for x in (q1, k1, v1))).counters
+    for name in ("tokens_q", "tokens_kv", "pad_q"):
+        assert two[name] == one[name], name
+    for name in ("attn_flops", "attn_bytes", "agg_bytes", "match_flops", "match_bytes"):
+        assert two[name] == 2 * one[name], name
+
+
+@pytest.mark.parametrize("decouple", [True, False])
+def test_work_counters_follow_the_merged_sizes(decouple):
+    B, H, d, G, hg, elem = 2, 4, 8, 2, 2, 4
+    q, k, v = structured_qkv(B=B)
+    p = HTTMParams(decouple_qk=decouple, **GROUPED)
+    c = _counted(p, q, k, v).counters
+    _, part_q, part_k = partitions(p)
+    if not decouple:
+        part_q = part_k
+    used_q = (c["tokens_q"] + c["pad_q"]) / H  # query slots of the longest head group
+    assert used_q == int(used_q) and used_q >= part_q.n_slots
+    assert c["attn_bytes"] == B * H * (2 * used_q + 2 * part_k.n_slots) * d * elem
+    moved = 2 * (N + part_k.n_slots) + (N + part_q.n_slots) + (used_q + N)
+    assert c["agg_bytes"] == B * H * moved * d * elem
+    match = part_k.match_flops(B * G, hg * d) + (part_q.match_flops(B * G, hg * d) if decouple else 0.0)
+    assert c["match_flops"] == match > 0
+    assert c["match_bytes"] == B * G * ((2 if decouple else 1) * N) * (hg * d) * elem
+
+
+def test_the_merge_quality_is_the_10th_percentile_of_the_q_and_of_the_k_match_scores():
+    q, k, v = structured_qkv(B=2)
+    p = HTTMParams(**GROUPED)
+    rec = _counted(p, q, k, v)
+    _, part_q, part_k = partitions(p)
+    scores_q = assign(group_gather(q, 2), 4, part_q, True).merged_scores
+    scores_k = assign(group_gather(k, 2), 4, part_k, True).merged_scores
+    assert rec.values["merge_sim_p10"] == [percentile(scores_q, 0.1)]
+    assert rec.values["merge_sim_p10_kv"] == [percentile(scores_k, 0.1)]
+    assert rec.values["merge_sim_p10"] != [percentile(scores_q, 1.0)]  # not the best score
+
+
+class _PhaseLog(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered: list[str] = []
+
+    def phase(self, name):
+        self.entered.append(name)
+        return super().phase(name)
+
+
+def test_phases_are_entered_as_match_aggregate_attention_aggregate():
+    q, k, v = rand_qkv()
+    rec = _PhaseLog()
+    make_httm(HTTMParams(**SMALL))(q, k, v, layout(rec=rec))
+    assert rec.entered == ["match", "aggregate", "attention", "aggregate"]
+
+
+@pytest.mark.parametrize("groups", [4, 2, 1])
+def test_group_gather_reads_a_non_contiguous_tensor_like_its_contiguous_copy(groups):
+    x = torch.randn(2, N, 4, 8).transpose(1, 2)  # [B, H, N, d], not contiguous
+    assert not x.is_contiguous()
+    idx = torch.tensor([0, 5, 7, N - 1])
+    torch.testing.assert_close(group_gather(x, groups)(idx), group_gather(x.contiguous(), groups)(idx))
+
+
+def _quads(q: torch.Tensor, groups: int) -> SlotMap:
+    """Slots of 4 consecutive tokens (the last one of 2): their means are exact in binary."""
+    B, _, n, _ = q.shape
+    return SlotMap((torch.arange(n) // 4).expand(B, groups, n).contiguous(), (n + 3) // 4)
+
+
+def _repeated(seed: int = 0) -> torch.Tensor:
+    """[1, 4, N, 8] float64 queries, equal within each slot of :func:`_quads`, multiples of 1/8 so a
+    slot's mean is exact whatever the order of its sum (the torch path and the Triton kernels alike)."""
+    g = torch.Generator().manual_seed(seed)
+    slots = torch.randint(-16, 17, (1, 4, (N + 3) // 4, 8), generator=g).double() / 8
+    return slots.repeat_interleave(4, 2)[:, :, :N]
+
+
+def test_filtering_flags_nothing_when_every_query_equals_its_merged_token():
+    q = _repeated()
+    sm = _quads(q, 2)
+    sm2, q_m2 = filter_outliers(q, sm.merge(q), sm, 0.1)
+    assert sm2 is sm and torch.equal(q_m2, sm.merge(q))
+
+
+def test_a_budget_of_one_query_flags_exactly_the_farthest_query():
+    q = _repeated()
+    q[0, 2, 7] += 3.0  # head 2 (group 1), token 7: 2.25 from its slot's mean, the other three 0.75
+    sm = _quads(q, 2)
+    sm2, _ = filter_outliers(q, sm.merge(q), sm, 1 / (2 * N))  # round(frac * G * N) = 1
+    assert sm2.n_slots == sm.n_slots + 1
+    assert (sm2.slot_of >= sm.n_slots).nonzero().tolist() == [[0, 1, 7]]
+
+
+def test_small_deviations_are_flagged_as_well_as_large_ones():
+    g = torch.Generator().manual_seed(1)
+    q = _repeated() + 1e-4 * torch.randn(1, 4, N, 8, generator=g, dtype=torch.float64)  # all far below 1
+    sm = _quads(q, 2)
+    sm2, _ = filter_outliers(q, sm.merge(q), sm, 0.1)
+    assert int((sm2.slot_of >= sm.n_slots).sum()) == int(0.1 * 2 * N + 0.5)
+
+
+def test_filtered_queries_are_the_plain_means_of_the_new_slots_and_m_grows_by_the_largest_group():
+    q, _, _ = rand_qkv()
+    q[:, :2] *= torch.linspace(0.2, 5.0, N).view(1, N, 1)  # group 0 spreads more
+    _, part_q, _ = partitions(HTTMParams(**GROUPED))
+    sm = SlotMap(assign(group_gather(q, 2), 2, part_q).slot_of.view(1, 2, N), part_q.n_slots)
+    sm2, q_m2 = filter_outliers(q, sm.merge(q), sm, 0.1)
+    flagged = (sm2.slot_of >= sm.n_slots).sum(-1)[0]  # per group
+    assert flagged[0] != flagged[1]
+    assert sm2.n_slots == sm.n_slots + int(flagged.max())
+    # the padding slots of the group with fewer flagged queries are empty: zero, as merge gives them
+    torch.testing.assert_close(q_m2, sm2.merge(q), rtol=1e-5, atol=1e-5)
+
+
+def test_half_precision_queries_are_filtered_in_float32_without_overflow():
+    # slots of 128 queries near 1000: a slot's sum (~128 000) is beyond float16's range (65 504)
+    g = torch.Generator().manual_seed(2)
+    q = 1000.0 + torch.randn(1, 4, N, 8, generator=g)
+    sm = SlotMap((torch.arange(N) // 128).expand(1, 4, N).contiguous(), (N + 127) // 128)
+    qh = q.half()
+    sm2, q_m2 = filter_outliers(qh, sm.merge(qh.float()).half(), sm, 0.1)
+    assert q_m2.dtype == torch.float16 and sm2.n_slots > sm.n_slots
+    torch.testing.assert_close(q_m2.float(), sm2.merge(qh.float()), rtol=2e-3, atol=0.0)
+
+
+def test_the_deviation_computed_in_chunks_of_rows_flags_the_same_queries(monkeypatch):
+    import harness.methods.httm as httm
+
+    q, _, _ = structured_qkv(B=2)
+    _, part_q, _ = partitions(HTTMParams(**SMALL))
+    sm = SlotMap(assign(group_gather(q, 4), 8, part_q).slot_of.view(2, 4, N), part_q.n_slots)
+    whole = filter_outliers(q, sm.merge(q), sm, 0.1)
+    monkeypatch.setattr(httm, "DEV_CHUNK_ELEMS", N * 8)  # one (batch, head) row per chunk
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch resizing an output slice that has the wrong shape
+        rows = filter_outliers(q, sm.merge(q), sm, 0.1)
+    assert torch.equal(rows[0].slot_of, whole[0].slot_of)
+    torch.testing.assert_close(rows[1], whole[1])
+
+
+def test_strided_dst_positions_are_the_centres_of_equal_strides_computed_exactly():
+    # n = 3027 tokens, 2851 dst: in float32 one of the positions (i + 1/2) n / nd rounds down wrongly
+    n, nd = 3027, 2851
+    blocks = temporal_blocks(1, n, n, 1, 0, False, False)
+    part = block_partition(blocks, n, (n - nd) / n, 0.0, "strided", 0)
+    (ms,) = [s for s in part.sets if s.r > 0]
+    assert ms.cand.flatten().tolist() == [(2 * i + 1) * n // (2 * nd) for i in range(nd)]
+
+
+def test_an_unknown_dst_rule_is_refused_naming_the_rules():
+    blocks = temporal_blocks(S, P, 16, 4, PS, True, False)
+    rules = r"^HTTM dst_rule='diagonal' is not one of strided, random, first_frame$"
+    with pytest.raises(ValueError, match=rules):
+        block_partition(blocks, N, 0.5, 0.0, "diagonal", 0)
+
+
+def test_the_random_dst_rule_does_not_depend_on_torchs_global_generator():
+    blocks = temporal_blocks(S, P, 16, 4, PS, True, False)
+    parts = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        # a copy of the blocks is a new cache key: the partition is computed again
+        parts.append(block_partition(dataclasses.replace(blocks), N, 0.5, 0.0, "random", 3))
+    assert [torch.equal(a.cand, b.cand) for a, b in zip(parts[0].sets, parts[1].sets)] == \
+        [True] * len(parts[0].sets)

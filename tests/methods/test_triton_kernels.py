@@ -218,7 +218,7 @@ def test_env_records_the_kernels_and_a_changed_choice_makes_timings_incomparable
 @pytest.mark.usefixtures("one_thread", "clean_registry")
 def test_a_run_with_an_impossible_kernel_choice_is_refused_before_anything_is_written(
         tmp_path, monkeypatch, capsys, fake_workload):
-    from test_cli import FAST, fake_suite_file
+    from cli_runs import FAST, fake_suite_file
 
     from harness.cli import main
 
