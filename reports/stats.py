@@ -63,7 +63,8 @@ def bootstrap_ratio_ci(
 
     Each replicate resamples ``base`` and ``new`` independently with replacement (same sizes)
     and takes the ratio of their medians; the CI is the (1-level)/2 and (1+level)/2 percentiles
-    of the replicates. Returns (NaN, NaN) when either set is empty.
+    of the replicates. Returns (NaN, NaN) when either set is empty; a bound among replicates whose
+    base median is 0 is inf, as :func:`median_ratio` is.
     """
     b, n = _arr(base), _arr(new)
     if b.size == 0 or n.size == 0 or n_boot < 1:
@@ -75,9 +76,15 @@ def bootstrap_ratio_ci(
     mn = _boot_medians(n, n_boot, gen)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = mn / mb
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(ratios, [tail, 100 - tail])
-    return float(lo), float(hi)
+        tail = (1 - level) / 2 * 100
+        lo, hi = (float(v) for v in np.percentile(ratios, [tail, 100 - tail]))
+    # a base median of 0 makes ratios infinite, and interpolating between infinities gives NaN:
+    # the bound is then the infinite replicate itself (as median_ratio says inf)
+    if math.isnan(lo):
+        lo = float(np.percentile(ratios, tail, method="lower"))
+    if math.isnan(hi):
+        hi = float(np.percentile(ratios, 100 - tail, method="higher"))
+    return lo, hi
 
 
 def smallest_p(n_base: int, n_new: int) -> float:

@@ -180,3 +180,14 @@ def test_a_quality_change_of_exactly_the_tolerance_is_no_change():
 def test_a_quality_that_was_already_nan_is_no_change_if_still_nan_and_not_gated_otherwise():
     assert S.classify_quality(math.nan, math.nan, 0.1, True) == S.NO_CHANGE
     assert S.classify_quality(math.nan, 0.5, 0.1, True) == S.NOT_GATED
+
+
+def test_over_a_zero_base_median_the_interval_is_infinite_like_the_ratio_and_warns_nothing():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # interpolating between infinities would warn and give NaN
+        lo, hi = S.bootstrap_ratio_ci([0.0, 0.0], [1.0, 2.0], n_boot=200)
+    assert S.median_ratio([0.0, 0.0], [1.0, 2.0]) == math.inf
+    assert (lo, hi) == (math.inf, math.inf)
+    # a base that is 0 in some replicates only: the upper bound is inf, the lower one finite
+    lo, hi = S.bootstrap_ratio_ci([0.0, 0.0, 1.0], [1.0, 1.0, 1.0], n_boot=400, level=0.95)
+    assert math.isfinite(lo) and hi == math.inf
