@@ -445,15 +445,6 @@ def _counted(row: pd.Series) -> bool:
     return not math.isnan(_float(row.get(C.INSTRUCTIONS)))
 
 
-def _count_noise(row: pd.Series) -> float:
-    """How much the point's counts varied between its samples: (max - min) / median."""
-    spread = _float(row.get(C.INSTRUCTIONS_SPREAD))
-    if not math.isnan(spread):
-        return spread
-    lo, hi, mid = (_float(row.get(c)) for c in (C.INSTRUCTIONS_MIN, C.INSTRUCTIONS_MAX, C.INSTRUCTIONS))
-    return (hi - lo) / mid if mid > 0 else math.nan
-
-
 def _instructions_row(h: str, config: str, b_row: pd.Series, n_row: pd.Series, thr: float,
                       allow_missing: bool = False) -> dict[str, Any]:
     """The instruction-count verdict of one point (:func:`reports.stats.classify_counts`); a point
@@ -468,7 +459,9 @@ def _instructions_row(h: str, config: str, b_row: pd.Series, n_row: pd.Series, t
                     note=f"{timed} timed this point and the other run counted its instructions: compare two "
                     "runs of the same timing.mode" + (" (allowed)" if allow_missing else ""))
     ratio = nm / bm if bm > 0 else math.nan
-    noise = max(_count_noise(b_row), _count_noise(n_row))
+    # how much each side's counts varied between its samples: (max - min) / median (NaN: cannot judge)
+    spreads = [_float(row.get(C.INSTRUCTIONS_SPREAD)) for row in (b_row, n_row)]
+    noise = math.nan if any(math.isnan(s) for s in spreads) else max(spreads)
     verdict = S.classify_counts(ratio, noise, thr)
     note = f"counts vary by {noise:.3%} between samples" if noise > 0 else "counts repeat exactly"
     if verdict == S.CANNOT_JUDGE:

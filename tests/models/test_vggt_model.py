@@ -218,6 +218,16 @@ def test_tiny_dino_patch_embed_round_trips_and_interpolates_pos_embed(tmp_path):
 # ---------------------------------------------------------------- attention seam and layout
 
 
+def _run_hooked(model, images, attention_fn, hooks) -> None:
+    """Run ``model`` on ``images`` through ``attention_fn`` (no heads, no grad), then remove ``hooks``."""
+    try:
+        with torch.no_grad():
+            model(images, attention_fn=attention_fn, heads=())
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def test_frame_and_global_attention_see_the_expected_shapes(tiny, images):
     P = 5 + 4 * 5
     C = 64
@@ -232,12 +242,7 @@ def test_frame_and_global_attention_see_the_expected_shapes(tiny, images):
         seen.append((tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(layout.x_norm.shape)))
         return sdpa_attention(q, k, v, layout)
 
-    try:
-        with torch.no_grad():
-            tiny(images, attention_fn=recording, heads=())
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked(tiny, images, recording, hooks)
     assert frame_inputs == [(B * S, P, C)] * 4
     assert seen == [((B, 4, S * P, 16),) * 3 + ((B, S * P, C),)] * 4
 
@@ -272,12 +277,7 @@ def test_layout_x_norm_is_the_normed_global_block_input(tiny, images):
         x_norms[layout.layer] = layout.x_norm
         return sdpa_attention(q, k, v)
 
-    try:
-        with torch.no_grad():
-            tiny(images, attention_fn=recording, heads=())
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked(tiny, images, recording, hooks)
     for i, blk in enumerate(tiny.aggregator.global_blocks):
         assert torch.equal(x_norms[i], blk.norm1(block_inputs[i]))
 
@@ -587,12 +587,7 @@ def test_every_attention_layer_rotates_queries_and_keys_by_their_patch_positions
     hooks = [blk.attn.register_forward_pre_hook(
         lambda m, args, i=i: frame_pos.__setitem__(i, args[1] if len(args) > 1 else None))
         for i, blk in enumerate(tiny.aggregator.frame_blocks)]
-    try:
-        with torch.no_grad():
-            tiny(images, attention_fn=recording, heads=())
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked(tiny, images, recording, hooks)
     seen = 0
     for i, blk in enumerate(tiny.aggregator.global_blocks):
         q, k, layout = captured[i]
