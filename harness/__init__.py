@@ -32,6 +32,7 @@ _PUBLIC: dict[str, str] = {
     "HarnessError": "harness.errors",
     "AttentionFn": "harness.models.seam",
     "AttentionLayout": "harness.models.seam",
+    "VGGTMethod": "harness.models.seam",
     "param": "harness.params",
     "MethodSpec": "harness.registry",
     "create_method": "harness.registry",
@@ -58,8 +59,8 @@ _PUBLIC: dict[str, str] = {
 
 __all__ = [
     "AttentionFn", "AttentionLayout", "Bench", "CommonParams", "HarnessError", "MethodSpec", "MetricInfo",
-    "Point", "RayOptions", "RunContext", "RunData", "RunOptions", "RunSummary", "Suite", "Workload",
-    "__version__", "create_method", "load", "load_builtins", "load_suite", "param", "parse_suite",
+    "Point", "RayOptions", "RunContext", "RunData", "RunOptions", "RunSummary", "Suite", "VGGTMethod",
+    "Workload", "__version__", "create_method", "load", "load_builtins", "load_suite", "param", "parse_suite",
     "profile_run", "register_method", "register_workload", "run_suite",
 ]
 
@@ -79,7 +80,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and the API reference see
     from harness.errors import HarnessError
-    from harness.models.seam import AttentionFn, AttentionLayout
+    from harness.models.seam import AttentionFn, AttentionLayout, VGGTMethod
     from harness.params import param
     from harness.registry import MethodSpec, create_method, load_builtins, register_method, register_workload
     from harness.run.options import RayOptions, RunOptions

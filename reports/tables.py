@@ -219,10 +219,12 @@ def variants(points: pd.DataFrame, suite: dict[str, Any]) -> tuple[pd.Series, di
         keys = pd.Series([tuple(hashable(r[c]) for c in params) for _, r in rows[params].iterrows()]
                          if params else [()] * len(rows), index=rows.index)
         distinct = sorted(set(keys), key=lambda k: tuple(order_key(v) for v in k))
+        shown = {method_name(r) for _, r in rows.iterrows()}
+        base = shown.pop() if len(shown) == 1 else str(method)  # vggt*: every row lean
         if len(distinct) <= 1:
-            labels[rows.index] = str(method)
+            labels[rows.index] = base
             continue
-        names = {k: f"{method}#{i}" for i, k in enumerate(distinct, start=1)}
+        names = {k: f"{base}#{i}" for i, k in enumerate(distinct, start=1)}
         labels[rows.index] = keys.map(names)
         differ = [i for i, c in enumerate(params) if len({k[i] for k in distinct}) > 1]
         legend[str(method)] = pd.DataFrame(
@@ -429,9 +431,27 @@ def failed_table(run: RunData) -> pd.DataFrame:
     return bad[cols].reset_index(drop=True)
 
 
+#: plain VGGT in its memory-lean mode (bf16 on CUDA, only the layers the heads read) is the papers'
+#: baseline "VGGT*"; tables name it so
+LEAN_BASELINE = ("vggt", "lean", "vggt*")
+
+
+def method_name(row: pd.Series | dict[str, Any]) -> str:
+    """The row's method as tables name it: ``vggt*`` for plain VGGT run with ``lean: true``."""
+    name = fmt_value(row.get(C.METHOD))
+    method, flag, starred = LEAN_BASELINE
+    lean = row.get(flag)
+    return starred if name == method and not is_missing(lean) and bool(lean) else name
+
+
+def unstarred(label: str) -> str:
+    """The method of a label (``vggt*#2`` or ``vggt* r=1`` -> ``vggt``)."""
+    return str(label).split(" ")[0].partition("#")[0].rstrip("*")
+
+
 def method_label(row: pd.Series | dict[str, Any], params: Iterable[str]) -> str:
     """``method`` plus the given parameters that the row has, e.g. ``httm r=0.5 groups=4``."""
-    parts = [fmt_value(row.get(C.METHOD))]
+    parts = [method_name(row)]
     for p in params:
         v = row.get(p)
         if not is_missing(v):
@@ -484,7 +504,7 @@ def pivot_table(
     if columns == VARIANT:
         order.sort(key=variant_order(ref))
     elif columns == C.METHOD and ref is not None:
-        order.sort(key=lambda label: label.split(" ")[0] != ref)
+        order.sort(key=lambda label: unstarred(label) != ref)
     piv = tmp.pivot(index=index, columns="__col", values=value)
     piv = piv[order]
     piv.columns.name = columns
@@ -495,7 +515,7 @@ def variant_order(reference: str | None) -> Any:
     """Sort key of variant labels: the reference first, then by method, then by number."""
     def key(label: str) -> tuple[bool, str, int]:
         method, _, num = str(label).partition("#")
-        return (method != reference, method, int(num) if num.isdigit() else 0)
+        return (unstarred(method) != reference, method, int(num) if num.isdigit() else 0)
     return key
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
@@ -168,6 +168,41 @@ class AttentionFn(Protocol):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout
     ) -> torch.Tensor:  # pragma: no cover - protocol
         ...
+
+
+#: ``probe(fn)`` runs one forward of the model on the calibration frames with ``fn`` at the seam
+Probe = Callable[[AttentionFn], None]
+#: ``run(model)`` runs one forward of ``model`` on the calibration frames (plain attention)
+CalibrationRun = Callable[[torch.nn.Module], None]
+
+
+@dataclass(frozen=True)
+class VGGTMethod:
+    """What a ``vggt`` method's build function returns when it needs more than an ``attention_fn``
+    (a bare ``attention_fn`` stays the common case).
+
+    attention_fn: applied at every global-attention seam of the timed forward (default: plain).
+    calibrate(probe): optional; run once per point, before timing and outside it (its wall time
+        is the ``setup_calib_s`` column). The method calls ``probe(fn)`` as often as it needs;
+        each call runs one forward of the model on the calibration frames (a synthetic scene of
+        the point's size that the point never evaluates on) with ``fn`` at the seam, so ``fn``
+        sees every global layer's real q, k, v and layout and must return what an
+        ``attention_fn`` returns. What it learns is kept in the method's own closure.
+    model_transform(model, run): optional; returns a changed copy of the model (it must not
+        modify ``model``, which other points share); ``run(m)`` runs one forward of ``m`` on the
+        calibration frames, e.g. to collect activation ranges through forward hooks. The copy is
+        what the point times and evaluates; the reference is the unchanged model. Scope
+        ``model`` only: the attention scope times the attention core, which no linear layer
+        touches.
+    work_counters(model, frames, tokens_per_frame): optional; extra work counters of one forward
+        of the (transformed) model, e.g. ``{"bops": ..., "bops_fp": ...}``; each becomes a
+        ``work_<name>`` column of the point.
+    """
+
+    attention_fn: AttentionFn | None = None
+    calibrate: Callable[[Probe], None] | None = None
+    model_transform: Callable[[torch.nn.Module, CalibrationRun], torch.nn.Module] | None = None
+    work_counters: Callable[[torch.nn.Module, int, int], dict[str, float]] | None = None
 
 
 def sdpa_attention(

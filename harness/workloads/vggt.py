@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from harness.data.readers import Frames, read_7scenes, read_nrgbd, read_scannet,
 from harness.data.scenes import SceneConfig, render_scene
 from harness.measure.devices import autocast, torch_dtype
 from harness.metrics import fidelity, geometry
-from harness.models.seam import AttentionFn, AttentionLayout, Recorder, sdpa_attention
+from harness.models.seam import AttentionFn, AttentionLayout, Recorder, VGGTMethod, sdpa_attention
 from harness.models.vggt import PRESETS, build_vggt, load_checkpoint, pose_encoding_to_extri_intri
 from harness.models.weights import check_weights, resolve_weights
 from harness.params import param
@@ -60,6 +61,9 @@ TOKEN_SAMPLE_MAX = 65536
 MAX_POINTS = 20000
 #: First synthetic scene seed of the vggt-proxy's held-out set (its training pool uses smaller seeds).
 HELDOUT_SCENE_SEED = 1_000_000
+#: Added to a point's scene seed for the synthetic scene a method calibrates on (never trained on by the
+#: vggt-proxy, never evaluated by any point).
+CALIB_SCENE_OFFSET = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,25 @@ def _call_work(counters: dict[str, float]) -> dict[str, float]:
 
 VGGTPoint = Point[VGGTParams, Any]
 
+_ATTENTION_SCOPE_TRANSFORM = (
+    "method {method!r} changes the model's layers (a model transform), but scope: attention times one "
+    "global layer's attention core, which no linear layer touches; use scope: model")
+
+
+def _transforms_model(method: str, method_params: Any) -> bool:
+    """Whether a method changes the model's layers (built once here: builds are cheap, the work
+    happens in the transform)."""
+    try:
+        return as_vggt_method(create_method("vggt", method, method_params)).model_transform is not None
+    except Exception:  # noqa: BLE001 - a method that cannot be built fails at its point, with its error
+        return False
+
+
+def as_vggt_method(made: Any) -> VGGTMethod:
+    """What a ``vggt`` method's build function returned, as a :class:`VGGTMethod` (a bare
+    ``attention_fn`` is the common case)."""
+    return made if isinstance(made, VGGTMethod) else VGGTMethod(attention_fn=made)
+
 
 @register_workload
 class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
@@ -268,6 +291,8 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
         if params.scope == "attention" and params.layer >= cfg.depth:
             problems.append(f"layer={params.layer} but preset {params.preset!r} has {cfg.depth} global "
                             f"layers (allowed: 0..{cfg.depth - 1}; scope: attention times that layer)")
+        if params.scope == "attention" and _transforms_model(method, method_params):
+            problems.append(_ATTENTION_SCOPE_TRANSFORM.format(method=method))
         groups = getattr(method_params, "head_groups", None)
         if isinstance(groups, int) and groups >= 1 and cfg.num_heads % groups:
             problems.append(f"head_groups={groups} of method {method!r} must divide the head count of preset "
@@ -299,17 +324,64 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
         seed = scene_seed(p, point.seed)
         inputs: Inputs = ctx.inputs(_input_key(p, seed, point.device),
                                     lambda: load_inputs(p, seed, point.device))
-        method_fn = create_method("vggt", point.method, point.method_params)
+        method = as_vggt_method(create_method("vggt", point.method, point.method_params))
         ref_fn = self._reference_fn(ctx)
+        used, setup = self._prepare(model, point, ctx, method)
+        method_fn = method.attention_fn or sdpa_attention
         if p.scope == "attention":
-            return self._bench_attention(model, point, ctx, inputs, method_fn, ref_fn)
-        return self._bench_model(model, point, ctx, inputs, method_fn, ref_fn)
+            bench = self._bench_attention(used, point, ctx, inputs, method_fn, ref_fn)
+        else:
+            bench = self._bench_model(used, point, ctx, inputs, method_fn, ref_fn, ref_model=model)
+        bench.counters.update(setup)
+        return bench
+
+    def _prepare(self, model, point: VGGTPoint, ctx: RunContext,
+                 method: VGGTMethod) -> tuple[torch.nn.Module, dict[str, float]]:
+        """Apply a method's model transform and calibration (untimed); returns the model the point
+        times and the setup columns (``work_calib_s``, ``work_calib_forwards``, the method's own
+        ``work_*`` counters)."""
+        p = point.workload_params
+        setup: dict[str, float] = {}
+        if method.model_transform is None and method.calibrate is None and method.work_counters is None:
+            return model, setup
+        if method.model_transform is not None and p.scope == "attention":
+            raise ValueError(_ATTENTION_SCOPE_TRANSFORM.format(method=point.method))
+        cp = dataclasses.replace(p, data="synthetic", eval_scenes=1)
+        seed = scene_seed(p, point.seed) + CALIB_SCENE_OFFSET
+        calib: Inputs = ctx.derived(("calibration scene", seed),
+                                    lambda: load_inputs(cp, seed, point.device))
+        forwards = 0
+
+        def run(m: torch.nn.Module, fn: AttentionFn = sdpa_attention) -> None:
+            nonlocal forwards
+            forwards += 1
+            with torch.inference_mode(), autocast(point.device, point.dtype):
+                m(calib.images, attention_fn=fn, heads=())
+
+        t0 = time.perf_counter()
+        if method.model_transform is not None:
+            model = method.model_transform(model, run)
+        if method.calibrate is not None:
+            method.calibrate(lambda fn: run(model, fn))
+        if forwards:
+            setup["work_calib_s"] = time.perf_counter() - t0
+            setup["work_calib_forwards"] = float(forwards)
+        if method.work_counters is not None:
+            cfg = model.config
+            H, W = calib.hw
+            extra = method.work_counters(model, p.frames, cfg.tokens_per_frame(H, W))
+            setup.update({f"work_{k}": float(v) for k, v in extra.items()})
+        return model, setup
 
     @staticmethod
     def _reference_fn(ctx: RunContext) -> AttentionFn:
         if ctx.reference_method is None:
             return sdpa_attention
-        return create_method("vggt", ctx.reference_method, ctx.reference_params)
+        made = as_vggt_method(create_method("vggt", ctx.reference_method, ctx.reference_params))
+        if made.model_transform is not None or made.calibrate is not None:
+            raise ValueError(f"reference: {ctx.reference_method} needs calibration or changes the model; "
+                             "the reference must be an attention method that needs neither (e.g. vggt)")
+        return made.attention_fn or sdpa_attention
 
     def _forward(self, model, point: VGGTPoint, images: torch.Tensor, fn: AttentionFn,
                  recorder: Recorder | None = None) -> dict:
@@ -318,17 +390,20 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
             return model(images, attention_fn=fn, recorder=recorder, heads=HEAD_SETS[p.heads])
 
     def _bench_model(self, model, point: VGGTPoint, ctx: RunContext, inputs: Inputs,
-                     method_fn: AttentionFn, ref_fn: AttentionFn) -> Bench:
+                     method_fn: AttentionFn, ref_fn: AttentionFn, ref_model=None) -> Bench:
+        """``model`` runs the method; ``ref_model`` (default: ``model``) the reference, which for a
+        method with a model transform is the unchanged model."""
         p = point.workload_params
+        ref_model = model if ref_model is None else ref_model
         cfg = model.config
         S, (H, W) = inputs.images.shape[0], inputs.hw
         n_tokens = S * cfg.tokens_per_frame(H, W)
 
-        def run_with_tokens(fn: AttentionFn, rec: Recorder | None) -> tuple[dict, torch.Tensor]:
+        def run_with_tokens(fn: AttentionFn, rec: Recorder | None, m=model) -> tuple[dict, torch.Tensor]:
             store: dict = {}
-            handle = _last_layer_hook(model, store)
+            handle = _last_layer_hook(m, store)
             try:
-                out = self._forward(model, point, inputs.images, fn, rec)
+                out = self._forward(m, point, inputs.images, fn, rec)
             finally:
                 handle.remove()
             return out, store["tokens"]
@@ -341,7 +416,7 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
         own = ctx.is_reference(point)
         ref_out, ref_tokens = ctx.reference(
             (self.model_key(point), p.heads),
-            (lambda o=(out, tokens): o) if own else (lambda: run_with_tokens(ref_fn, None)))
+            (lambda o=(out, tokens): o) if own else (lambda: run_with_tokens(ref_fn, None, ref_model)))
         del out
         counters = _summarize_recorder(rec, cfg.depth, cfg.num_heads, n_tokens)
         merge_sim = rec.values.get("merge_sim_p10")
@@ -349,7 +424,7 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
 
         def evaluate(out: dict) -> dict[str, float]:
             rows = [{**self._quality(out, inputs), **self._fidelity(out, ref_out, inputs.hw)}]
-            rows += [self._evaluate_extra_scene(model, point, ctx, j, method_fn, ref_fn)
+            rows += [self._evaluate_extra_scene(model, point, ctx, j, method_fn, ref_fn, ref_model)
                      for j in range(1, p.eval_scenes)]
             row = {k: statistics.fmean(r[k] for r in rows) for k in rows[0]}
             row["fid_token_cos"] = token_cos
@@ -371,14 +446,14 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
         )
 
     def _evaluate_extra_scene(self, model, point: VGGTPoint, ctx: RunContext, j: int,
-                              method_fn: AttentionFn, ref_fn: AttentionFn) -> dict[str, float]:
+                              method_fn: AttentionFn, ref_fn: AttentionFn, ref_model) -> dict[str, float]:
         """Quality and fidelity on the j-th extra synthetic scene (seed + j), untimed; its inputs
         and reference output live as long as the timed input (they derive from it)."""
         p = point.workload_params
         seed = scene_seed(p, point.seed) + j
         inputs: Inputs = ctx.derived(("extra scene", j), lambda: load_inputs(p, seed, point.device))
         ref_out = ctx.reference(("extra scene", j, self.model_key(point), p.heads),
-                                lambda: self._forward(model, point, inputs.images, ref_fn))
+                                lambda: self._forward(ref_model, point, inputs.images, ref_fn))
         out = self._forward(model, point, inputs.images, method_fn)
         return {**self._quality(out, inputs), **self._fidelity(out, ref_out, inputs.hw)}
 
@@ -516,6 +591,9 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
             "work_agg_bytes": work("bytes model of the merge's gathers and scatters in one forward", "B"),
             "work_match_bytes": work("bytes model of the matching: the compared tokens read once, in one "
                                      "forward", "B"),
+            "work_calib_s": work("wall time of the method's calibration and model transform, once per "
+                                 "point, outside the timed call", "s"),
+            "work_calib_forwards": work("forwards on the calibration scene the method ran"),
             "work_flops": work("FLOPs of the timed call (scope=attention: attention + matching)", "FLOP"),
             "work_bytes": work("bytes model of the timed call (scope=attention: attention + merge + "
                                "matching)", "B"),

@@ -246,6 +246,19 @@ def test_variants_number_a_methods_settings_in_parameter_order() -> None:
     assert legend["httm"].to_dict("list") == {T.VARIANT: ["httm#1", "httm#2"], "r": ["0.25", "0.5"]}
 
 
+def test_lean_plain_vggt_is_named_vggt_star_and_stays_first() -> None:
+    # the papers' baseline VGGT* is plain VGGT with lean: true; a lean HTTM keeps its own name
+    pts = pd.DataFrame({C.METHOD: ["httm", "vggt", "httm", "vggt"], "lean": [True, True, True, False],
+                        "frames": [8, 8, 16, 16], "r": [0.5, None, 0.25, None]})
+    suite = {"reference": "vggt", "parameters": {"workload": ["frames", "lean"], "common": [],
+                                                 "methods": {"vggt": [], "httm": ["r"]}}}
+    labels, _ = T.variants(pts[pts["lean"]], suite)
+    assert list(labels) == ["httm#2", "vggt*", "httm#1"]
+    assert T.method_label(pts.iloc[1], []) == "vggt*" and T.method_label(pts.iloc[3], []) == "vggt"
+    assert T.method_label(pts.iloc[0], ["r"]) == "httm r=0.5"
+    assert sorted(["httm#1", "vggt*", "httm#2"], key=T.variant_order("vggt")) == ["vggt*", "httm#1", "httm#2"]
+
+
 def test_failed_points_are_cut_to_fit_the_terminal(reported: Output) -> None:
     failed = next(t for t in _tables(reported.out) if "status" in _header(t))
     assert _header(failed) == ["method", "frames", "status", "error"]
