@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +73,7 @@ def select_blocks(scores: torch.Tensor, budget: int, cdf: float) -> tuple[torch.
 
 
 @functools.lru_cache(maxsize=64)
-def _split(frames: int, tokens_per_frame: int, patch_start: int, dense_special: bool,
+def split_special(frames: int, tokens_per_frame: int, patch_start: int, dense_special: bool,
            device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(special, patch) token positions of the sequence."""
     pos = torch.arange(frames * tokens_per_frame)
@@ -101,27 +102,53 @@ def _pooled(xb: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout,
                            p: BlockSparseParams) -> torch.Tensor:
     """Block-sparse global attention. q, k, v: [B, H, N, d] -> [B, H, N, d]."""
+    return sparse_block_attention(q, k, v, layout, BlockSpec(p.bs_q_block, p.bs_k_block, p.bs_cdf,
+                                                             p.bs_dense_special, p.bs_backend),
+                                  lambda nk: (max(1, nk - math.floor(p.bs_sparsity * nk + 1e-9)), None))
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """The block-sparse knobs shared by methods built on it (blocksparse, HeSS): query and key block
+    sizes in tokens, the cumulative-mass threshold, dense special tokens, the backend."""
+
+    q_block: int
+    k_block: int
+    cdf: float
+    dense_special: bool
+    backend: str
+
+
+def sparse_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout,
+                           spec: BlockSpec, budget_of: Callable[[int], tuple[int, torch.Tensor | None]],
+                           name: str = "block-sparse") -> torch.Tensor:
+    """Block-sparse attention: each query block keeps its top key blocks of the estimated block map.
+
+    q, k, v: [B, H, N, d] -> [B, H, N, d]. ``budget_of(nk)`` gives, for nk patch key blocks, the
+    most key blocks any query block keeps and optionally per-head caps ``[H]`` (long, on q's
+    device; HeSS) within it."""
     B, H, N, d = q.shape
-    check_tokens("block-sparse", q, layout)
+    check_tokens(name, q, layout)
     rec = layout.recorder
-    special, patch = _split(layout.frames, layout.tokens_per_frame, layout.patch_start, p.bs_dense_special,
-                            str(q.device))
+    special, patch = split_special(layout.frames, layout.tokens_per_frame, layout.patch_start,
+                                   spec.dense_special, str(q.device))
     out = torch.empty_like(q)
     with phase(rec, "aggregate"):
         qp, kp, vp = (t.index_select(2, patch) for t in (q, k, v))
         ks, vs = k.index_select(2, special), v.index_select(2, special)
-    qb, q_valid = _blocks(qp, p.bs_q_block)
-    kb, k_valid = _blocks(kp, p.bs_k_block)
-    vb, _ = _blocks(vp, p.bs_k_block)
-    nk = kb.shape[2]
-    budget = max(1, nk - math.floor(p.bs_sparsity * nk + 1e-9))
+    qb, q_valid = _blocks(qp, spec.q_block)
+    kb, k_valid = _blocks(kp, spec.k_block)
+    vb, _ = _blocks(vp, spec.k_block)
+    budget, per_head = budget_of(kb.shape[2])
     with phase(rec, "match"):
         logits = _pooled(qb, q_valid) @ _pooled(kb, k_valid).transpose(-1, -2) / math.sqrt(d)
         est = torch.softmax(logits, dim=-1)  # [B, H, nq, nk] estimated block attention
-        index, count = select_blocks(est, budget, p.bs_cdf)  # [B, H, nq, budget], [B, H, nq]
+        index, count = select_blocks(est, budget, spec.cdf)  # [B, H, nq, budget], [B, H, nq]
+        if per_head is not None:
+            count = torch.minimum(count, per_head.view(1, H, 1))  # each head within its own budget
     ns = special.numel()
-    if p.bs_backend == "flex" or (p.bs_backend == "auto" and q.device.type == "cuda"):
-        o_patch = _flex_patch_attention(qp, kp, vp, ks, vs, index, count, p.bs_q_block, p.bs_k_block, rec)
+    if spec.backend == "flex" or (spec.backend == "auto" and q.device.type == "cuda"):
+        o_patch = _flex_patch_attention(qp, kp, vp, ks, vs, index, count, spec.q_block, spec.k_block, rec)
     else:
         ob = _gather_patch_attention(qb, kb, vb, k_valid, ks, vs, index, count, rec)
         o_patch = ob.reshape(B, H, -1, d)[:, :, : patch.numel()]

@@ -70,6 +70,10 @@ BUILTIN_MODULES = (
     "baselines.fastvggt",
     "baselines.blocksparse",
     "baselines.avggt",
+    "baselines.litevggt",
+    "baselines.hess",
+    "baselines.spark3r",
+    "baselines.quantvggt",
     "baselines.uniform_quant",
     "baselines.sparsevit",
 )

@@ -145,7 +145,8 @@ class AttentionLayout:
     patch token inside a frame (5 in VGGT: 1 camera + 4 register tokens);
     layer: index of the global block (0-based); x_norm: the layer's normed input
     ``[B, N, C]`` for methods that match on hidden states (FastVGGT), else None;
-    recorder: counters / breakdown sink, or None.
+    recorder: counters / breakdown sink, or None; depth: the model's number of global blocks
+    (for layer schedules; 0 where unknown, e.g. the attention micro-workload).
     """
 
     frames: int
@@ -156,6 +157,7 @@ class AttentionLayout:
     layer: int = 0
     x_norm: torch.Tensor | None = None
     recorder: Recorder | None = None
+    depth: int = 0
 
     @property
     def num_tokens(self) -> int:

@@ -215,6 +215,9 @@ def _summarize_recorder(rec: Recorder, layers: int, heads: int, n_tokens: int) -
     for name in ("match_flops", "attn_bytes", "agg_bytes", "match_bytes"):
         if rec.counters.get(name):
             out[f"work_{name}"] = rec.counters[name]
+    for name in ("index_recompute", "index_reuse"):  # merge indices reused across layers (LiteVGGT)
+        if name in rec.counters:
+            out[f"work_{name}"] = rec.counters[name]
     if rec.counters.get("kv_blocks"):  # block-sparse attention
         out["work_kept_block_frac"] = rec.counters["kv_blocks_kept"] / rec.counters["kv_blocks"]
     return out
@@ -591,6 +594,13 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
             "work_agg_bytes": work("bytes model of the merge's gathers and scatters in one forward", "B"),
             "work_match_bytes": work("bytes model of the matching: the compared tokens read once, in one "
                                      "forward", "B"),
+            "work_index_recompute": work("global layers that computed their merge indices, per forward "
+                                         "(LiteVGGT: the rest reuse an earlier layer's)"),
+            "work_index_reuse": work("global layers that reused an earlier layer's merge indices, per "
+                                     "forward"),
+            "work_bops": work("bit operations of the quantized linear layers in one forward (MACs x weight "
+                              "bits x activation bits; QuantVGGT)", "BOP"),
+            "work_bops_fp": work("the same layers' bit operations in fp32 (32 x 32 bits per MAC)", "BOP"),
             "work_calib_s": work("wall time of the method's calibration and model transform, once per "
                                  "point, outside the timed call", "s"),
             "work_calib_forwards": work("forwards on the calibration scene the method ran"),

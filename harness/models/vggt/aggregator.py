@@ -155,6 +155,7 @@ class Aggregator(nn.Module):
                 patch_start=self.patch_start_idx,
                 layer=i,
                 recorder=recorder,
+                depth=self.depth,
             )
             with named_range(f"global_block.{i}"):
                 x = self.global_blocks[i](
