@@ -175,10 +175,12 @@ def docs(session: nox.Session) -> None:
 @nox.session(name="results-pages")
 def results_pages(session: nox.Session) -> None:
     """Regenerate the docs' results pages (tables, headers, figures) and the README's results at a
-    glance from the run files committed under docs/results/ (`-- check` only compares)."""
+    glance from the run files committed under docs/results/, and the memory wall from its bytes
+    model (`-- check` only compares)."""
     _install(session)
     command = session.posargs[:1] or ["build"]
     session.run("python", "-m", "reports.pages", *command, "--readme", "README.md", *session.posargs[1:])
+    session.run("python", "-m", "reports.memory_wall", command[0])  # the model's page: build or check
 
 
 @nox.session(venv_params=VENV_PARAMS, default=False)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.methods.merging import phase
+from harness.metrics.memory_model import INT64, Ledger, SeamShape, chunks, output_bytes, sdpa_bytes
 from harness.models.seam import AttentionFn, AttentionLayout, attention_bytes, attention_flops, check_tokens
 from harness.params import param
 from harness.registry import register_method
@@ -48,6 +49,74 @@ class AVGGTParams:
                            range=(1, 64))
     keep_diagonal: bool = param(True, "each query frame keeps its own frame's keys in full")
     mean_fill: bool = param(True, "one mean key/value per other frame for its dropped patch tokens")
+
+    def seam_peak_bytes(self, shape: SeamShape) -> dict[str, float]:
+        """Temporaries at the peak of one call (the same code runs on CPU and GPU). With B = 1,
+        regrouping by frame (``frames_as_batch`` / ``frames_back``) is a view, and SDPA's output keeps
+        its query's layout, so frame-attention layers need only SDPA's own output and logsumexp (and
+        autocast's bf16 copies of q and k). Other layers: the grid-subsampled keys / values of every
+        frame ``[B, H, S, Pk, d]`` (the dropped ones gathered once for the mean fill), an output of
+        q's dtype (float32 under autocast) filled chunk by chunk, and per chunk of query frames
+        (``KEY_CHUNK_ELEMS``) the concatenated key / value sets, the chunk's queries, the mask and
+        SDPA. With B > 1 the regroupings are copies (counted)."""
+        s = shape
+        B, H, S, P, d = s.batch, s.heads, s.frames, s.tokens_per_frame, s.head_dim
+        qb, e, N = s.qk_bytes, s.elem_bytes, s.tokens
+        led = Ledger()
+        copies = B > 1
+        if s.layer < self.frame_layers:
+            regrouped = [led.alloc(f"{n} regrouped by frame", s.head_tensor(N, elem)) for n, elem in
+                         (("q", qb), ("k", qb), ("v", e)) if copies]
+            out = sdpa_bytes(led, s, B * S * H, P, P, qb, qb, e)
+            led.free(*regrouped)
+            if copies:
+                out, o = led.alloc("attention output", s.head_tensor(N, s.cast(qb))), out
+                led.free(o)
+            return led.terms(out, output_bytes(s))
+        kept, dropped = grid_split(P, s.patch_start, s.patch_h, s.patch_w, self.kv_stride, "cpu")
+        led.alloc("cached: grid split", (kept.numel() + dropped.numel()) * INT64)
+        fill = self.mean_fill and dropped.numel() > 0
+        Pk = kept.numel() + (1 if fill else 0)
+        subs = [led.alloc(f"subsampled {n}", s.head_tensor(S * kept.numel(), elem))
+                for n, elem in (("k", qb), ("v", e))]
+        for name, elem, sub in (("k", qb, subs[0]), ("v", e, subs[1])):
+            led.bind(name, sub)
+            if fill:
+                gathered = led.alloc(f"dropped {name} (for the mean)",
+                                     s.head_tensor(S * dropped.numel(), elem))
+                mean = led.alloc(f"subsampled {name}", s.head_tensor(S, elem))
+                led.free(gathered)
+                led.bind(name, led.alloc(f"subsampled {name}", s.head_tensor(S * Pk, elem)))
+                led.free(mean)
+        L = (P if self.keep_diagonal else 0) + S * Pk
+        q_b = led.alloc("q regrouped by frame", s.head_tensor(N, qb)) if copies else None
+        out = led.alloc("attention output", s.head_tensor(N, qb))
+        block_of = led.alloc("key frame index", S * Pk * INT64)
+        led.free(led.alloc("key frame index", S * Pk * INT64))
+        chunk = max(1, KEY_CHUNK_ELEMS // max(1, B * H * L * d))
+        for _, c in chunks(S, chunk):
+            led.unbind("k_c", "v_c")  # rebound to views of the subsampled keys first
+            led.bind("frames", led.alloc("query frame numbers", c * INT64))
+            if self.keep_diagonal:
+                led.bind("allow", led.alloc("key mask", c * S * Pk))
+                led.bind("k_c", led.alloc("key set per query frame", B * c * H * L * d * qb))
+                led.bind("v_c", led.alloc("value set per query frame", B * c * H * L * d * e))
+                ones = led.alloc("key mask", c * P)
+                led.bind("allow", led.alloc("key mask", c * L))
+                led.free(ones)
+            led.bind("rows", led.alloc("query frame numbers", B * c * INT64))
+            q_c = led.alloc("query frames", B * c * H * P * d * qb)
+            expanded = [] if self.keep_diagonal or not copies else [
+                led.alloc("key set per query frame", B * c * H * L * d * el) for el in (qb, e)]
+            mask = B * c * L if self.keep_diagonal else 0
+            o = sdpa_bytes(led, s, B * c * H, P, L, qb, qb, e, mask_elems=mask)
+            led.free(q_c, o, *expanded)
+        led.unbind("allow", "k_c", "v_c", "frames", "rows")
+        if copies:
+            out, out_b = led.alloc("attention output", s.head_tensor(N, qb)), out
+            led.free(out_b)
+        led.free(q_b, block_of)
+        return led.terms(out, output_bytes(s))
 
 
 def frames_as_batch(t: torch.Tensor, frames: int) -> torch.Tensor:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.methods.merging import from_layer, phase
+from harness.metrics.memory_model import SeamShape, block_sparse_bytes, plain_bytes
 from harness.models.seam import AttentionFn, AttentionLayout, attention_flops, check_tokens, elem_bytes
 from harness.params import param
 from harness.registry import register_method
@@ -57,6 +58,17 @@ class BlockSparseParams:
         "block mask: a compiled kernel on CUDA, torch's dense reference on CPU) or 'auto' (flex on CUDA)",
         choices=BACKENDS,
     )
+
+    def seam_peak_bytes(self, shape: SeamShape) -> dict[str, float]:
+        """Temporaries at the peak of one call, for the backend ``shape.device`` picks ('auto': flex
+        on CUDA): :func:`harness.metrics.memory_model.block_sparse_bytes` with this budget."""
+        if shape.layer < self.start_layer:
+            return plain_bytes(shape)
+        def budget(nk: int) -> int:
+            return max(1, nk - math.floor(self.bs_sparsity * nk + 1e-9))
+
+        return block_sparse_bytes(shape, self.bs_q_block, self.bs_k_block, self.bs_cdf, self.bs_dense_special,
+                                  self.bs_backend, budget, gather_chunk_elems=GATHER_CHUNK_ELEMS)
 
 
 def select_blocks(scores: torch.Tensor, budget: int, cdf: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,6 +25,17 @@ from harness.methods.merging import (
     shared_merge_attention,
     static_partition,
 )
+from harness.metrics.memory_model import (
+    Ledger,
+    SeamShape,
+    SlotMapBytes,
+    assign_bytes,
+    cached_bytes,
+    output_bytes,
+    partition_sets,
+    plain_bytes,
+    shared_merge_bytes,
+)
 from harness.models.seam import AttentionFn, AttentionLayout, elem_bytes, sdpa_attention, token_bytes
 from harness.params import param
 from harness.registry import register_method
@@ -48,6 +59,27 @@ class FastVGGTParams:
     )
     merge_seed: int = param(33, "seed of the random dst cell pattern (upstream: 33)", range=(0, None))
     start_layer: int = param(0, "global layers with a smaller index use plain attention", range=(0, None))
+
+    def seam_peak_bytes(self, shape: SeamShape, dense_similarity: bool = False) -> dict[str, float]:
+        """Temporaries at the peak of one call, GPU path (Triton kernels): the assignment on the
+        layer's normed input (x_norm ``[B, N, C]``, float32 under autocast, already alive): slot map,
+        best-match index, the gathered ``[cand | src]`` metric of the one match set (``nc + ns``
+        tokens of C channels: the largest term), the kernel's score and index (no similarity is
+        stored); the merged q, k, v ``[B, H, M, d]``; SDPA on M tokens; the unmerge index; the cached
+        partition. ``dense_similarity``: the src x dst similarity in one matrix instead (torch path
+        without chunking, upstream FastVGGT's one matmul): ``[ns, nc]`` in the matmul's dtype. The
+        torch path as it is chunks that matrix (``SIM_CHUNK_ELEMS``) and merges with
+        ``embedding_bag``."""
+        s = shape
+        if s.layer < self.start_layer or s.frames == 1:
+            return plain_bytes(s)
+        part, _ = fastvggt_partition(s.frames, s.patch_h, s.patch_w, s.patch_start, self)
+        led = Ledger()
+        led.alloc("cached: FastVGGT partition", cached_bytes(part))
+        slot = assign_bytes(led, s, s.batch, partition_sets(part), s.heads * s.head_dim, s.norm_bytes,
+                            dense=dense_similarity)
+        out = shared_merge_bytes(led, s, SlotMapBytes(led, s, 1, part.n_slots, slot))
+        return led.terms(out, output_bytes(s))
 
 
 def cell_dst_mask(frames: int, patch_h: int, patch_w: int, seed: int) -> torch.Tensor:

@@ -23,6 +23,17 @@ from harness.methods.merging import (
     shared_merge_attention,
     static_partition,
 )
+from harness.metrics.memory_model import (
+    Ledger,
+    SeamShape,
+    SlotMapBytes,
+    assign_bytes,
+    cached_bytes,
+    output_bytes,
+    partition_sets,
+    plain_bytes,
+    shared_merge_bytes,
+)
 from harness.models.seam import AttentionFn, AttentionLayout, elem_bytes, token_bytes
 from harness.params import param
 from harness.registry import register_method
@@ -38,6 +49,26 @@ class ToMeParams:
     prop_attn: bool = param(False, "proportional attention: add log(group size) of each key to the logits")
     protect_special: bool = param(True, "camera/register tokens pass through (never merged)")
     start_layer: int = param(0, "global layers with a smaller index use plain attention", range=(0, None))
+
+    def seam_peak_bytes(self, shape: SeamShape) -> dict[str, float]:
+        """Temporaries at the peak of one call, GPU path (Triton kernels): the keys averaged over
+        heads ``[B, N, d]``; the assignment (slot map, best-match index, the gathered metric of the
+        one A/B match set: the kernel stores no similarity); the merged q, k, v ``[B, H, M, d]``
+        (float32 sums first, so v's merge makes a bf16 copy); SDPA on M tokens; the unmerge index
+        (int64 ``[B * H * N]``); and the cached partition. The torch path (CPU, or
+        ``HARNESS_MERGE_KERNELS=torch``) differs: chunked similarities instead of the fused kernel,
+        and ``embedding_bag`` merges with a sort of the decisions instead of the scatter kernel."""
+        s = shape
+        if s.layer < self.start_layer:
+            return plain_bytes(s)
+        part = tome_partition(s.frames, s.tokens_per_frame, s.patch_start, self.tome_ratio,
+                              self.protect_special)
+        led = Ledger()
+        led.alloc("cached: ToMe partition", cached_bytes(part))
+        led.alloc("keys averaged over heads", s.batch * s.tokens * s.head_dim * s.qk_bytes)
+        slot = assign_bytes(led, s, s.batch, partition_sets(part), s.head_dim, s.qk_bytes)
+        out = shared_merge_bytes(led, s, SlotMapBytes(led, s, 1, part.n_slots, slot), self.prop_attn)
+        return led.terms(out, output_bytes(s))
 
 
 def tome_partition(

@@ -29,6 +29,18 @@ from harness.methods.merging import (
     static_partition,
     with_extra_candidates,
 )
+from harness.metrics.memory_model import (
+    Ledger,
+    SeamShape,
+    SlotMapBytes,
+    assign_bytes,
+    cached_bytes,
+    outlier_filter_bytes,
+    output_bytes,
+    partition_sets,
+    plain_bytes,
+    sdpa_bytes,
+)
 from harness.models.seam import (
     AttentionFn,
     AttentionLayout,
@@ -79,6 +91,49 @@ class HTTMParams:
     decouple_qk: bool = param(
         True, "Q merged on Q similarity, K/V on K similarity; False: one K-based assignment for Q, K, V"
     )
+
+    def seam_peak_bytes(self, shape: SeamShape) -> dict[str, float]:
+        """Temporaries at the peak of one call, GPU path (Triton kernels): the K and Q assignments
+        (slot maps ``[B * G, N]``, best-match indices, the gathered group vectors of a chunk of
+        blocks: the kernel stores no similarity), the merged k, v ``[B, H, M_k, d]`` and q, the
+        outlier filter (:func:`harness.metrics.memory_model.outlier_filter_bytes`: deviations, new
+        slot map, new merged q of ``M_q + extra`` slots), SDPA on the merged tokens, the unmerge
+        index (int64 ``[B * H * N]``), and the cached blocks and partitions. ``extra`` (outliers per
+        head group) is data-dependent: modelled as an even spread of the budget. The torch path (CPU)
+        differs: chunked similarities instead of the fused kernel and ``embedding_bag`` merges."""
+        s = shape
+        if s.layer < self.start_layer:
+            return plain_bytes(s)
+        G, N = self.head_groups, s.tokens
+        blocks = temporal_blocks(s.frames, s.tokens_per_frame, self.n_s, self.n_t, s.patch_start,
+                                 self.protect_special, self.anchor_first_frame)
+        part_k = block_partition(blocks, N, self.kv_merge, self.dst_frac, self.dst_rule, self.dst_seed)
+        part_q = block_partition(blocks, N, self.query_merge, self.dst_frac, self.dst_rule, self.dst_seed)
+        part_q = part_q if self.decouple_qk else part_k
+        led = Ledger()
+        led.alloc("cached: HTTM blocks and partitions", cached_bytes(blocks, part_k, part_q)
+                  - (cached_bytes(part_k) if part_q is part_k else 0.0))
+        hg = s.heads // G
+        gather = dict(gather_copies=1 if hg == 1 else 2)
+        slot_k = assign_bytes(led, s, s.batch * G, partition_sets(part_k), hg * s.head_dim, s.qk_bytes,
+                              what="k ", **gather)
+        slot_q = slot_k
+        if self.decouple_qk:
+            slot_q = assign_bytes(led, s, s.batch * G, partition_sets(part_q), hg * s.head_dim, s.qk_bytes,
+                                  what="q ", **gather)
+        sm_k = SlotMapBytes(led, s, G, part_k.n_slots, slot_k, "k ")
+        k_m, v_m = sm_k.merge(s.qk_bytes, "merged k"), sm_k.merge(s.elem_bytes, "merged v")
+        sm_q = SlotMapBytes(led, s, G, part_q.n_slots, slot_q, "q ")
+        q_mean = sm_q.merge(s.qk_bytes, "merged q")
+        sm_q2, q_m = outlier_filter_bytes(led, s, q_mean, sm_q, self.outlier_frac, DEV_CHUNK_ELEMS)
+        if sm_q2 is not sm_q:
+            sm_q.release()
+            led.free(q_mean)
+        o_m = sdpa_bytes(led, s, s.rows, sm_q2.M, part_k.n_slots, s.qk_bytes, s.qk_bytes, s.elem_bytes,
+                         what="merged ")
+        out = sm_q2.unmerge(sm_q2.M, s.cast(s.qk_bytes))
+        led.free(k_m, v_m, q_m, o_m)
+        return led.terms(out, output_bytes(s))
 
 
 # ----------------------------------------------------------------------------- blocks
