@@ -55,8 +55,9 @@ class AVGGTParams:
         regrouping by frame (``frames_as_batch`` / ``frames_back``) is a view, and SDPA's output keeps
         its query's layout, so frame-attention layers need only SDPA's own output and logsumexp (and
         autocast's bf16 copies of q and k). Other layers: the grid-subsampled keys / values of every
-        frame ``[B, H, S, Pk, d]`` (the dropped ones gathered once for the mean fill), an output of
-        q's dtype (float32 under autocast) filled chunk by chunk, and per chunk of query frames
+        frame ``[B, H, S, Pk, d]`` (the dropped ones gathered once for the mean fill), an output in
+        the attention's dtype (bf16 under autocast) made after the first chunk's SDPA and filled
+        chunk by chunk, and per chunk of query frames
         (``KEY_CHUNK_ELEMS``) the concatenated key / value sets, the chunk's queries, the mask and
         SDPA. With B > 1 the regroupings are copies (counted)."""
         s = shape
@@ -90,7 +91,7 @@ class AVGGTParams:
                 led.free(mean)
         L = (P if self.keep_diagonal else 0) + S * Pk
         q_b = led.alloc("q regrouped by frame", s.head_tensor(N, qb)) if copies else None
-        out = led.alloc("attention output", s.head_tensor(N, qb))
+        out = None  # made at the first chunk, in the attention's dtype
         block_of = led.alloc("key frame index", S * Pk * INT64)
         led.free(led.alloc("key frame index", S * Pk * INT64))
         chunk = max(1, KEY_CHUNK_ELEMS // max(1, B * H * L * d))
@@ -110,10 +111,13 @@ class AVGGTParams:
                 led.alloc("key set per query frame", B * c * H * L * d * el) for el in (qb, e)]
             mask = B * c * L if self.keep_diagonal else 0
             o = sdpa_bytes(led, s, B * c * H, P, L, qb, qb, e, mask_elems=mask)
-            led.free(q_c, o, *expanded)
+            led.free(q_c, *expanded)
+            if out is None:
+                out = led.alloc("attention output", s.head_tensor(N, s.cast(qb)))
+            led.free(o)
         led.unbind("allow", "k_c", "v_c", "frames", "rows")
         if copies:
-            out, out_b = led.alloc("attention output", s.head_tensor(N, qb)), out
+            out, out_b = led.alloc("attention output", s.head_tensor(N, s.cast(qb))), out
             led.free(out_b)
         led.free(q_b, block_of)
         return led.terms(out, output_bytes(s))
@@ -169,7 +173,7 @@ def subsampled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layo
     own = P if p.keep_diagonal else 0
     L = own + S * Pk
     q_b = frames_as_batch(q, S)  # [B*S, H, P, d], row b * S + f
-    out = torch.empty_like(q_b)
+    out: torch.Tensor | None = None  # made at the first chunk, in the attention's dtype
     chunk = max(1, KEY_CHUNK_ELEMS // max(1, B * H * L * d))
     block_of = torch.arange(S * Pk, device=q.device) // Pk  # [S*Pk] frame of each subsampled key
     with phase(rec, "attention"):
@@ -189,8 +193,13 @@ def subsampled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layo
             else:
                 mask = None
             rows = (torch.arange(B, device=q.device).view(B, 1) * S + frames.view(1, c)).reshape(-1)
-            out[rows] = F.scaled_dot_product_attention(q_b[rows], k_c.reshape(B * c, H, L, d),
-                                                       v_c.reshape(B * c, H, L, d), attn_mask=mask)
+            o = F.scaled_dot_product_attention(q_b[rows], k_c.reshape(B * c, H, L, d),
+                                               v_c.reshape(B * c, H, L, d), attn_mask=mask)
+            if out is None:  # bf16 under autocast, while q may be float32 (the qk LayerNorm's dtype)
+                out = torch.empty_like(q_b, dtype=o.dtype)  # q_b's strides: frames_back is a view
+            out[rows] = o
+            del o
+    assert out is not None
     out = frames_back(out, B)
     if rec is not None:
         keys = own + (S - (1 if p.keep_diagonal else 0)) * Pk  # keys a query really attends to

@@ -136,7 +136,8 @@ def sparse_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                            name: str = "block-sparse") -> torch.Tensor:
     """Block-sparse attention: each query block keeps its top key blocks of the estimated block map.
 
-    q, k, v: [B, H, N, d] -> [B, H, N, d]. ``budget_of(nk)`` gives, for nk patch key blocks, the
+    q, k, v: [B, H, N, d] -> [B, H, N, d] in the attention's dtype (bf16 under autocast, as plain
+    attention's, also when q and k are float32). ``budget_of(nk)`` gives, for nk patch key blocks, the
     most key blocks any query block keeps and optionally per-head caps ``[H]`` (long, on q's
     device; HeSS) within it."""
     B, H, N, d = q.shape
@@ -144,7 +145,6 @@ def sparse_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     rec = layout.recorder
     special, patch = split_special(layout.frames, layout.tokens_per_frame, layout.patch_start,
                                    spec.dense_special, str(q.device))
-    out = torch.empty_like(q)
     with phase(rec, "aggregate"):
         qp, kp, vp = (t.index_select(2, patch) for t in (q, k, v))
         ks, vs = k.index_select(2, special), v.index_select(2, special)
@@ -165,6 +165,8 @@ def sparse_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
         ob = _gather_patch_attention(qb, kb, vb, k_valid, ks, vs, index, count, rec)
         o_patch = ob.reshape(B, H, -1, d)[:, :, : patch.numel()]
     with phase(rec, "aggregate"):
+        # the attention's dtype: bf16 under autocast, while q may be float32 (the qk LayerNorm's dtype)
+        out = torch.empty_like(q, dtype=o_patch.dtype)
         out.index_copy_(2, patch, o_patch)
     if ns:
         with phase(rec, "attention"):
@@ -179,13 +181,13 @@ def _gather_patch_attention(qb: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor
                             rec) -> torch.Tensor:
     """Patch-query blocks through gathered key blocks. qb: [B, H, nq, bq, d]; kb/vb: [B, H, nk, bk, d];
     k_valid: [nk, bk]; ks/vs: [B, H, ns, d] special keys/values; index/count from
-    :func:`select_blocks` -> [B, H, nq, bq, d]."""
+    :func:`select_blocks` -> [B, H, nq, bq, d] in the attention's dtype."""
     B, H, nq, bq, d = qb.shape
     bk, budget, ns = kb.shape[3], index.shape[-1], ks.shape[2]
     L = budget * bk + ns
     used = torch.arange(budget, device=qb.device) < count.unsqueeze(-1)  # [B, H, nq, budget]
     chunk = max(1, GATHER_CHUNK_ELEMS // max(1, B * H * L * d))
-    ob = qb.new_empty(qb.shape)
+    ob: torch.Tensor | None = None  # made at the first chunk, in the attention's dtype
     bi = torch.arange(B, device=qb.device).view(B, 1, 1, 1)
     hi = torch.arange(H, device=qb.device).view(1, H, 1, 1)
     for i0 in range(0, nq, chunk):
@@ -203,7 +205,12 @@ def _gather_patch_attention(qb: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor
                 allow = torch.cat([allow, allow.new_ones(B * H * c, 1, 1, ns)], dim=3)
         with phase(rec, "attention"):
             qc = qb[:, :, sl].reshape(B * H * c, 1, bq, d)
-            ob[:, :, sl] = F.scaled_dot_product_attention(qc, kg, vg, attn_mask=allow).view(B, H, c, bq, d)
+            o = F.scaled_dot_product_attention(qc, kg, vg, attn_mask=allow)
+            if ob is None:  # bf16 under autocast, while q may be float32
+                ob = o.new_empty(qb.shape)
+            ob[:, :, sl] = o.view(B, H, c, bq, d)
+            del o
+    assert ob is not None
     return ob
 
 

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import torch
 
 # the block-sparse machinery is blocksparse's own (one concept, one place), with a per-head budget
-from baselines.blocksparse import BACKENDS, BlockSpec, sparse_block_attention
+from baselines.blocksparse import BACKENDS, GATHER_CHUNK_ELEMS, BlockSpec, sparse_block_attention
+from harness.metrics.memory_model import INT64, SeamShape, block_sparse_bytes, plain_bytes
 from harness.models.seam import AttentionLayout, Probe, VGGTMethod, sdpa_attention
 from harness.params import param
 from harness.registry import register_method
@@ -62,6 +63,28 @@ class HeSSParams:
     hess_backend: str = param(
         "auto", "kept-block attention: 'gather' (any device), 'flex' (FlexAttention block mask; compiled on "
         "CUDA) or 'auto' (flex on CUDA)", choices=BACKENDS)
+
+    def seam_peak_bytes(self, shape: SeamShape, largest_budget: int | None = None) -> dict[str, float]:
+        """Temporaries at the peak of one call: blocksparse's core
+        (:func:`harness.metrics.memory_model.block_sparse_bytes` with per-head caps) with its top-k
+        as wide as the largest head budget, and the cached per-head budgets ``[H]``.
+
+        The largest budget is data-dependent (the calibration sets it): ``largest_budget`` when
+        given; otherwise the uniform budget for ``hess_allocation: uniform`` and, for the
+        sensitivity-based splits, the cap every head budget is clipped to, all ``nk`` key blocks (an
+        upper bound: the most sensitive head may keep every block)."""
+        if shape.layer < self.start_layer:
+            return plain_bytes(shape)
+
+        def budget(nk: int) -> int:
+            if largest_budget is not None:
+                return largest_budget
+            return uniform_budget(nk, self.hess_sparsity) if self.hess_allocation == "uniform" else nk
+
+        terms = block_sparse_bytes(shape, self.hess_q_block, self.hess_k_block, self.hess_cdf,
+                                   self.hess_dense_special, self.hess_backend, budget, per_head_caps=True,
+                                   gather_chunk_elems=GATHER_CHUNK_ELEMS)
+        return terms | {"cached: per-head budgets": float(shape.heads * INT64)}
 
 
 # --------------------------------------------------------------------------------- budget allocation

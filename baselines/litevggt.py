@@ -50,6 +50,19 @@ from harness.methods.merging import (
     shared_merge_attention,
     static_partition,
 )
+from harness.metrics.memory_model import (
+    BOOL,
+    FLOAT32,
+    INT64,
+    Ledger,
+    MatchSetShape,
+    SeamShape,
+    SlotMapBytes,
+    assign_bytes,
+    output_bytes,
+    plain_bytes,
+    shared_merge_bytes,
+)
 from harness.models.seam import (
     AttentionFn,
     AttentionLayout,
@@ -97,6 +110,200 @@ class LiteVGGTParams:
         if any(layer < 0 for layer in self.lv_recompute_layers):
             raise ValueError(f"lv_recompute_layers={list(self.lv_recompute_layers)} must be global layer "
                              "indices >= 0")
+
+    def seam_peak_bytes(self, shape: SeamShape) -> dict[str, float]:
+        """Temporaries at the peak of one call of a forward that runs layers 0, 1, ... (GPU path,
+        Triton merge kernels), counting the cache the previous calls left: the cached random
+        projection ``[C, lv_proj_dim]``, each row's partition (int64 indices of N tokens) and the slot
+        map of the last recompute with its counts and unmerge index (``[B * H * N]`` int64).
+
+        - Layer 0 starts a forward: the geometry scores (:func:`geometry_bytes`), the roles
+          (:func:`roles_bytes`), the new partitions (:func:`partition_bytes`; the old ones die when
+          they replace them), then as a recompute layer, whose ``cand_src`` is built on first use.
+        - A recompute layer: per batch row the assignment on x_norm (:func:`assign_bytes`: the
+          gathered ``[targets | src]`` x_norm rows, the largest term), the rows' slot maps joined;
+          the previous slot map (and its counts and unmerge index) dies when the new one replaces it;
+          then the merge as below with counts and unmerge index built.
+        - Any other layer reuses the cached slot map: merged q, k, v, SDPA on M slots, the output
+          copied back (:func:`shared_merge_bytes`).
+        """
+        if shape.frames == 1:
+            return plain_bytes(shape)
+        led = Ledger()
+        sm = matching_bytes(led, shape, self)
+        return led.terms(shared_merge_bytes(led, shape, sm), output_bytes(shape))
+
+
+# -- the memory wall's replay (harness/metrics/memory_model.py) ---------------------------------
+
+
+def litevggt_sets(s: SeamShape, p: LiteVGGTParams) -> tuple[MatchSetShape, int]:
+    """The one match set of a batch row's partition and its slot count M: the role counts are fixed
+    by the layout (one anchor per 2 x 2 cell, a fixed number protected per frame)."""
+    S, hw, ps = s.frames, s.patch_h * s.patch_w, s.patch_start
+    cells = -(-s.patch_h // CELL) * -(-s.patch_w // CELL)
+    protected = protected_count(hw, cells, p.lv_protect_frac)
+    special = S * ps
+    kept = (S - 1) * protected + (0 if p.lv_special_targets else special)
+    targets = hw + (S - 1) * cells + (special if p.lv_special_targets else 0)
+    src = (S - 1) * (hw - cells - protected)
+    r = merged_count(p.lv_ratio, src)
+    return MatchSetShape(nb=1, ns=src, nc=targets, r=r), kept + targets + src - r
+
+
+def partition_index_bytes(tokens: int, ms: MatchSetShape) -> float:
+    """Bytes of one row's partition on the device: the static slots ``[N]``, src, targets, their
+    slots and the unmerged base, and ``cand_src`` once matched (a set that merges nothing is never
+    matched), int64 each."""
+    matched = ms.nc + ms.ns if ms.ns and ms.r else 0
+    return float(tokens + ms.ns + 2 * ms.nc + 1 + matched) * INT64
+
+
+def matching_bytes(led: Ledger, s: SeamShape, p: LiteVGGTParams) -> SlotMapBytes:
+    """One call of a forward up to its merge (see :meth:`LiteVGGTParams.seam_peak_bytes`), replayed on
+    ``led`` with the cache the previous calls left: returns the slot map the merge uses (the cached
+    one, with its counts and unmerge index, on a reuse layer)."""
+    B, N, C = s.batch, s.tokens, s.heads * s.head_dim
+    ms, n_slots = litevggt_sets(s, p)
+    if 0 < p.lv_proj_dim < C:
+        led.alloc("cached: random projection (float32)", C * p.lv_proj_dim * FLOAT32)
+    parts = [led.alloc("cached: partition (int64)", partition_index_bytes(N, ms)) for _ in range(B)]
+    old = led.alloc("cached: slot map (int64)", B * N * INT64)
+    old_sm = SlotMapBytes(led, s, 1, n_slots, old)
+    old_sm.reuse()
+    new_forward = s.layer == 0
+    if not new_forward and s.layer not in p.lv_recompute_layers:
+        return old_sm
+    scores = roles = None
+    if new_forward:
+        scores, score_elem = geometry_bytes(led, s, p)
+        roles = roles_bytes(led, s, p, score_elem)
+        for _ in range(B):
+            partition_bytes(led, s, ms)  # kept: the new cache
+        led.free(*parts)
+    rows = [assign_bytes(led, s, 1, [ms], C, s.norm_bytes, fresh=new_forward) for _ in range(B)]
+    slot = led.alloc("slot map (int64)", B * N * INT64)
+    led.free(*rows)
+    old_sm.release()
+    led.free(old, scores, roles)
+    return SlotMapBytes(led, s, 1, n_slots, slot)
+
+
+def geometry_bytes(led: Ledger, s: SeamShape, p: LiteVGGTParams) -> tuple[int, int]:
+    """:func:`geometry_scores` on x_norm ``[B, N, C]``: x_norm in float32 (a copy unless it is); with
+    the projection (``0 < lv_proj_dim < C``) the patch tokens times ``[C, lv_proj_dim]`` (under
+    autocast: bf16 copies of both and a bf16 product; otherwise the matmul's contiguous copy of the
+    strided patch tokens); then the local variance, ``[B * S, c, h, w]`` each: the windowed mean, the
+    square, the windowed mean of squares, the squared mean, the difference, its clamp, and the sum over
+    channels ``[B, S, h, w]`` (float32 under CUDA autocast, which casts its input up first; CPU autocast
+    sums in the input's dtype). Returns (scores, their element size)."""
+    B, C = s.batch, s.heads * s.head_dim
+    patches = B * s.frames * s.patch_h * s.patch_w
+    x32 = led.alloc("geometry: x_norm in float32", float(B) * s.tokens * C * FLOAT32) \
+        if s.norm_bytes != FLOAT32 else None
+    c, elem, projected = C, FLOAT32, None
+    if 0 < p.lv_proj_dim < C:
+        c = p.lv_proj_dim
+        if s.autocast:
+            elem = s.elem_bytes
+            casts = [led.alloc("geometry: patch tokens in bf16 (autocast copy)", float(patches) * C * elem),
+                     led.alloc("geometry: patch tokens in bf16 (autocast copy)", float(C) * c * elem)]
+        else:
+            strided = s.patch_start > 0  # the patch tokens skip each frame's special tokens
+            name = "geometry: patch tokens (matmul's contiguous copy)"
+            casts = [led.alloc(name, float(patches) * C * elem)] if strided else []
+        projected = led.alloc("geometry: projected patch tokens", float(patches) * c * elem)
+        led.free(*casts)
+    cells = float(patches) * c * elem
+    mean = led.alloc("geometry: local variance", cells)
+    square = led.alloc("geometry: local variance", cells)
+    mean_sq = led.alloc("geometry: local variance", cells)
+    led.free(square)
+    mean2 = led.alloc("geometry: local variance", cells)
+    diff = led.alloc("geometry: local variance", cells)
+    led.free(mean2)
+    clamped = led.alloc("geometry: local variance", cells)
+    led.free(diff)
+    if s.autocast and s.device == "cuda" and elem != FLOAT32:
+        up = led.alloc("geometry: local variance", float(patches) * c * FLOAT32)
+        scores = led.alloc("geometry scores", float(patches) * FLOAT32)
+        led.free(up)
+        elem = FLOAT32
+    else:
+        scores = led.alloc("geometry scores", float(patches) * elem)
+    led.free(clamped, mean, mean_sq, projected, x32)
+    return scores, elem
+
+
+def roles_bytes(led: Ledger, s: SeamShape, p: LiteVGGTParams, score_elem: int) -> int | None:
+    """:func:`sequence_roles`: the roles ``[B, N]`` int64 on the host (device memory only when the
+    device is the CPU; None otherwise) and, on the device, :func:`cell_anchors` of frames >= 1 (the
+    padded scores, their cell-major copy, the argmin, row and column indices, the anchor mask),
+    the role map (int64 ``[R, h * w]``, R = B (S - 1)), the masked scores and their top-k.
+    Returns the host roles' handle."""
+    B, S, h, w = s.batch, s.frames, s.patch_h, s.patch_w
+    host = s.device == "cpu"
+    roles = led.alloc("roles (int64, on the host)", float(B) * s.tokens * INT64) if host else None
+    R, hw = B * (S - 1), h * w
+    ch, cw = -(-h // CELL), -(-w // CELL)
+    rcells = R * ch * cw
+    flat = led.alloc("roles", R * hw * score_elem) if B > 1 else None  # scores[:, 1:].flatten(0, 1)
+    padded = led.alloc("roles: cell anchors", R * CELL * ch * CELL * cw * score_elem)
+    cells = led.alloc("roles: cell anchors", R * CELL * ch * CELL * cw * score_elem)
+    index = [led.alloc("roles: cell anchors", rcells * INT64)]  # argmin
+    for n in (ch, cw):  # arange * CELL + pick // CELL (rows), pick % CELL (columns)
+        ar = led.alloc("roles: cell anchors", n * INT64)
+        times = led.alloc("roles: cell anchors", n * INT64)
+        led.free(ar)
+        part = led.alloc("roles: cell anchors", rcells * INT64)
+        index.append(led.alloc("roles: cell anchors", rcells * INT64))
+        led.free(times, part)
+    anchors = led.alloc("roles: anchor mask", R * hw * BOOL)
+    led.free(led.alloc("roles: cell anchors", R * INT64), padded, cells, *index)
+    scalars = [led.alloc("roles", INT64), led.alloc("roles", INT64)]
+    role = led.alloc("roles of frames >= 1 (int64)", R * hw * INT64)
+    led.free(*scalars)
+    k = protected_count(hw, ch * cw, p.lv_protect_frac)
+    if k > 0:
+        ranked = led.alloc("roles: ranked scores", R * hw * score_elem)
+        values = led.alloc("roles: ranked scores", R * k * score_elem)
+        top = led.alloc("roles: ranked scores", R * k * INT64)
+        led.free(values, ranked, top)
+    led.free(anchors, role, flat)
+    return roles
+
+
+def partition_bytes(led: Ledger, s: SeamShape, ms: MatchSetShape) -> list[int]:
+    """:func:`row_partition` of one batch row. On the CPU (host and device alike) the role masks and
+    their nonzero indices, then :func:`harness.methods.merging.static_partition`'s static slots,
+    block bases and target slots; on CUDA that is host work and only the device copies of the
+    static slots, src, targets, their slots and the unmerged base are made. Returns the handles
+    the partition keeps."""
+    N, nb, ns, nc = s.tokens, ms.nb, ms.ns, ms.nc
+    name = "partition (int64)"
+    n_kept = N - ns - nc
+    if s.device != "cpu":
+        return [led.alloc(name, n * INT64) for n in (N, ns, nc, nb * nc, nb)]
+    found = []
+    for n in (n_kept, ns, nc):  # role == x, then its nonzero indices
+        mask = led.alloc(name, N * BOOL)
+        found.append(led.alloc(name, n * INT64))
+        led.free(mask)
+    static = led.alloc(name, N * INT64)
+    led.free(led.alloc(name, n_kept * INT64))
+    ar = led.alloc(name, nb * INT64)
+    times = led.alloc(name, nb * INT64)
+    led.free(ar)
+    base = led.alloc(name, nb * INT64)
+    led.free(times)
+    ar = led.alloc(name, nc * INT64)
+    slots = led.alloc(name, nb * nc * INT64)
+    led.free(ar)
+    if ms.r == 0:  # the src keep static slots after the targets
+        led.free(led.alloc(name, nb * INT64), led.alloc(name, ns * INT64), led.alloc(name, nb * ns * INT64))
+    unmerged = led.alloc(name, nb * INT64)
+    led.free(base, found[0])
+    return [static, found[1], found[2], slots, unmerged]
 
 
 # -- step 1: geometry score ------------------------------------------------------------------

@@ -46,6 +46,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.methods.httm import HTTMParams, make_httm
+from harness.metrics.memory_model import (
+    FLOAT32,
+    Forward,
+    Ledger,
+    ModelExtra,
+    Moment,
+    SeamShape,
+    plain_bytes,
+)
 from harness.models.seam import CalibrationRun, VGGTMethod
 from harness.params import param
 from harness.registry import register_method
@@ -116,6 +125,58 @@ class QuantVGGTParams:
     def quantizes(self) -> bool:
         """Whether weights or activations are actually quantized."""
         return self.qv_w_bits < OFF_BITS or self.qv_a_bits < OFF_BITS
+
+    @property
+    def learns_clipping(self) -> bool:
+        """Whether the folded layers keep learned activation clipping (LAC) logits."""
+        return self.qv_lac and self.qv_calib_epochs > 0 and self.quantizes
+
+    def seam_peak_bytes(self, shape: SeamShape) -> dict[str, float]:
+        """Plain attention's temporaries: QuantVGGT changes the linear layers, not the seam."""
+        return plain_bytes(shape)
+
+    def model_extra_bytes(self, fw: Forward) -> ModelExtra:
+        """What the fake-quantized model adds to the forward ``fw`` (the memory wall's model terms).
+
+        held: the point's transformed **copy** of the model, beside the original that the workload
+        keeps for the reference: every weight again in its float dtype (fake quantization stores
+        ``Q_w(W R s)`` as float, so W4 saves nothing here), and each quantized linear's buffers: the
+        Hadamard signs and smoothing factors (float32 ``[C_in]``) and the LAC logits (2 floats; the
+        per-channel weight scales and LWC logits are folded away), and the gradients the block
+        reconstruction's last step leaves on the learned smoothing factors and LAC logits. Moments:
+        the last global block's MLP while ``fc1`` and ``fc2`` run fake-quantized
+        (:func:`fake_quant_linear_bytes`; fc2, with the 4C-wide input, is the largest linear). The
+        copy's parameters do not require grad, so autocast keeps no bf16 weight cache (each call
+        casts its weight and drops it)."""
+        fw = dataclasses.replace(fw, weight_cache=False)
+        cfg = fw.cfg
+        C, hidden = cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
+        layers = 2 * cfg.depth  # frame and global blocks
+        inputs = layers * (3 * C + hidden)  # qkv, proj, fc1 take C channels, fc2 takes the MLP's width
+        copy = "quantized copy: "
+        held = {f"{copy}weights (float, fake-quantized)": float(fw.lin.params) * fw.w + fw.lin.buffers}
+        if self.qv_rotate:
+            held[f"{copy}Hadamard signs (float32)"] = float(inputs) * FLOAT32
+        if self.qv_smooth:
+            held[f"{copy}smoothing factors (float32)"] = float(inputs) * FLOAT32
+        clip_logits = float(layers * len(QUANT_LINEARS)) * 2 * FLOAT32
+        if self.learns_clipping:
+            held[f"{copy}activation clipping logits"] = clip_logits
+        if self.qv_calib_epochs > 0 and self.quantizes and self.qv_lr > 0:  # the last step's .grad stays
+            grads = (float(inputs) * FLOAT32 if self.qv_smooth else 0.0) + (
+                clip_logits if self.learns_clipping and self.qv_a_bits < OFF_BITS else 0.0)
+            if grads:
+                held[f"{copy}gradients the reconstruction leaves on the smoothing and LAC"] = grads
+        around = fw.kept(cfg.depth - 1) + fw.mlp_around()
+        gelu = fw.tokens * hidden * fw.e
+        fc1, fc2 = Ledger(), Ledger()
+        *_, fc1_size, fc2_size = fw.lin.block  # weights + biases
+        fake_quant_linear_bytes(fc1, fw, C, hidden, fc1_size - C * hidden, fw.r, self, "fc1 ")
+        fc2.alloc("GELU output (fc2's input)", gelu)
+        fake_quant_linear_bytes(fc2, fw, hidden, C, fc2_size - hidden * C, fw.e, self, "fc2 ")
+        moments = {f"MLP fc1, fake-quantized, layer {cfg.depth - 1}": Moment(around, fc1.terms()),
+                   f"MLP fc2, fake-quantized, layer {cfg.depth - 1}": Moment(around, fc2.terms())}
+        return ModelExtra(held=held, moments=moments, weight_cache=False)
 
 
 # ----------------------------------------------------------------------------- quantizers
@@ -271,6 +332,77 @@ class QVLinear(nn.Module):
         return (f"{self.in_features}, {self.out_features}, W{self.w_bits}A{self.a_bits}, "
                 f"rotate={self.signs is not None}, smooth={self.smooth is not None}, "
                 f"lwc={self.clip_w is not None}, lac={self.clip_a is not None}")
+
+
+def fake_quant_linear_bytes(led: Ledger, fw: Forward, n_in: int, n_out: int, bias: int, x_elem: int,
+                            p: QuantVGGTParams, what: str = "") -> int:
+    """A folded :class:`QVLinear` (with ``bias`` bias elements) on all ``fw.tokens`` tokens, x ``[T, n_in]``
+    of ``x_elem`` bytes, replayed on ``led``: with autocast off, x in float32 (a copy unless it is),
+    ``x * signs`` and the
+    Walsh-Hadamard butterflies (each level's sum and difference halves and their stack beside the
+    previous level), the division by sqrt(n), the smoothing division; the per-token quantization
+    (the ``[T, 1]`` ranges and scales, ``x / scale``, its rounding with the straight-through
+    difference, the clamp and the rescale: float32 ``[T, n_in]`` each); then ``F.linear`` under
+    autocast: x back in its dtype, autocast's copies of the input, the weight and the bias in the
+    compute dtype (the copy's weights are not cached), and the output ``[T, n_out]``. Returns the
+    output's handle (everything else freed). Units: bytes."""
+    T = fw.tokens
+    act = float(T) * n_in * FLOAT32
+    h = led.alloc(f"{what}x in float32", act) if x_elem != FLOAT32 else None
+    if p.qv_rotate:
+        level = led.alloc(f"{what}Hadamard transform of x (float32)", act)  # x * signs
+        for _ in range(int(math.log2(n_in))):
+            halves = [led.alloc(f"{what}Hadamard transform of x (float32)", act / 2) for _ in range(2)]
+            stacked = led.alloc(f"{what}Hadamard transform of x (float32)", act)
+            led.free(*halves, level)
+            level = stacked
+        scaled = led.alloc(f"{what}Hadamard transform of x (float32)", act)
+        led.free(level, h)
+        h = scaled
+    if p.qv_smooth:
+        smoothed = led.alloc(f"{what}smoothed x (float32)", act)
+        led.free(h)
+        h = smoothed
+    small = [led.alloc(f"{what}clipping logits", 2 * FLOAT32)] if p.learns_clipping else []
+    if p.qv_a_bits < OFF_BITS:
+        token = T * FLOAT32
+        for _ in ("hi", "lo"):  # amax / amin, clamp, times the clipping factor
+            first = led.alloc(f"{what}per-token ranges", token)
+            second = led.alloc(f"{what}per-token ranges", token)
+            led.free(first)
+            small.append(led.alloc(f"{what}per-token ranges", token))
+            led.free(second)
+        neg = led.alloc(f"{what}per-token ranges", token)
+        small.append(led.alloc(f"{what}per-token ranges", token))  # maximum
+        led.free(neg)
+        temps = [led.alloc(f"{what}per-token scales", T * 1), led.alloc(f"{what}per-token scales", token),
+                 led.alloc(f"{what}per-token scales", token)]  # amax > 0, amax / qmax, ones
+        small.append(led.alloc(f"{what}per-token scales", token))  # where
+        led.free(*temps)
+        divided = led.alloc(f"{what}x / scale (float32)", act)
+        rounded = led.alloc(f"{what}rounded x (float32)", act)
+        diff = led.alloc(f"{what}rounded x (float32)", act)
+        led.free(rounded)
+        ste = led.alloc(f"{what}rounded x (float32)", act)
+        led.free(diff, divided)
+        clamped = led.alloc(f"{what}quantized x (float32)", act)
+        led.free(ste)
+        quantized = led.alloc(f"{what}quantized x (float32)", act)
+        led.free(clamped)
+        led.free(h)
+        h = quantized
+    led.free(*small)
+    casts = []
+    if x_elem != FLOAT32:  # h.to(x.dtype)
+        casts.append(led.alloc(f"{what}quantized x in the input's dtype", float(T) * n_in * x_elem))
+    if fw.autocast and x_elem != fw.e:
+        casts.append(led.alloc(f"{what}quantized x in bf16 (autocast copy)", float(T) * n_in * fw.e))
+    if fw.autocast:  # the copy's parameters do not require grad: cast on every call, not cached
+        casts.append(led.alloc(f"{what}weight in bf16 (autocast copy)", float(n_in) * n_out * fw.e))
+        casts.append(led.alloc(f"{what}weight in bf16 (autocast copy)", float(bias) * fw.e))
+    out = led.alloc(f"{what}output", float(T) * n_out * fw.e)
+    led.free(*casts, h)
+    return out
 
 
 # ----------------------------------------------------------------------------- calibration frames
@@ -597,6 +729,10 @@ class QuantHTTMParams(QuantVGGTParams, HTTMParams):
     def part(self, cls: type):
         """The ``cls`` (QuantVGGTParams or HTTMParams) made of this point's fields."""
         return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
+
+    def seam_peak_bytes(self, shape: SeamShape) -> dict[str, float]:
+        """HTTM's temporaries at the seam (the model terms are QuantVGGT's, inherited)."""
+        return self.part(HTTMParams).seam_peak_bytes(shape)
 
 
 @register_method("quantvggt_httm", params=QuantHTTMParams, workloads=("vggt",),

@@ -43,6 +43,18 @@ from harness.methods.merging import (
     rows_gather,
     static_partition,
 )
+from harness.metrics.memory_model import (
+    INT64,
+    Ledger,
+    SeamShape,
+    SlotMapBytes,
+    assign_bytes,
+    cached_bytes,
+    output_bytes,
+    partition_sets,
+    plain_bytes,
+    sdpa_bytes,
+)
 from harness.models.seam import (
     AttentionFn,
     AttentionLayout,
@@ -100,6 +112,40 @@ class Spark3RParams:
         if self.sp_sensitive_last < self.sp_sensitive_first:
             raise ValueError(f"sp_sensitive_last={self.sp_sensitive_last} must be >= "
                              f"sp_sensitive_first={self.sp_sensitive_first}")
+
+    def seam_peak_bytes(self, shape: SeamShape) -> dict[str, float]:
+        """Temporaries at the peak of one call, GPU path (Triton merge kernels); layer-dependent (the
+        K/V share follows the layer's tier, so the wall takes the largest layer). The cached query
+        partition and kept-K/V index; the queries averaged over heads ``[B, N, d]`` and the
+        assignment on them (slot map, best-match index, the gathered ``[cand | src]`` queries of each
+        group shape); the merged queries ``[B, H, M, d]`` (float32 sums); the kept keys / values
+        ``[B, H, L, d]`` (gathered by index, when K/V are pruned); SDPA on M queries and L keys; the
+        unmerge index and the output. A layer that reduces nothing is plain attention."""
+        s = shape
+        N, qb, e = s.tokens, s.qk_bytes, s.elem_bytes
+        q_merge, kv_keep = ratios(self, s.layer, s.frames, s.depth)
+        part = query_partition(s.frames, s.patch_h, s.patch_w, s.patch_start, q_merge, self.sp_group_frames,
+                               self.sp_first_frame_dst, "cpu")
+        L = kv_index(s.frames, s.tokens_per_frame, s.patch_start, kv_keep, "cpu").numel()
+        if part.n_slots == N and L == N:
+            return plain_bytes(s)
+        led = Ledger()
+        led.alloc("cached: query partition", cached_bytes(part))
+        led.alloc("cached: kept keys/values index", L * INT64)
+        sm = None
+        if part.n_slots < N:
+            mean = led.alloc("queries averaged over heads", float(s.batch) * N * s.head_dim * qb)
+            slot = assign_bytes(led, s, s.batch, partition_sets(part), s.head_dim, qb)
+            led.free(mean)
+            sm = SlotMapBytes(led, s, 1, part.n_slots, slot)
+            sm.merge(qb, "merged q")
+        if L < N:
+            led.alloc("kept k", s.head_tensor(L, qb))
+            led.alloc("kept v", s.head_tensor(L, e))
+        out = sdpa_bytes(led, s, s.rows, part.n_slots, L, qb, qb, e)
+        if sm is not None:
+            out = sm.unmerge(part.n_slots, s.cast(qb))
+        return led.terms(out, output_bytes(s))
 
 
 # ---------------------------------------------------------------------------------------- schedule

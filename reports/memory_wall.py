@@ -150,15 +150,29 @@ def peak_table(model: dict[str, Any], measured: dict[str, Any] | None) -> str:
 
 
 def parts_table(model: dict[str, Any]) -> str:
-    """At the most frames: the forward's part, the method's part and the peak, GB."""
+    """At the most frames: the forward's part (with what a changed model holds), the method's part
+    and the peak, GB."""
     last = frames_of(model)[-1]
-    head = ["method", "tokens", "model at the call (GB)", "method's temporaries (GB)", "peak (GB)"]
+    head = ["method", "tokens", "model at the call (GB)", "of which the method's changed model (GB)",
+            "method's temporaries (GB)", "peak (GB)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, by in rows_by_method(model).items():
         rec = by[last]
-        lines.append(f"| `{method}` | {rec['tokens']:,} | {gb(rec['model_gb'])} | {gb(rec['seam_gb'])} | "
-                     f"{gb(rec['peak_gb'])} |")
+        cells = [f"`{method}`", f"{rec['tokens']:,}",
+                 *(gb(rec.get(k)) for k in ("model_gb", "model_extra_gb", "seam_gb", "peak_gb"))]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def quant_text(model: dict[str, Any]) -> str:
+    """What the page says of QuantVGGT's numbers at the most frames (or that it is not in the wall)."""
+    last = frames_of(model)[-1]
+    rec = rows_by_method(model).get("quantvggt", {}).get(last)
+    if rec is None or rec["fits"] is None:
+        return "QuantVGGT is not in this wall."
+    return (f"At {last} frames its copy holds {gb(rec['model_extra_gb'])} GB and its peak, "
+            f"{gb(rec['peak_gb'])} GB, comes at {rec['peak_at']} ({rec['largest']}: "
+            f"{gb(rec['largest_gb'])} GB).")
 
 
 def measured_part(measured: dict[str, Any] | None) -> str:
@@ -224,6 +238,24 @@ model's own activations, weights and kept layer outputs.
 - `fastvggt (dense similarity)` is not a run configuration: it is FastVGGT with its src x dst
   cosine similarity held in one matrix (upstream FastVGGT's matching, or the harness's torch path
   without its chunking): {dense_text}. The harness's Triton kernel never stores it.
+- **A method that changes the model** (`model_extra_bytes`: what it holds through the forward and
+  its own high-water moments; in the table above its held part is inside "model at the call").
+  `quantvggt` (and `quantvggt_httm`, which adds HTTM's seam temporaries) runs a transformed **copy**
+  of VGGT beside the original the harness keeps for the reference: every weight a second time,
+  plus each quantized linear's Hadamard signs, smoothing factors, clipping logits and the gradients
+  the block reconstruction leaves on them. The copy's parameters do not require grad, so autocast
+  keeps no bf16 weight cache; each fake-quantized linear instead makes float32 temporaries as wide
+  as its input (the Hadamard transform of x, the per-token quantized copy), largest at the MLP's
+  fc2 (4C wide). **Fake quantization holds float weights: the deployed W4A4's memory saving (the
+  paper's claim) is not what runs here**; the harness's QuantVGGT measures accuracy and bit
+  operations, and costs memory. {quant_text}
+- `hess`: each query block's top-k is as wide as the largest per-head budget, which the
+  calibration decides; the wall takes its cap, every key block (an upper bound; with equal budgets
+  HeSS is `blocksparse` at the same sparsity, the `blocksparse` row here). `litevggt` keeps its
+  partitions and the last slot map (with its counts and unmerge index) across layers: counted at
+  every call; its forward's first layer also computes the geometry scores and roles, and its
+  recompute layers gather x_norm for the matching. `spark3r` prunes keys / values by layer (its
+  tiers): like every method, its row is its largest layer.
 
 Rebuild: `{command}` (add `--measured RUN_DIR` to merge a GPU run); the model alone:
 `python -m harness.metrics.memory_model`.
@@ -243,7 +275,7 @@ def render(model: dict[str, Any], measured: dict[str, Any] | None) -> str:
         width=model["width"], height=model["height"], P=P, budget=model["budget_gb"],
         mode="lean VGGT*" if model.get("lean", True) else "official VGGT, every layer kept",
         peak_table=peak_table(model, measured), measured_text=measured_part(measured), slug=SLUG,
-        last=frames[-1], parts_table=parts_table(model), dense_text=dense_text)
+        last=frames[-1], parts_table=parts_table(model), dense_text=dense_text, quant_text=quant_text(model))
 
 
 # ---------------------------------------------------------------------------- the figure
@@ -259,9 +291,9 @@ def draw(model: dict[str, Any], measured: dict[str, Any] | None, folder: Path) -
         ys = [by[f]["peak_gb"] for f in frames]
         if any(y is None for y in ys):
             continue
-        color = f"C{i % 10}"
-        style = ":" if "dense" in method else "-"
-        ax.plot(frames, ys, style, marker="o", color=color, label=method)
+        color = f"C{i % 10}"  # the colour cycle repeats after 10 lines: the next 10 are dashed, triangles
+        style = ":" if "dense" in method else ("-" if i < 10 else "--")
+        ax.plot(frames, ys, style, marker="o" if i < 10 else "^", color=color, label=method)
         if measured:
             got = [(f, measured["peak_gb"].get(method, {}).get(str(f))) for f in frames]
             pts = [(f, v) for f, v in got if isinstance(v, (int, float))]

@@ -218,7 +218,7 @@ def _metric_vs_axis(
     panels = _panels(pts, facet_axes)
     fig, axs = _grid(len(panels))
     order = sorted(lines, key=lambda k: (str(k[0]), tuple(T.order_key(v) for v in k[1])))
-    palette = dict(zip(order, sns.color_palette(n_colors=max(len(order), 1))))
+    palette = palette_for(order)
     all_vals = drawn[value].to_numpy(float)
     for (title, panel), ax in zip(panels, axs):
         sub = panel[panel[axis].notna() & panel[value].notna()].copy()
@@ -317,7 +317,15 @@ def _ylabel(value: str) -> str:
     )
 
 
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+def palette_for(keys: Sequence[Any]) -> dict[Any, Any]:
+    """A distinct colour per key: seaborn's default 10 colours, or tab20 beyond 10 (the default
+    palette repeats itself after 10, so an 11th method would share the first one's colour)."""
+    n = max(len(keys), 1)
+    colors = sns.color_palette(n_colors=n) if n <= 10 else sns.color_palette("tab20", n_colors=n)
+    return dict(zip(keys, colors))
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p", "d", "8", "H")
 
 
 def _ci_err(df: pd.DataFrame, value: str) -> np.ndarray | None:
@@ -347,7 +355,7 @@ def _quality_scatter(
         return None
     fig, axs = _grid(len(panels))
     methods = list(dict.fromkeys(sub[C.METHOD]))
-    palette = dict(zip(methods, sns.color_palette(n_colors=max(len(methods), 1))))
+    palette = palette_for(methods)
     marker = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(methods)}
     direction = "" if hib is None else (" (↑ better)" if hib else " (↓ better)")
     unit = f" [{info['unit']}]" if info.get("unit") else ""
@@ -398,7 +406,7 @@ def _bars(
     order = sorted(dict.fromkeys(sub[T.VARIANT]), key=T.variant_order(reference), reverse=True)
     fig, axs = _grid(len(panels), (PANEL_SIZE_IN[0], max(PANEL_SIZE_IN[1], BAR_HEIGHT_IN * len(order))))
     methods = list(dict.fromkeys(sub[C.METHOD]))
-    palette = dict(zip(methods, sns.color_palette(n_colors=max(len(methods), 1))))
+    palette = palette_for(methods)
     for (title, g), ax in zip(panels, axs):
         g = g.drop_duplicates(T.VARIANT).set_index(T.VARIANT)
         labels = [v for v in order if v in g.index]
@@ -482,7 +490,7 @@ def roofline(run: RunData, pts: pd.DataFrame) -> plt.Figure | None:
     if not series:
         return None
     methods = list(dict.fromkeys(pts[C.METHOD]))
-    palette = dict(zip(methods, sns.color_palette(n_colors=max(len(methods), 1))))
+    palette = palette_for(methods)
     fig, (ax,) = _grid(1, (PANEL_SIZE_IN[0] * 1.4, PANEL_SIZE_IN[1] * 1.4))
     xs = np.concatenate([s[2][s[3]].to_numpy(float) for s in series])
     ys = np.concatenate([s[2][s[4]].to_numpy(float) for s in series])

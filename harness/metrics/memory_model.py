@@ -5,7 +5,7 @@ element sizes (the merging methods' static partitions are built on CPU to count 
 tokens; they are index tensors of N entries), so a 700 GB similarity matrix can be shown not to
 fit without ever existing.
 
-Two parts, added at every moment of the forward and maximised over the moments:
+Three parts, added at every moment of the forward and maximised over the moments:
 
 - **the method's temporaries** at one global-attention call: a method's params dataclass may define
   ``seam_peak_bytes(self, shape: SeamShape) -> dict[str, float]``: the bytes of the method's own
@@ -17,6 +17,10 @@ Two parts, added at every moment of the forward and maximised over the moments:
   :class:`SlotMapBytes`, :func:`shared_merge_bytes`). Terms named ``cached: ...`` are index
   tensors a method keeps in its caches from the first call of a shape on (they are alive at
   every later call).
+- **a changed model** (a method that transforms the model, e.g. QuantVGGT's fake-quantized copy):
+  its params may define ``model_extra_bytes(self, fw: Forward) -> ModelExtra`` (:func:`model_extra`):
+  bytes held through the whole forward (added at every moment), its own high-water moments
+  (:class:`Moment`), and whether autocast still caches bf16 weights.
 - **the forward around it**: :func:`model_peak_bytes` (what is alive at the global-attention call:
   weights, autocast's cached bf16 weight copies, the inputs and outputs the harness holds, the
   residual stream, the block's activations, the kept layer outputs) and :func:`stage_peaks` (the
@@ -31,7 +35,9 @@ Dtypes under CUDA autocast (the AMP op lists; ``torch._C._dispatch_dump_table`` 
 AutocastCUDA kernel for each op named here): LayerNorm, softmax and sum run in float32; linear,
 matmul, SDPA and FlexAttention in bf16. So the residual stream, the normed input and q, k (after the
 qk LayerNorm and RoPE) are float32; v (a view of the bf16 qkv output) and the attention output are
-bf16, and SDPA makes bf16 copies of q and k. :class:`SeamShape` carries these element sizes.
+bf16, and SDPA makes bf16 copies of q and k. :class:`SeamShape` carries these element sizes. CPU
+autocast (the tests') casts SDPA, matmul and FlexAttention alike but leaves softmax and sum in their
+input's dtype: where that matters the replays follow ``SeamShape.device`` (:meth:`SeamShape.softmax`).
 
 Not modelled: memory a kernel takes for itself below the dispatcher (workspaces, the contiguous
 copy a kernel makes of a strided input), the CUDA allocator's 512-byte rounding and
@@ -52,7 +58,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -143,6 +149,12 @@ class SeamShape:
     def cast(self, elem: int) -> int:
         """Element size of an input of ``elem`` bytes once SDPA / matmul has seen it."""
         return self.elem_bytes if self.autocast else elem
+
+    def softmax(self, elem: int) -> int:
+        """Element size of softmax's output on an input of ``elem`` bytes: float32 under CUDA
+        autocast (softmax is on its float32 list, the input cast first); CPU autocast leaves softmax
+        in its input's dtype."""
+        return FLOAT32 if self.autocast and self.device == "cuda" else elem
 
     @classmethod
     def gpu(cls, cfg: VGGTConfig, frames: int, height: int = HEIGHT, width: int = WIDTH, layer: int = 0,
@@ -292,7 +304,8 @@ def _tensor_bytes(value: Any) -> float:
 
 
 def assign_bytes(led: Ledger, s: SeamShape, rows: int, sets: Sequence[MatchSetShape], dim: int,
-                 metric_elem: int, *, gather_copies: int = 1, dense: bool = False, what: str = "") -> int:
+                 metric_elem: int, *, gather_copies: int = 1, dense: bool = False, fresh: bool = False,
+                 what: str = "") -> int:
     """:func:`harness.methods.merging.assign` on the Triton path: the slot map ``[rows, N]`` int64,
     per match set the best-match index, the gathered metric of a chunk of blocks (``[rows, blocks *
     (nc + ns), dim]``, chunked by ``GATHER_CHUNK_ELEMS[s.device]``; the previous chunk's stays
@@ -300,7 +313,10 @@ def assign_bytes(led: Ledger, s: SeamShape, rows: int, sets: Sequence[MatchSetSh
     is stored), and :func:`src_slots_bytes`. ``gather_copies``: 2 when the gather is an
     index_select plus a reshape copy (HTTM's head groups of more than one head). ``dense``: the
     torch path of ``best_match`` without its similarity chunking instead of the kernel
-    (:func:`dense_best_match_bytes`). Returns the slot map's handle; every other tensor is freed."""
+    (:func:`dense_best_match_bytes`). ``fresh``: a partition built in the same call, whose match
+    sets make their ``cand_src`` (int64 ``[nb, nc + ns]``, kept with the partition) on this first
+    use, after the set's best-match index. Returns the slot map's handle; every other tensor but the
+    fresh ``cand_src`` is freed."""
     R, N = rows, s.tokens
     slot_of = led.alloc(f"{what}slot map (int64)", R * N * INT64)
     budget = GATHER_CHUNK_ELEMS[s.device]
@@ -309,6 +325,8 @@ def assign_bytes(led: Ledger, s: SeamShape, rows: int, sets: Sequence[MatchSetSh
             continue
         need_score = ms.r < ms.ns
         led.bind("index", led.alloc(f"{what}best-match index (int64)", R * ms.nb * ms.ns * INT64))
+        if fresh:
+            led.alloc(f"{what}merge candidates and src (int64)", ms.nb * (ms.nc + ms.ns) * INT64)
         led.unbind("score")
         n = ms.nc + ms.ns
         step = max(1, budget // max(1, R * n * dim))
@@ -438,6 +456,14 @@ class SlotMapBytes:
         out = led.alloc(name, s.head_tensor(M, elem))
         led.free(sums, inv)
         return out
+
+    def reuse(self, what: str = "cached: ") -> None:
+        """The counts and unmerge index an earlier call with this same map built (a method that keeps
+        its slot map across calls): allocated here as terms named ``what`` + their usual names,
+        not rebuilt by :meth:`merge` / :meth:`unmerge`."""
+        led, s = self.led, self.s
+        self.counts_h = led.alloc(f"{what}slot counts", s.batch * self.G * self.M * FLOAT32)
+        self.flat[(s.heads, self.M)] = led.alloc(f"{what}unmerge index (int64)", s.rows * s.tokens * INT64)
 
     def flat_index(self, rows_per_head: int | None = None) -> int:
         M = self.M if rows_per_head is None else rows_per_head
@@ -658,18 +684,18 @@ def flex_patch_attention_bytes(led: Ledger, s: SeamShape, n: int, n_special: int
 
 def gather_patch_attention_bytes(led: Ledger, s: SeamShape, q_blocks: int, bq: int, bk: int, budget: int,
                                  n_special: int, chunk_elems: int) -> int:
-    """Block-sparse attention's gathered-blocks path (``_gather_patch_attention``): the output blocks
-    ``[B, H, nq, bq, d]`` and, per chunk of query blocks (``chunk_elems`` gathered key elements),
-    the gathered key / value blocks with the special tokens appended, the key mask, the query chunk
-    and SDPA on them (the previous chunk's tensors alive while the next are built). Returns the
-    output blocks' handle."""
+    """Block-sparse attention's gathered-blocks path (``_gather_patch_attention``): per chunk of
+    query blocks (``chunk_elems`` gathered key elements), the gathered key / value blocks with the
+    special tokens appended, the key mask, the query chunk and SDPA on them (the previous chunk's
+    tensors alive while the next are built); the output blocks ``[B, H, nq, bq, d]``, in SDPA's
+    dtype, made after the first chunk's SDPA. Returns the output blocks' handle."""
     B, H, d, qb, e = s.batch, s.heads, s.head_dim, s.qk_bytes, s.elem_bytes
     L = budget * bk + n_special
     ar = led.alloc("kept-block map", budget * INT64)
     used = led.alloc("kept-block map", B * H * q_blocks * budget * BOOL)
     led.free(ar)
     chunk = max(1, chunk_elems // max(1, B * H * L * d))
-    ob = led.alloc("patch attention output", s.head_tensor(q_blocks * bq, qb))
+    ob = None  # made after the first chunk's SDPA, in its dtype
     small = led.alloc("gathered blocks", (B + H) * INT64)
     for _, c in chunks(q_blocks, chunk):
         rows = B * H * c
@@ -688,7 +714,10 @@ def gather_patch_attention_bytes(led: Ledger, s: SeamShape, q_blocks: int, bq: i
             led.free(ones)
         copied = B * H > 1 and c < q_blocks  # a slice of the blocks along dim 2: contiguous only then
         led.bind("qc", led.alloc("query blocks", rows * bq * d * qb) if copied else None)
-        led.free(sdpa_bytes(led, s, rows, bq, L, qb, qb, e, mask_elems=rows * L, what="block "))
+        o = sdpa_bytes(led, s, rows, bq, L, qb, qb, e, mask_elems=rows * L, what="block ")
+        if ob is None:
+            ob = led.alloc("patch attention output", s.head_tensor(q_blocks * bq, s.cast(qb)))
+        led.free(o)
     led.unbind("k", "v", "allow", "qc")
     led.free(used, small)
     return ob
@@ -698,21 +727,21 @@ def block_sparse_bytes(s: SeamShape, q_block: int, k_block: int, cdf: float, den
                        backend: str, budget_of: Callable[[int], int], per_head_caps: bool = False,
                        *, gather_chunk_elems: int) -> dict[str, float]:
     """:func:`baselines.blocksparse.sparse_block_attention` (block-sparse attention, and HeSS on the
-    same core): the output ``empty_like(q)`` (float32 under autocast), the patch q, k, v and special
-    k, v gathered, q, k, v cut into zero-padded blocks, the pooled estimate ``[B, H, nq, nk]`` (the
-    matmul's logits, their scaled copy and softmax's float32 output, alive to the end), its top-k
-    (int64 ``[B, H, nq, budget]``, ``budget_of(nk)`` key blocks), the cdf cut when ``cdf > 0``, the
-    per-head caps' minimum when ``per_head_caps``; then the kept-block attention
+    same core): the patch q, k, v and special k, v gathered, q, k, v cut into zero-padded blocks,
+    the pooled estimate ``[B, H, nq, nk]`` (the matmul's logits, their scaled copy and softmax's
+    output, float32 under CUDA autocast, alive to the end), its top-k (int64 ``[B, H, nq, budget]``,
+    ``budget_of(nk)`` key blocks), the cdf cut when ``cdf > 0``, the per-head caps' minimum when
+    ``per_head_caps``; then the kept-block attention
     (:func:`flex_patch_attention_bytes` for 'flex', and 'auto' on CUDA: the kept-block map and the
     block mask's int32 lists, ``[B, H, nq, nk]`` each, and their argsorts;
-    :func:`gather_patch_attention_bytes` for 'gather') and the special rows' dense SDPA over all N
-    keys. Returns the terms beyond q, k, v and the bf16 output."""
+    :func:`gather_patch_attention_bytes` for 'gather'), the output (in the attention's dtype: bf16
+    under autocast) and the special rows' dense SDPA over all N keys. Returns the terms beyond q, k,
+    v and the bf16 output."""
     N, qb, e, d = s.tokens, s.qk_bytes, s.elem_bytes, s.head_dim
     ns = s.frames * s.patch_start if dense_special else 0
     n = N - ns
     led = Ledger()
     led.alloc("cached: token split", N * INT64)
-    out = led.alloc("attention output", s.head_tensor(N, qb))
     for t, el in (("q", qb), ("k", qb), ("v", e)):
         led.alloc(f"patch {t}", s.head_tensor(n, el))
     for t, el in (("k", qb), ("v", e)):
@@ -732,7 +761,7 @@ def block_sparse_bytes(s: SeamShape, q_block: int, k_block: int, cdf: float, den
     led.free(pq, pk, *casts)
     led.alloc("block logits", cells * mm_elem)
     led.free(mm)
-    est_elem = FLOAT32 if s.autocast else mm_elem  # softmax runs in float32 under autocast
+    est_elem = s.softmax(mm_elem)
     cast = led.alloc("block estimate", cells * est_elem) if est_elem != mm_elem else None
     led.alloc("block estimate", cells * est_elem)
     led.free(cast)
@@ -741,6 +770,7 @@ def block_sparse_bytes(s: SeamShape, q_block: int, k_block: int, cdf: float, den
         flex_patch_attention_bytes(led, s, n, ns, nq, nk, -(-ns // k_block), q_block, k_block, budget)
     else:
         gather_patch_attention_bytes(led, s, nq, q_block, k_block, budget, ns, gather_chunk_elems)
+    out = led.alloc("attention output", s.head_tensor(N, s.cast(qb)))
     if ns:
         q_s = led.alloc("special q", s.head_tensor(ns, qb))
         led.free(sdpa_bytes(led, s, s.rows, ns, N, qb, qb, e, what="special rows' "), q_s)
@@ -780,6 +810,40 @@ def plain_bytes(s: SeamShape) -> dict[str, float]:
 def output_bytes(s: SeamShape) -> float:
     """The attention output the wall counts in the model: ``[B, H, N, d]`` in the compute dtype."""
     return s.head_tensor(s.tokens, s.elem_bytes)
+
+
+@dataclass(frozen=True)
+class Moment:
+    """A high-water moment of a method's changed forward: ``forward``, the bytes the forward holds then
+    besides its persistent terms and the method's held ones (kept layer outputs, the block's
+    tensors), and ``terms``, the method's own temporaries then (name -> bytes)."""
+
+    forward: float
+    terms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ModelExtra:
+    """What a method that changes the model adds to the forward's memory: its params may define
+    ``model_extra_bytes(self, fw: Forward) -> ModelExtra`` (:func:`model_extra`).
+
+    held: {name: bytes} alive through the whole forward (e.g. a changed copy of the model, beside the
+        original the harness keeps for the reference), added at every moment;
+    moments: {name: :class:`Moment`}: further high-water moments of the changed forward;
+    weight_cache: False when the changed model's parameters do not require grad: autocast then keeps
+        no bf16 copies of its weights (:attr:`Forward.caches_weights`), at every moment.
+    """
+
+    held: dict[str, float] = field(default_factory=dict)
+    moments: dict[str, Moment] = field(default_factory=dict)
+    weight_cache: bool = True
+
+
+def model_extra(method_params: Any, fw: Forward) -> ModelExtra:
+    """The model-level terms of a method at forward ``fw`` (its params' ``model_extra_bytes``; an
+    inherited one counts: it describes the changed model, whatever runs at the seam), or none."""
+    hook = getattr(method_params, "model_extra_bytes", None)
+    return hook(fw) if hook is not None else ModelExtra()
 
 
 def has_model(method_params: Any) -> bool:
@@ -842,7 +906,7 @@ class Forward:
     ``w`` weights, ``r`` residual stream and LayerNorm outputs, ``e`` linear / attention outputs,
     ``qk`` q and k at the seam. With ``autocast`` (the gpu preset): w = r = qk = 4, e = 2; without,
     all are ``elem`` (a model run in one dtype, as the CPU tests run it). ``device``: lean mode keeps
-    its layer outputs in bf16 on CUDA only."""
+    its layer outputs in bf16 on CUDA only. ``weight_cache``: see :attr:`caches_weights`."""
 
     cfg: VGGTConfig
     frames: int
@@ -853,10 +917,18 @@ class Forward:
     batch: int = 1
     elem: int = 2
     device: str = "cuda"
+    weight_cache: bool = True
 
     @property
     def tokens(self) -> int:
         return self.batch * self.frames * self.cfg.tokens_per_frame(self.height, self.width)
+
+    @property
+    def caches_weights(self) -> bool:
+        """Whether autocast keeps bf16 copies of the weights: it caches the casts of parameters that
+        require grad only (``weight_cache=False``: a model whose parameters do not, e.g. QuantVGGT's
+        copy, casts each weight on every call and caches nothing)."""
+        return self.autocast and self.weight_cache
 
     @property
     def U(self) -> float:
@@ -901,7 +973,7 @@ class Forward:
         the forward's autocast region ends): DINO, frame blocks 0..layer, global blocks before
         ``layer`` and the first ``upto`` linears (qkv, proj, fc1, fc2) of global block ``layer``;
         ``layer = depth``: all of them."""
-        if not self.autocast:
+        if not self.caches_weights:
             return 0.0
         lin, depth = self.lin, self.cfg.depth
         blocks = 2 * depth if layer >= depth else 2 * layer + 1
@@ -910,7 +982,7 @@ class Forward:
 
     def frame_cache(self, layer: int, upto: int) -> float:
         """Autocast's weight cache at frame block ``layer`` (its first ``upto`` linears)."""
-        if not self.autocast:
+        if not self.caches_weights:
             return 0.0
         lin = self.lin
         return float(lin.dino + 2 * layer * sum(lin.block) + sum(lin.block[:upto])) * self.e
@@ -961,7 +1033,6 @@ class Forward:
         held = 3 * r + 3 * e + 2 * qk  # previous output, block input, x_norm, qkv, q, k
         rope_k = 3 * r + 3 * e + qk + qk + 2 * qk
         proj = held + max(o + o, o + (e if o != e else 0) + e)
-        mlp = 4 * r + e + 2 * self.hidden * e  # previous, input, after attention, norm2; proj out; fc1, GELU
         keep_copy = 2 * e if self.lean and self.device == "cuda" else 0
         frame_call = (sum(self.at_call(layer).values()) - U * r - self.cache(layer, 1)
                       + self.frame_cache(layer, 1))
@@ -970,9 +1041,16 @@ class Forward:
             + seam_total(plain_bytes(self.seam_shape(layer))),
             "qk LayerNorm + RoPE of k": around + self.cache(layer, 1) + rope_k * U + cos_sin,
             "output projection": around + self.cache(layer, 2) + proj * U,
-            "MLP": around + self.cache(layer, 3) + mlp * U,
+            "MLP": around + self.cache(layer, 3) + self.mlp_around() + 2 * self.hidden * e * U,  # fc1, GELU
             "keep layer output": around + self.cache(layer, 4) + (4 * r + keep_copy) * U,
         }
+
+    def mlp_around(self) -> float:
+        """Bytes of a block's tensors alive while its MLP runs, besides the MLP's own: the previous
+        layer's output, the block's input, the residual after attention, norm2's output (the MLP's
+        input) and the attention branch's output (a local of the block until it returns): ``(4 r + e)
+        U``."""
+        return (4 * self.r + self.e) * self.U
 
     def dino(self) -> float:
         """DINO on all frames at once (persistent terms included): its MLP moment (its tokens are
@@ -980,7 +1058,7 @@ class Forward:
         with its own weight cache only."""
         S, H, W = self.batch * self.frames, self.height, self.width
         frames = float(S) * 3 * H * W * FLOAT32
-        cache = float(self.lin.dino) * self.e if self.autocast else 0.0
+        cache = float(self.lin.dino) * self.e if self.caches_weights else 0.0
         mlp = 3 * self.r + self.e + 2 * self.hidden * self.e  # input, after attention, norm2; proj; fc1, GELU
         held = {k: v for k, v in self.persistent().items()
                 if k != "RoPE positions (int64)"}  # made after DINO
@@ -1026,8 +1104,8 @@ def model_peak_bytes(cfg: VGGTConfig, frames: int, height: int, width: int, *, l
 
 
 def stage_peaks(cfg: VGGTConfig, frames: int, height: int, width: int, *, lean: bool = True,
-                autocast: bool = True, batch: int = 1, elem: int = 2,
-                device: str = "cuda") -> dict[str, float]:
+                autocast: bool = True, batch: int = 1, elem: int = 2, device: str = "cuda",
+                weight_cache: bool = True) -> dict[str, float]:
     """The forward's other high-water moments (bytes, persistent terms included), each at the layer
     where it is largest (the last: the most kept outputs and cached weights). Activations, in units
     of one token tensor ``U`` times an element size:
@@ -1049,8 +1127,9 @@ def stage_peaks(cfg: VGGTConfig, frames: int, height: int, width: int, *, lean: 
     - ``DINO patch embedding`` and ``heads``: :meth:`Forward.dino`, :meth:`Forward.heads`.
 
     A frame block's other moments are its global block's minus one residual. The global-attention
-    call itself is :func:`model_peak_bytes` plus the method's terms."""
-    fw = Forward(cfg, frames, height, width, lean, autocast, batch, elem, device)
+    call itself is :func:`model_peak_bytes` plus the method's terms. ``weight_cache``:
+    :attr:`Forward.caches_weights`."""
+    fw = Forward(cfg, frames, height, width, lean, autocast, batch, elem, device, weight_cache)
     out = fw.block_moments(cfg.depth - 1)
     out["DINO patch embedding"] = fw.dino()
     out["heads"] = fw.heads()
@@ -1065,20 +1144,21 @@ def memory_wall(methods: dict[str, Any], frames: Sequence[int], cfg: VGGTConfig,
     """Peak GPU memory per method (rows: label -> method params instance) and frame count.
 
     Columns: method, frames, tokens (N = S * P), model_gb (the forward outside the method at the
-    global-attention call of the peak layer, :func:`model_peak_bytes`), seam_gb (the method's
-    temporaries there, :func:`seam_peak`), largest and largest_gb (its largest temporary), peak_gb
-    (the larger of
-    model + seam and the forward's other moments, :func:`stage_peaks`), peak_at (which moment),
-    fits (peak_gb <= budget_gb). A method without a model has NaN numbers, ``largest`` =
-    :data:`NOT_MODELLED` and fits = None. Units: decimal GB.
+    global-attention call of the peak layer, :func:`model_peak_bytes`, with what the method's model
+    changes hold), model_extra_gb (those held terms alone, :func:`model_extra`), seam_gb (the
+    method's temporaries at that call, :func:`seam_peak`), largest and largest_gb (its largest
+    temporary; at a moment of the method's own, :attr:`ModelExtra.moments`, that moment's), peak_gb
+    (the largest of model + seam, the forward's other moments, :func:`stage_peaks`, and the method's
+    own moments), peak_at (which moment), fits (peak_gb <= budget_gb). A method without a model has
+    NaN numbers, ``largest`` = :data:`NOT_MODELLED` and fits = None. Units: decimal GB.
     """
     rows = []
     for S in frames:
         stages = stage_peaks(cfg, S, height, width, lean=lean)
         for label, params in methods.items():
             rows.append(_wall_row(label, params, cfg, S, height, width, lean, stages, budget_gb))
-    return pd.DataFrame(rows, columns=["method", "frames", "tokens", "model_gb", "seam_gb", "largest",
-                                       "largest_gb", "peak_gb", "peak_at", "fits"])
+    return pd.DataFrame(rows, columns=["method", "frames", "tokens", "model_gb", "model_extra_gb", "seam_gb",
+                                       "largest", "largest_gb", "peak_gb", "peak_at", "fits"])
 
 
 def _wall_row(label: str, params: Any, cfg: VGGTConfig, S: int, height: int, width: int, lean: bool,
@@ -1086,10 +1166,15 @@ def _wall_row(label: str, params: Any, cfg: VGGTConfig, S: int, height: int, wid
     tokens = S * cfg.tokens_per_frame(height, width)
     row: dict[str, Any] = {"method": label, "frames": S, "tokens": tokens}
     if not has_model(params):
-        return row | {"model_gb": math.nan, "seam_gb": math.nan, "largest": NOT_MODELLED,
-                      "largest_gb": math.nan, "peak_gb": math.nan, "peak_at": "", "fits": None}
-    fw = Forward(cfg, S, height, width, lean)
-    base = sum(fw.persistent().values())
+        return row | {"model_gb": math.nan, "model_extra_gb": math.nan, "seam_gb": math.nan,
+                      "largest": NOT_MODELLED, "largest_gb": math.nan, "peak_gb": math.nan, "peak_at": "",
+                      "fits": None}
+    extra = model_extra(params, Forward(cfg, S, height, width, lean))
+    fw = Forward(cfg, S, height, width, lean, weight_cache=extra.weight_cache)
+    held = sum(extra.held.values())
+    if not extra.weight_cache:
+        stages = stage_peaks(cfg, S, height, width, lean=lean, weight_cache=False)
+    base = sum(fw.persistent().values()) + held
     best: tuple[float, str, float, dict[str, float]] | None = None
     for layer in range(cfg.depth):
         model = base + sum(fw.at_call(layer).values())
@@ -1098,18 +1183,23 @@ def _wall_row(label: str, params: Any, cfg: VGGTConfig, S: int, height: int, wid
         if best is None or total > best[0]:
             best = (total, f"global attention, layer {layer}", model, terms)
         if terms.get(WIDE_OUTPUT):  # a float32 output also widens the projection's copy
-            proj = fw.block_moments(layer, out_elem=FLOAT32)["output projection"]
+            proj = fw.block_moments(layer, out_elem=FLOAT32)["output projection"] + held
             if proj > best[0]:
                 best = (proj, f"output projection, layer {layer}", model, terms)
     assert best is not None
     peak, at, model, terms = best
+    shown = terms
     for name, nbytes in stages.items():
-        if nbytes > peak:
-            peak, at = nbytes, name
-    name = largest(terms)
-    return row | {"model_gb": model / GB, "seam_gb": seam_total(terms) / GB, "largest": name,
-                  "largest_gb": terms.get(name, 0.0) / GB, "peak_gb": peak / GB, "peak_at": at,
-                  "fits": bool(peak / GB <= budget_gb)}
+        if nbytes + held > peak:
+            peak, at = nbytes + held, name
+    for name, moment in extra.moments.items():
+        total = base + moment.forward + seam_total(moment.terms)
+        if total > peak:
+            peak, at, shown = total, name, moment.terms
+    name = largest(shown)
+    return row | {"model_gb": model / GB, "model_extra_gb": held / GB, "seam_gb": seam_total(terms) / GB,
+                  "largest": name, "largest_gb": shown.get(name, 0.0) / GB, "peak_gb": peak / GB,
+                  "peak_at": at, "fits": bool(peak / GB <= budget_gb)}
 
 
 # ----------------------------------------------------------------------------- the methods

@@ -43,12 +43,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines import avggt, blocksparse
+from baselines import avggt, blocksparse, litevggt
 from baselines import tome as tome_module
 from baselines.avggt import AVGGTParams, make_avggt
 from baselines.blocksparse import BlockSparseParams, make_blocksparse
 from baselines.fastvggt import FastVGGTParams, cell_dst_mask, make_fastvggt
+from baselines.hess import HeSSAttention, HeSSParams
+from baselines.litevggt import LiteVGGTParams, make_litevggt, matching_bytes
+from baselines.quantvggt import QuantHTTMParams, QuantVGGTParams, quantize_vggt
+from baselines.spark3r import Spark3RParams, make_spark3r
 from baselines.tome import ToMeParams, make_tome
+from harness import registry
 from harness.measure.alloc_tracker import LiveBytes
 from harness.methods import httm, kernels, merging
 from harness.methods.httm import HTTMParams, make_httm
@@ -97,6 +102,8 @@ def _segment_sum_kernel(x, slots, sums, N, M, d, H, G, *_):
 
 
 def _flex_stand_in(q, k, v, block_mask=None, kernel_options=None):
+    if torch.is_autocast_enabled("cpu"):  # flex_attention's autocast shim casts q, k, v first
+        q, k, v = (t.to(torch.get_autocast_dtype("cpu")) for t in (q, k, v))
     out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
     lse = torch.empty(q.shape[:-1], dtype=torch.float32)  # the kernel's logsumexp, dropped by the wrapper
     del lse
@@ -144,7 +151,7 @@ def _inputs(S=4, h=4, w=6, ps=5, H=4, d=8, autocast=False, same_q_heads=False, l
         v = v.to(torch.bfloat16)
         shape = dataclasses.replace(shape, elem_bytes=2, qk_elem_bytes=4, norm_elem_bytes=4, autocast=True)
     layout = AttentionLayout(frames=S, tokens_per_frame=P, patch_h=h, patch_w=w, patch_start=ps, layer=layer,
-                             x_norm=x_norm)
+                             x_norm=x_norm, depth=shape.depth)
     return q, k, v, layout, shape
 
 
@@ -190,15 +197,28 @@ CASES = {
     "avggt, frame attention": (AVGGTParams(frame_layers=1), make_avggt, {}),
     "avggt, frame attention, autocast": (AVGGTParams(frame_layers=1), make_avggt, {"autocast": True}),
     "avggt, subsampled": (AVGGTParams(frame_layers=0), make_avggt, {}),
+    "avggt, subsampled, autocast": (AVGGTParams(frame_layers=0), make_avggt, {"autocast": True}),
     "avggt, subsampled, no diagonal": (AVGGTParams(frame_layers=0, keep_diagonal=False), make_avggt,
                                        {"S": 3, "h": 5, "w": 3}),
     "blocksparse, gather": (BlockSparseParams(bs_q_block=16, bs_k_block=8, bs_backend="gather"),
                             make_blocksparse, {}),
     "blocksparse, flex": (BlockSparseParams(bs_q_block=16, bs_k_block=8, bs_backend="flex"),
                           make_blocksparse, {}),
+    "blocksparse, gather, autocast": (BlockSparseParams(bs_q_block=16, bs_k_block=8, bs_backend="gather"),
+                                      make_blocksparse, {"autocast": True}),
+    "blocksparse, flex, autocast": (BlockSparseParams(bs_q_block=16, bs_k_block=8, bs_backend="flex"),
+                                    make_blocksparse, {"autocast": True}),
     "blocksparse, gather, cumulative-mass cut": (
         BlockSparseParams(bs_q_block=16, bs_k_block=8, bs_backend="gather", bs_cdf=0.5),
         make_blocksparse, {}),
+    "spark3r, merged queries over pruned keys (low tier)": (Spark3RParams(), make_spark3r, {}),
+    "spark3r, sensitive layer": (Spark3RParams(), make_spark3r, {"layer": 2}),
+    "spark3r, two group shapes": (Spark3RParams(sp_group_frames=3, sp_q_merge=0.25), make_spark3r,
+                                  {"S": 5, "h": 5, "w": 3}),
+    "spark3r, keys pruned only": (Spark3RParams(sp_q_merge=0.0), make_spark3r, {}),
+    "spark3r, queries merged only": (Spark3RParams(sp_kv_prune=0.0, sp_schedule="constant"), make_spark3r,
+                                     {}),
+    "spark3r, autocast": (Spark3RParams(), make_spark3r, {"autocast": True, "layer": 3}),
     "blocksparse, flex, no dense special": (
         BlockSparseParams(bs_q_block=16, bs_k_block=8, bs_backend="flex", bs_dense_special=False),
         make_blocksparse, {"S": 3, "h": 5, "w": 3}),
@@ -294,6 +314,103 @@ def test_a_method_without_its_own_model_is_not_modelled():
     assert row["largest"] == MM.NOT_MODELLED and math.isnan(row["peak_gb"]) and row["fits"] is None
 
 
+# ----------------------------------------------------------------------------- calibrated, stateful methods
+
+
+@pytest.mark.parametrize("backend", ["gather", "flex"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_hess_equals_the_bytes_its_code_allocates_at_its_calibrated_largest_budget(gpu_path, backend,
+                                                                                     autocast):
+    """HeSS's top-k is as wide as its largest head budget, which the calibration decides: the model
+    given that budget matches to the byte."""
+    params = HeSSParams(hess_q_block=16, hess_k_block=8, hess_backend=backend)
+    q, k, v, layout, shape = _inputs(autocast=autocast, layer=2)
+    attention = HeSSAttention(params)
+
+    def probe(fn):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            for layer in range(shape.depth):
+                fn(q, k, v, dataclasses.replace(layout, layer=layer))
+
+    attention.calibrate(probe)
+    largest = int(attention.head_budgets(2, layout).max())
+    live, _ = _measure(attention, q, k, v, layout, autocast)
+    terms = params.seam_peak_bytes(shape, largest_budget=largest)
+    cached = sum(b for name, b in terms.items() if name.startswith("cached:"))
+    assert live.peak - MM.output_bytes(shape) == MM.seam_total(terms) - cached
+
+
+def test_hess_without_a_calibration_is_modelled_at_the_cap_of_its_head_budgets():
+    s = MM.SeamShape.gpu(VGGT_1B, 100, layer=23)
+    nk = -(-s.frames * (s.tokens_per_frame - s.patch_start) // HeSSParams().hess_k_block)
+    assert HeSSParams().seam_peak_bytes(s) == HeSSParams().seam_peak_bytes(s, largest_budget=nk)
+    uniform = HeSSParams(hess_allocation="uniform").seam_peak_bytes(s)
+    assert uniform == HeSSParams().seam_peak_bytes(s, largest_budget=nk - int(0.75 * nk))
+    assert MM.seam_total(uniform) < MM.seam_total(HeSSParams().seam_peak_bytes(s))
+
+
+LITE = LiteVGGTParams(lv_recompute_layers=(0, 2))
+SMALL = {"S": 3, "h": 5, "w": 3}
+LITE_CASES = {
+    # name: (params, layers called first, the measured call's layer, _inputs keywords)
+    "reuse": (LITE, [0], 1, {}),
+    "recompute": (LITE, [0, 1], 2, {}),
+    "new forward": (LITE, [0, 1], 0, {}),
+    "new forward, autocast": (LITE, [0, 1], 0, {"autocast": True}),
+    "recompute, autocast": (LITE, [0, 1], 2, {"autocast": True}),
+    "new forward, projected": (dataclasses.replace(LITE, lv_proj_dim=8), [0, 1], 0, {}),
+    "new forward, projected, autocast": (dataclasses.replace(LITE, lv_proj_dim=8), [0, 1], 0,
+                                         {"autocast": True}),
+    "new forward, half merged, special targets": (
+        dataclasses.replace(LITE, lv_ratio=0.5, lv_special_targets=True), [0, 1], 0, SMALL),
+    "new forward, nothing merged": (dataclasses.replace(LITE, lv_ratio=0.0), [0, 1], 0, SMALL),
+    "new forward, nothing protected": (dataclasses.replace(LITE, lv_protect_frac=0.0), [0, 1], 0, SMALL),
+}
+
+
+def _measure_after(fn, q, k, v, layout, layers, layer, autocast, merge=None):
+    """A call at ``layer`` after calls at ``layers``, the tracker on from the first call: what the
+    earlier calls left in the method's caches (and this call frees) is counted. ``merge``: stands in
+    for litevggt's shared_merge_attention."""
+    litevggt.projection.cache_clear()  # made inside the tracked calls
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)
+    live = LiveBytes(record=True)
+    LIVE[0] = live
+    with torch.no_grad(), ctx, live, pytest.MonkeyPatch.context() as mp:
+        for earlier in layers:
+            fn(q, k, v, dataclasses.replace(layout, layer=earlier))
+        gc.collect()
+        live.reset_peak()
+        if merge is not None:
+            mp.setattr(litevggt, "shared_merge_attention", merge)
+        out = fn(q, k, v, dataclasses.replace(layout, layer=layer))
+    return live, out
+
+
+@pytest.mark.parametrize("case", list(LITE_CASES))
+def test_litevggt_equals_the_bytes_its_calls_allocate_with_their_cache(gpu_path, case):
+    """The cache the earlier calls of a forward left (partitions, slot map, counts, unmerge index, the
+    projection) is part of the model's terms here: the tracker saw it made."""
+    params, layers, layer, kw = LITE_CASES[case]
+    q, k, v, layout, shape = _inputs(**kw)
+    live, _ = _measure_after(make_litevggt(params), q, k, v, layout, layers, layer, kw.get("autocast", False))
+    terms = MM.seam_peak(params, dataclasses.replace(shape, layer=layer))
+    assert live.peak - MM.output_bytes(shape) == MM.seam_total(terms), terms
+
+
+@pytest.mark.parametrize("case", [c for c in LITE_CASES if LITE_CASES[c][2] in LITE.lv_recompute_layers])
+def test_litevggts_matching_before_its_merge_equals_its_replay(gpu_path, case):
+    """With the merge stood in by one that allocates nothing, the call's peak is its matching's (the
+    geometry scores, roles, partitions and assignment), which the full call's peak may hide."""
+    params, layers, layer, kw = LITE_CASES[case]
+    q, k, v, layout, shape = _inputs(**kw)
+    live, _ = _measure_after(make_litevggt(params), q, k, v, layout, layers, layer, kw.get("autocast", False),
+                             merge=lambda q, k, v, sm, rec: q)
+    led = MM.Ledger()
+    matching_bytes(led, dataclasses.replace(shape, layer=layer), params)
+    assert live.peak == led.peak
+
+
 # ----------------------------------------------------------------------------- the forward's model
 
 
@@ -364,6 +481,112 @@ def test_the_weights_term_counts_every_parameter_of_the_model_the_harness_builds
     assert 4.5e9 < terms["weights"] < 5.1e9  # VGGT-1B without its track head, float32
 
 
+# ----------------------------------------------------------------------------- a method changing the model
+
+
+TINY_FRAMES, TINY_H, TINY_W = 4, 28, 42  # vggt-tiny: 14 px patches, 2 x 3 patches + 5 special tokens
+
+
+def _calibration_run(images):
+    def run(m):
+        with torch.inference_mode():
+            m(images, heads=())
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    """vggt-tiny, its QuantVGGT copy (one reconstruction epoch, so the learned factors keep gradients)
+    and the tracker of the transform."""
+    torch.manual_seed(0)
+    model = build_vggt("vggt-tiny")
+    images = torch.rand(1, TINY_FRAMES, 3, TINY_H, TINY_W, generator=torch.Generator().manual_seed(1))
+    params = QuantVGGTParams(qv_calib_epochs=1)
+    gc.collect()
+    with LiveBytes() as live:
+        copy = quantize_vggt(model, _calibration_run(images), params)
+        gc.collect()
+    return model, copy, params, live
+
+
+def test_quantvggts_held_terms_are_the_tensors_of_its_transformed_copy(quantized):
+    """The copy beside the original: its parameters (every weight again, float), buffers (signs) and
+    the gradients the reconstruction leaves; the transform keeps nothing else but the copy's
+    deep-copied RoPE tables and normalization constants (under a KB here)."""
+    model, copy, params, live = quantized
+    fw = MM.Forward(model.config, TINY_FRAMES, TINY_H, TINY_W, autocast=False, elem=4, device="cpu")
+    held = MM.seam_total(params.model_extra_bytes(fw).held)
+    grads = [t.grad for t in copy.parameters() if t.grad is not None]
+    tensors = [*copy.parameters(), *copy.buffers(), *grads]
+    assert held == sum(t.nbytes for t in tensors)
+    assert 0 <= live.current - held < 1024
+    assert held > fw.persistent()["weights"]  # every weight again: fake quantization stores floats
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_quantvggts_fake_quantized_mlp_linears_equal_their_allocations(quantized, autocast):
+    """fc1 on norm2's float32 output, fc2 on the GELU output (bf16 under autocast): the Hadamard
+    transform, the per-token quantization and the linear, each a moment of the model."""
+    model, copy, params, _ = quantized
+    fw = MM.Forward(model.config, TINY_FRAMES, TINY_H, TINY_W, autocast=autocast, elem=2 if autocast else 4,
+                    device="cpu")
+    fc1_moment, fc2_moment = params.model_extra_bytes(fw).moments.values()
+    mlp = copy.aggregator.global_blocks[-1].mlp
+    x = torch.randn(1, fw.tokens, model.config.embed_dim)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        mlp.fc1(x)
+        with LiveBytes() as fc1:
+            hidden = mlp.fc1(x)
+        gelu = mlp.act(hidden)
+        del hidden
+        with LiveBytes() as fc2:
+            mlp.fc2(gelu)
+    assert fc1.peak == MM.seam_total(fc1_moment.terms)
+    assert fc2.peak + gelu.nbytes == MM.seam_total(fc2_moment.terms)
+    assert MM.largest(fc2_moment.terms).startswith("fc2 ")  # its temporaries, not the GELU output
+
+
+def test_the_quantized_aggregator_peaks_at_the_modelled_fc2_moment():
+    """float32 on CPU, as the forward's own test: the quantized copy's aggregator holds at most what
+    the model's largest moment says, and fc2's fake quantization is that moment."""
+    cfg, model = _small_model(True)
+    S, height, width = 3, 16, 20
+    images = torch.rand(1, S, 3, height, width)
+    params = QuantVGGTParams(qv_calib_epochs=1)
+    copy = quantize_vggt(model, _calibration_run(images), params)
+    keep = copy.layers_needed(("camera", "depth"))
+    with torch.no_grad():
+        copy.aggregator(images, attention_fn=sdpa_attention, keep_layers=keep)
+        gc.collect()
+        with LiveBytes() as live:
+            copy.aggregator(images, attention_fn=sdpa_attention, keep_layers=keep)
+    fw = MM.Forward(cfg, S, height, width, lean=True, autocast=False, elem=4, device="cpu",
+                    weight_cache=False)
+    held = fw.persistent()
+    before = held["weights"] + held["input frames (float32)"] + held[
+        "outputs held by the harness (2 x depth + confidence)"]
+    moments = {name: sum(held.values()) + m.forward + MM.seam_total(m.terms)
+               for name, m in params.model_extra_bytes(fw).moments.items()}
+    stages = MM.stage_peaks(cfg, S, height, width, lean=True, autocast=False, elem=4, device="cpu",
+                            weight_cache=False)
+    del stages["heads"]
+    calls = [sum(held.values()) + sum(fw.at_call(i).values())
+             + MM.seam_total(MM.plain_bytes(fw.seam_shape(i))) for i in range(cfg.depth)]
+    assert live.peak == moments[f"MLP fc2, fake-quantized, layer {cfg.depth - 1}"] - before
+    assert live.peak > max(*stages.values(), *calls) - before
+
+
+def test_quantvggt_httm_counts_httms_seam_and_quantvggts_model():
+    s = MM.SeamShape.gpu(VGGT_1B, 100, layer=23)
+    stacked = QuantHTTMParams(n_s=128, n_t=30)
+    assert MM.seam_peak(stacked, s) == MM.seam_peak(stacked.part(HTTMParams), s)
+    assert MM.seam_peak(QuantVGGTParams(), s) == MM.plain_bytes(s)
+    fw = MM.Forward(VGGT_1B, 100, MM.HEIGHT, MM.WIDTH)
+    assert stacked.model_extra_bytes(fw) == QuantVGGTParams().model_extra_bytes(fw)
+    assert not QuantVGGTParams().model_extra_bytes(fw).weight_cache  # the copy's weights do not require grad
+
+
 # ----------------------------------------------------------------------------- the wall at VGGT-1B
 
 
@@ -372,9 +595,27 @@ def wall(model_data):
     return pd.DataFrame(model_data["rows"])
 
 
+def test_every_registered_vggt_method_has_a_modelled_row(wall):
+    registry.load_builtins()
+    modelled = set(wall[wall["fits"].notna()]["method"])
+    assert set(registry.method_names("vggt")) <= modelled
+
+
+def test_quantvggts_rows_hold_a_second_copy_of_the_weights_and_peak_at_fc2(wall, model_data):
+    last = wall[wall["frames"] == 1000].set_index("method")
+    weights = MM.model_peak_bytes(VGGT_1B, 1000, MM.HEIGHT, MM.WIDTH)["weights"] / MM.GB
+    for method in ("quantvggt", "quantvggt_httm"):
+        assert last.loc[method, "model_extra_gb"] == pytest.approx(weights, rel=0.01)
+        assert last.loc[method, "peak_at"] == "MLP fc2, fake-quantized, layer 23"
+        assert last.loc[method, "peak_gb"] > last.loc["vggt", "peak_gb"] + weights
+    assert (wall[wall["method"] == "vggt"]["model_extra_gb"] == 0).all()
+    assert "Fake quantization holds float weights" in W.render(model_data, None)
+
+
 def test_the_wall_grows_with_frames_for_every_modelled_method(wall):
     modelled = wall[wall["fits"].notna()]
-    assert {"vggt", "tome", "fastvggt", "httm", "blocksparse", "avggt"} <= set(modelled["method"])
+    assert {"vggt", "tome", "fastvggt", "httm", "blocksparse", "avggt", "litevggt", "hess", "spark3r",
+            "quantvggt", "quantvggt_httm"} <= set(modelled["method"])
     for method, rows in modelled.groupby("method"):
         rows = rows.sort_values("frames")
         for col in ("tokens", "model_gb", "peak_gb"):
