@@ -353,8 +353,45 @@ def failed_table(data: PageData) -> str:
 
 
 #: table kinds of ``<!-- generated:table NAME -->``
+#: the work table's columns, when a run has them: what each method kept and what it cost to set up
+WORK_COLUMNS = tuple(f"{C.WORK_PREFIX}{name}" for name in (
+    "tokens_q_frac", "tokens_kv_frac", "kept_block_frac", "match_flops", "index_recompute", "index_reuse",
+    "calib_s", "bops"))
+
+
+def work_table(data: PageData) -> str:
+    """One row per ok point: variant, workload setting, the attention FLOPs as a fraction of the
+    reference's at the same setting and the :data:`WORK_COLUMNS` the run recorded (with the BOPs as
+    a fraction of fp32's): what each method kept, next to the summary's speed and fidelity."""
+    parts = data.parts
+    table = parts.summary
+    work = [c for c in WORK_COLUMNS if c in table.columns and table[c].notna().any()]
+    if table.empty or not work:
+        return "_No work counter was recorded._"
+    frame = pd.DataFrame({c: table[c].map(T.fmt_value) for c in (T.VARIANT, *parts.axes)})
+    flops = f"{C.WORK_PREFIX}attn_flops"
+    ref = data.run.suite.get("reference")
+    refs = table[table[C.METHOD] == ref] if ref is not None else table.iloc[:0]
+    if flops in table.columns and table[flops].notna().any() and not refs.empty:
+        keys = [a for a in parts.axes if a != C.METHOD and a in table.columns]
+        if keys:
+            base = refs[[*keys, flops]].drop_duplicates(keys).rename(columns={flops: "__ref"})
+            denom = table[keys].merge(base, on=keys, how="left")["__ref"].to_numpy(dtype=float)
+        else:
+            denom = float(refs[flops].iloc[0])
+        frame["attn FLOPs / reference"] = (table[flops].to_numpy(dtype=float) / denom).tolist()
+        frame["attn FLOPs / reference"] = frame["attn FLOPs / reference"].map(T.fmt_num)
+    for c in work:
+        frame[c] = table[c].map(T.fmt_num)
+    bops, fp = f"{C.WORK_PREFIX}bops", f"{C.WORK_PREFIX}bops_fp"
+    if bops in work and fp in table.columns:
+        frame["BOPs / fp32"] = (table[bops] / table[fp]).map(T.fmt_num)
+    return T.to_markdown(frame)
+
+
 TABLES: dict[str, Callable[[PageData], str]] = {
     "summary": summary_table, "speedup": speedup_table, "variants": variants_table, "failed": failed_table,
+    "work": work_table,
 }
 
 

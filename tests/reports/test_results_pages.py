@@ -13,9 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from harness.cli import main as harness_main
 from harness.store import RunLock
+from reports import tables as T
 from reports.pages import GLANCE_END, GLANCE_START, main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -300,3 +302,31 @@ def test_the_repositorys_results_pages_match_their_data(capsys):
     assert results.is_dir(), f"{results} is missing"
     code = main(["check", "--root", str(results), "--readme", str(REPO / "README.md")])
     assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("slug", ["vggt-methods-layer-cpu", "vggt-methods-proxy"])
+def test_the_work_table_gives_each_variants_flops_against_the_reference_and_its_bops_fraction(slug):
+    # recomputed here from points.parquet: a ratio against the wrong row (the point itself, the
+    # first row) or of the wrong column would not match the committed table
+    results = REPO / "docs" / "results"
+    pts = pd.read_parquet(results / slug / "points.parquet")
+    pts = pts[pts["status"] == "ok"].copy()
+    pts[T.VARIANT] = T.variants(pts, yaml_suite(results / slug))[0]
+    rows = table_rows(block((results / f"{slug}.md").read_text(), "<!-- generated:table work -->"))
+    assert {r["variant"] for r in rows} == set(pts[T.VARIANT])
+    ref = float(pts.loc[pts["method"] == "vggt", "work_attn_flops"].iloc[0])
+    by_variant = pts.set_index(T.VARIANT)
+    for r in rows:
+        p = by_variant.loc[r["variant"]]
+        assert r["attn FLOPs / reference"] == T.fmt_num(p["work_attn_flops"] / ref), r["variant"]
+        assert r["work_tokens_kv_frac"] == T.fmt_num(p["work_tokens_kv_frac"])
+        if "BOPs / fp32" in r and r["BOPs / fp32"]:
+            assert r["BOPs / fp32"] == T.fmt_num(p["work_bops"] / p["work_bops_fp"])
+    if slug == "vggt-methods-proxy":  # W4A4 is 1/64 of fp32's BOPs, W4A8 1/32
+        bops = {r["variant"]: r["BOPs / fp32"] for r in rows if r["BOPs / fp32"]}
+        assert sorted(bops.values()) == ["0.0156", "0.0156", "0.0312"]
+
+
+def yaml_suite(data_dir: Path) -> dict:
+    """The resolved suite a page's run was made from."""
+    return yaml.safe_load((data_dir / "suite.resolved.yaml").read_text())
