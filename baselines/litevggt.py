@@ -3,8 +3,11 @@
 Shu et al., "LiteVGGT: Boosting Vanilla VGGT via Geometry-aware Cached Token Merging"
 (arXiv 2512.04939), re-implemented from the paper and its code (``GarlicBa/LiteVGGT-repo``,
 ``merging/merge.py``, ``vggt/layers/block.py``, ``vggt/models/aggregator.py``). Training-free part
-only: the paper's fine-tuning and its FP8 (Transformer Engine on the linear layers, not on
-attention) are not implemented. Steps, knobs and every deviation: docs/methods/litevggt.md.
+only: the paper's fine-tuning is not implemented. Its FP8 (Transformer Engine on the linear layers,
+not on attention) is approximated by ``lv_fp8``: a model transform that runs the aggregator blocks'
+qkv, fc1 and fc2 through ``torch._scaled_mm`` in float8_e4m3fn with per-tensor scales from the
+current amax (TE: delayed scaling from an amax history); CUDA compute capability >= 8.9 only,
+refused elsewhere. Steps, knobs and every deviation: docs/methods/litevggt.md.
 
 One forward, per batch row:
 
@@ -32,13 +35,17 @@ Shapes: q, k, v ``[B, H, N, d]`` with N = S * P (frames times tokens per frame) 
 
 from __future__ import annotations
 
+import copy
 import functools
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from baselines.quantvggt import aggregator_blocks
 from harness.methods.merging import (
     Partition,
     SlotMap,
@@ -66,6 +73,8 @@ from harness.metrics.memory_model import (
 from harness.models.seam import (
     AttentionFn,
     AttentionLayout,
+    CalibrationRun,
+    VGGTMethod,
     check_tokens,
     elem_bytes,
     sdpa_attention,
@@ -76,6 +85,20 @@ from harness.registry import register_method
 
 CELL = 2  # side of the anchor cells of the patch grid (the reference's sx = sy = 2)
 ROLE_SRC, ROLE_TARGET, ROLE_KEPT = 0, 1, 2
+
+FP8_DTYPE = torch.float8_e4m3fn
+"""The FP8 format of TE's forward pass (its E4M3 recipe): 4 exponent bits, 3 mantissa bits, no inf."""
+FP8_MAX = float(torch.finfo(FP8_DTYPE).max)
+"""Largest finite float8_e4m3fn (448): a tensor's amax is scaled onto it."""
+FP8_LINEARS = (("attn", "qkv"), ("mlp", "fc1"), ("mlp", "fc2"))
+"""The linear layers of an aggregator block that run in FP8 (parent, attribute): the reference's TE
+modules (``te.Linear`` qkv, ``te.LayerNormMLP``); ``attn.proj`` stays a float ``nn.Linear`` there."""
+FP8_MIN_CAPABILITY = (8, 9)
+"""CUDA compute capability of the first GPUs with FP8 tensor cores (Ada; then Hopper, Blackwell)."""
+FP8_ALIGN = 16
+"""``torch._scaled_mm`` needs a linear's input and output widths divisible by this."""
+SCALED_MM_OUT = (torch.bfloat16, torch.float16, torch.float32)
+"""Output dtypes ``torch._scaled_mm`` writes; any other (float64) is computed in float32 and cast."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +126,11 @@ class LiteVGGTParams:
     )
     lv_var_window: int = param(3, "side of the local window of the token variance (odd)", range=(1, 15))
     lv_proj_seed: int = param(0, "seed of the random orthogonal projection", range=(0, None))
+    lv_fp8: bool = param(
+        False, "also run the aggregator blocks' qkv, fc1, fc2 in FP8 e4m3 (per-tensor current amax "
+        "scaling, torch._scaled_mm) as the reference's Transformer Engine does; a model transform: "
+        "scope model, CUDA compute capability >= 8.9 only (refused elsewhere)"
+    )
 
     def __post_init__(self) -> None:
         if self.lv_var_window % 2 == 0:
@@ -498,10 +526,150 @@ def litevggt_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout
     return shared_merge_attention(q, k, v, cache.slots, rec)
 
 
+# -- FP8 linear layers (lv_fp8) -----------------------------------------------------------------
+
+
+def fp8_scale(t: torch.Tensor) -> torch.Tensor:
+    """Per-tensor scale ``FP8_MAX / amax`` from ``t``'s current absolute maximum (float32, 0-dim, on
+    t's device, no host sync); 1 where amax is 0 or not finite. t: any shape."""
+    lo, hi = torch.aminmax(t)
+    amax = torch.maximum(hi, -lo).float()
+    usable = (amax > 0) & torch.isfinite(amax)
+    return torch.where(usable, FP8_MAX / amax, torch.ones_like(amax))
+
+
+def to_e4m3(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``t * scale`` in float32, saturated to [-FP8_MAX, FP8_MAX] and rounded to float8_e4m3fn
+    (nearest, ties to even). t: any shape -> same shape, float8_e4m3fn."""
+    return t.to(torch.float32, copy=True).mul_(scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+
+
+def quantize_e4m3(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``t`` in float8_e4m3fn at its current-amax scale, that scale): ``t ~ values / scale``."""
+    scale = fp8_scale(t)
+    return to_e4m3(t, scale), scale
+
+
+def fp8_linear_reference(x: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor | None = None) -> torch.Tensor:
+    """What an FP8 linear computes, in plain float32 ops (any device): x and the weight each cast to
+    float8_e4m3fn at its own per-tensor scale (:func:`quantize_e4m3`), dequantized (times
+    1 / scale), multiplied in float32, plus the bias. x: [..., K], weight: [N, K], bias: [N] ->
+    [..., N] float32."""
+    xq, x_scale = quantize_e4m3(x)
+    wq, w_scale = quantize_e4m3(weight)
+    y = (xq.float() * x_scale.reciprocal()) @ (wq.float() * w_scale.reciprocal()).T
+    return y if bias is None else y + bias.float()
+
+
+def linear_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype an ``nn.Linear`` would return on ``x``: autocast's where it is on for x's device,
+    else x's own."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+def fp8_linear(x: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`fp8_linear_reference`'s quantity through ``torch._scaled_mm`` (FP8 tensor cores on CUDA
+    compute capability >= 8.9): x cast to e4m3 at its current amax, one FP8 GEMM with float32
+    accumulation and the inverse scales applied to its result, then the bias. x: [..., K];
+    weight_fp8: [N, K] float8_e4m3fn, contiguous (``quantize_e4m3(weight)``); weight_scale: its
+    0-dim scale; bias: [N] -> [..., N] in :func:`linear_dtype` (x) (autocast's, as an nn.Linear)."""
+    out_dtype = linear_dtype(x)
+    mm_dtype = out_dtype if out_dtype in SCALED_MM_OUT else torch.float32
+    xq, x_scale = quantize_e4m3(x.reshape(-1, x.shape[-1]))  # [M, K], row-major
+    y = torch._scaled_mm(xq, weight_fp8.t(), x_scale.reciprocal(), weight_scale.reciprocal(),
+                         out_dtype=mm_dtype, use_fast_accum=False)
+    if bias is not None:
+        y = y + bias.to(mm_dtype)
+    return y.to(out_dtype).reshape(*x.shape[:-1], weight_fp8.shape[0])
+
+
+class FP8Linear(nn.Module):
+    """An ``nn.Linear`` run in FP8 (:func:`fp8_linear`): the weight is cast once, at construction, to
+    float8_e4m3fn at its amax scale (its current amax is constant); every forward casts its input at
+    the input's current amax. Keeps the float ``weight`` and ``bias`` (as TE keeps its
+    high-precision parameters). x: [..., in_features] -> [..., out_features]."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        weight_fp8, weight_scale = quantize_e4m3(linear.weight.detach())
+        self.register_buffer("weight_fp8", weight_fp8)
+        self.register_buffer("weight_scale", weight_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fp8_linear(x, self.weight_fp8, self.weight_scale, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp8=e4m3, per-tensor"
+
+
+def fp8_supported(device: torch.device) -> bool:
+    """Whether ``device`` has FP8 tensor cores that ``torch._scaled_mm`` uses: CUDA, compute
+    capability >= 8.9 (Ada, Hopper, Blackwell)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY
+
+
+def describe_device(device: torch.device) -> str:
+    """``device`` for an error message: a CUDA GPU with its name and compute capability."""
+    if device.type != "cuda":
+        return str(device)
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{device} ({torch.cuda.get_device_name(device)}, compute capability {major}.{minor})"
+
+
+def fp8_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.Module]]:
+    """(where, parent, attribute, linear) of the FP8 layers (:data:`FP8_LINEARS`) of every frame and
+    global block of ``model``'s aggregator; ``where`` names it, e.g. ``"global block 3 attn.qkv"``."""
+    counts: dict[str, int] = {}
+    for kind, block in aggregator_blocks(model):
+        index = counts[kind] = counts.get(kind, -1) + 1
+        for parent_name, attr in FP8_LINEARS:
+            parent = getattr(block, parent_name)
+            yield f"{kind} block {index} {parent_name}.{attr}", parent, attr, getattr(parent, attr)
+
+
+def fp8_transform(model: nn.Module, run: CalibrationRun) -> nn.Module:
+    """A copy of ``model`` (never modified) whose aggregator blocks' qkv, fc1 and fc2 are
+    :class:`FP8Linear`; ``attn.proj`` and everything outside the aggregator's blocks stay float.
+    ``run`` is not needed: the scales come from each tensor's current amax. Raises ValueError where
+    the model's device has no FP8 matmul (no silent float fallback) or a layer's width does not
+    suit ``torch._scaled_mm``."""
+    device = next(model.parameters()).device
+    if not fp8_supported(device):
+        raise ValueError(
+            f"litevggt lv_fp8: the model runs on {describe_device(device)}, but FP8 matmuls "
+            "(torch._scaled_mm on float8_e4m3fn) need a CUDA GPU of compute capability 8.9 or newer "
+            "(Ada, Hopper, Blackwell); lv_fp8: false runs the merging alone")
+    for where, _, _, lin in fp8_layers(model):
+        if lin.in_features % FP8_ALIGN or lin.out_features % FP8_ALIGN:
+            raise ValueError(f"litevggt lv_fp8: {where} maps {lin.in_features} -> {lin.out_features} "
+                             f"features; torch._scaled_mm needs both divisible by {FP8_ALIGN}")
+    fp8 = copy.deepcopy(model)
+    for prm in fp8.parameters():
+        prm.requires_grad_(False)
+    for _, parent, attr, lin in list(fp8_layers(fp8)):
+        setattr(parent, attr, FP8Linear(lin))
+    return fp8
+
+
+# -- the method -----------------------------------------------------------------------------------
+
+
 @register_method("litevggt", params=LiteVGGTParams, workloads=("vggt",),
                  doc="LiteVGGT-style geometry-aware merging, indices cached across layers (arXiv 2512.04939)")
-def make_litevggt(p: LiteVGGTParams) -> AttentionFn:
-    """Build LiteVGGT's ``attention_fn(q, k, v, layout) -> out`` (with its own index cache)."""
+def make_litevggt(p: LiteVGGTParams) -> AttentionFn | VGGTMethod:
+    """Build LiteVGGT's ``attention_fn(q, k, v, layout) -> out`` (with its own index cache); with
+    ``lv_fp8`` a :class:`VGGTMethod` of that attention_fn and :func:`fp8_transform`."""
     cache = MergeCache()
     warned = [False]
-    return lambda q, k, v, layout: litevggt_attention(q, k, v, layout, p, cache, warned)
+
+    def attention_fn(q, k, v, layout):
+        return litevggt_attention(q, k, v, layout, p, cache, warned)
+
+    if p.lv_fp8:
+        return VGGTMethod(attention_fn=attention_fn, model_transform=fp8_transform)
+    return attention_fn

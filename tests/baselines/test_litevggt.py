@@ -1,5 +1,6 @@
 """LiteVGGT-style merging against an independent token-by-token reference written from the paper
-and the reference code's algorithm (loops over frames, cells and tokens; no shared merge code)."""
+and the reference code's algorithm (loops over frames, cells and tokens; no shared merge code); its
+FP8 linear layers (``lv_fp8``): the e4m3 scale and rounding by hand, the transform on vggt-tiny."""
 
 from __future__ import annotations
 
@@ -7,9 +8,26 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
-from baselines.litevggt import LiteVGGTParams, make_litevggt
-from harness.models.seam import AttentionLayout, Recorder, sdpa_attention
+from baselines import litevggt
+from baselines.litevggt import (
+    FP8Linear,
+    LiteVGGTParams,
+    fp8_linear,
+    fp8_linear_reference,
+    fp8_supported,
+    fp8_transform,
+    make_litevggt,
+    quantize_e4m3,
+)
+from harness import registry
+from harness.models.seam import AttentionLayout, Recorder, VGGTMethod, sdpa_attention
+from harness.models.vggt.model import build_vggt
+from harness.run.options import RunOptions
+from harness.run.runner import run_suite
+from harness.store import columns, load
+from harness.suite import parse_suite
 
 S, PS, PH, PW, H, D, C = 3, 1, 4, 4, 2, 8, 16  # 3 frames of 1 special + 4x4 patches, 2 heads of 8
 
@@ -268,3 +286,181 @@ def test_bad_knobs_and_layouts_are_refused():
     q, k, v, x = (t[..., :-1, :] for t in inputs(13))
     with pytest.raises(ValueError, match="LiteVGGT: layout has"):
         make_litevggt(LiteVGGTParams())(q, k, v, layout(x))
+
+
+# -- FP8 linear layers (lv_fp8) ------------------------------------------------------------------
+
+FP8_FRAMES, FP8_HEIGHT, FP8_WIDTH = 2, 28, 42  # vggt-tiny: 14 px patches -> 2 x 3 patches per frame
+TINY_DEPTH = 4
+CPU_REFUSAL = ("litevggt lv_fp8: the model runs on cpu, but FP8 matmuls (torch._scaled_mm on float8_e4m3fn) "
+               "need a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper, Blackwell); lv_fp8: false "
+               "runs the merging alone")
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(1, FP8_FRAMES, 3, FP8_HEIGHT, FP8_WIDTH, generator=torch.Generator().manual_seed(1))
+
+
+def aggregator_out(model, images):
+    with torch.inference_mode():
+        return torch.stack(model.aggregator(images)[0])  # [depth, B, S, P, 2C]
+
+
+def no_run(model):
+    raise AssertionError("the FP8 transform needs no calibration forward")
+
+
+def fake_fp8_gpu(monkeypatch):
+    """Every device counts as FP8-capable and FP8Linear computes the reference on the CPU."""
+    monkeypatch.setattr(litevggt, "fp8_supported", lambda device: True)
+    monkeypatch.setattr(FP8Linear, "forward", lambda self, x: fp8_linear_reference(x, self.weight, self.bias))
+
+
+def scaled_mm_device(kind):
+    """A device for the torch._scaled_mm path, or a pytest skip saying why there is none."""
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device: the FP8 path needs CUDA compute capability >= 8.9")
+        device = torch.device("cuda")
+        if not fp8_supported(device):
+            pytest.skip(f"{torch.cuda.get_device_name(device)} is below compute capability 8.9 (no FP8)")
+        return device
+    try:
+        torch._scaled_mm(torch.zeros(16, 16, dtype=torch.float8_e4m3fn),
+                         torch.zeros(16, 16, dtype=torch.float8_e4m3fn).t(), torch.tensor(1.0),
+                         torch.tensor(1.0), out_dtype=torch.float32)
+    except (RuntimeError, NotImplementedError) as err:
+        pytest.skip(f"this torch has no CPU torch._scaled_mm ({err})")
+    return torch.device("cpu")
+
+
+def test_the_scale_maps_the_amax_to_448_the_e4m3fn_max():
+    values, scale = quantize_e4m3(torch.tensor([-3.5, 1.0, 2.0]))
+    assert float(scale) == 128.0  # 448 / 3.5, not 240 / 3.5 (e4m3fnuz) nor 57344 / 3.5 (e5m2)
+    assert values.dtype == torch.float8_e4m3fn
+    assert values.float().tolist() == [-448.0, 128.0, 256.0]
+    assert (values.float() / scale).tolist() == [-3.5, 1.0, 2.0]
+
+
+def test_an_all_zero_tensor_gets_scale_one_and_stays_zero():
+    values, scale = quantize_e4m3(torch.zeros(2, 3))
+    assert float(scale) == 1.0 and values.float().abs().sum() == 0
+
+
+def test_e4m3_rounds_to_nearest_with_ties_to_even_by_hand():
+    # amax 448: scale 1. Steps: 0.125 in [1, 2), 2 in [16, 32), 1/32 in [0.25, 0.5), 2^-9 below 2^-6
+    x = torch.tensor([448.0, 1.0625, 1.1875, 17.0, 0.3, -2.0 ** -10, 3 * 2.0 ** -10])
+    values, scale = quantize_e4m3(x)
+    assert float(scale) == 1.0
+    assert values.float().tolist() == [448.0, 1.0, 1.25, 16.0, 0.3125, 0.0, 2.0 ** -8]
+
+
+def test_the_reference_fp8_linear_by_hand():
+    # x at scale 1: 1.0625 -> 1.0; W = [[1, 1], [0, 2]] at scale 224: exact
+    x = torch.tensor([[[448.0, 1.0625]]])
+    weight, bias = torch.tensor([[1.0, 1.0], [0.0, 2.0]]), torch.tensor([0.5, -1.0])
+    y = fp8_linear_reference(x, weight, bias)
+    assert y.shape == (1, 1, 2) and y.dtype == torch.float32
+    assert y.flatten().tolist() == [449.5, 1.0]  # float: [449.5625, 1.125]
+    assert fp8_linear_reference(x, weight).flatten().tolist() == [449.0, 2.0]
+
+
+@pytest.mark.parametrize("kind", ["cuda", "cpu"])
+def test_the_scaled_mm_path_and_the_module_compute_the_reference(kind):
+    device = scaled_mm_device(kind)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 37, 64, generator=g) * 3).to(device)
+    linear = nn.Linear(64, 48).to(device)
+    want = fp8_linear_reference(x, linear.weight, linear.bias)
+    got = fp8_linear(x, *quantize_e4m3(linear.weight.detach()), linear.bias)
+    assert got.shape == (2, 37, 48) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(FP8Linear(linear)(x), want, rtol=1e-5, atol=1e-5)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = FP8Linear(linear)(x)
+    assert out.dtype == torch.bfloat16  # as an nn.Linear under autocast
+    torch.testing.assert_close(out.float(), want, rtol=1e-2, atol=1e-2)
+
+
+def test_fp8_needs_cuda_compute_capability_8_9(monkeypatch):
+    assert not fp8_supported(torch.device("cpu"))
+    for capability, ok in [((8, 0), False), ((8, 6), False), ((8, 9), True), ((9, 0), True), ((10, 0), True)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        assert fp8_supported(torch.device("cuda", 0)) is ok, capability
+
+
+def test_the_transform_refuses_a_cpu_model_and_says_what_fp8_needs(tiny):
+    with pytest.raises(ValueError) as err:
+        fp8_transform(tiny, no_run)
+    assert str(err.value) == CPU_REFUSAL
+    method = make_litevggt(LiteVGGTParams(lv_fp8=True))
+    with pytest.raises(ValueError, match="lv_fp8: false runs the merging alone"):
+        method.model_transform(tiny, no_run)
+
+
+def test_the_transform_swaps_exactly_qkv_fc1_fc2_of_every_block_on_a_copy(tiny, images, monkeypatch):
+    fake_fp8_gpu(monkeypatch)
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    out_before = aggregator_out(tiny, images)
+    fp8 = fp8_transform(tiny, no_run)
+    assert fp8 is not tiny
+    blocks = [*fp8.aggregator.frame_blocks, *fp8.aggregator.global_blocks]
+    assert len(blocks) == 2 * TINY_DEPTH
+    for block in blocks:
+        assert [type(m) for m in (block.attn.qkv, block.mlp.fc1, block.mlp.fc2)] == [FP8Linear] * 3
+        assert type(block.attn.proj) is nn.Linear
+        assert block.mlp.fc1.weight_fp8.dtype == torch.float8_e4m3fn
+    assert sum(isinstance(m, FP8Linear) for m in fp8.modules()) == 3 * 2 * TINY_DEPTH  # nothing else
+    # the model passed in is untouched
+    assert not any(isinstance(m, FP8Linear) for m in tiny.modules())
+    after = tiny.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    torch.testing.assert_close(aggregator_out(tiny, images), out_before, atol=0, rtol=0)
+    # the copy computes in FP8: close to float, not equal
+    out = aggregator_out(fp8, images)
+    err = float((out - out_before).pow(2).mean() / out_before.pow(2).mean())
+    assert 0 < err < 1e-3
+
+
+def test_a_layer_width_scaled_mm_cannot_take_is_refused(monkeypatch):
+    fake_fp8_gpu(monkeypatch)
+    odd = build_vggt("vggt-tiny")
+    odd.aggregator.global_blocks[1].mlp.fc1 = nn.Linear(64, 40)
+    with pytest.raises(ValueError, match=r"global block 1 mlp\.fc1 maps 64 -> 40 features; .* by 16"):
+        fp8_transform(odd, no_run)
+
+
+def test_lv_fp8_false_keeps_a_bare_attention_fn_and_true_adds_the_transform():
+    plain = make_litevggt(LiteVGGTParams())
+    assert not isinstance(plain, VGGTMethod) and callable(plain)
+    method = make_litevggt(LiteVGGTParams(lv_fp8=True))
+    assert isinstance(method, VGGTMethod)
+    assert method.model_transform is fp8_transform and method.calibrate is None
+    q, k, v, x = inputs(14)
+    torch.testing.assert_close(method.attention_fn(q, k, v, layout(x)), plain(q, k, v, layout(x)),
+                               atol=0, rtol=0)
+
+
+FP8_SUITE = """
+name: lv-fp8
+workload: vggt
+reference: vggt
+fixed: {preset: vggt-tiny, frames: 2, height: 28, width: 42, scope: model}
+methods:
+  litevggt: {lv_fp8: true}
+  vggt: {}
+timing: {warmup_n: 0, min_samples: 1, max_samples: 1, budget_s: 0.0}
+"""
+
+
+def test_on_cpu_the_fp8_point_fails_with_the_refusal_and_the_sweep_goes_on(tmp_path):
+    registry.load_builtins()
+    out = tmp_path / "run"
+    run_suite(parse_suite(FP8_SUITE, source="lv-fp8.yaml"), out, RunOptions(progress=False, argv=["t"]))
+    rows = load(out).points.set_index(columns.METHOD)
+    assert rows.loc["litevggt", columns.STATUS] == columns.FAILED
+    assert CPU_REFUSAL in rows.loc["litevggt", columns.ERROR]
+    assert rows.loc["vggt", columns.STATUS] == columns.OK, rows.loc["vggt", columns.ERROR]

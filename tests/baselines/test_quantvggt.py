@@ -35,7 +35,6 @@ from baselines.quantvggt import (
 from harness.methods.httm import HTTMParams, make_httm
 from harness.models.seam import AttentionLayout, VGGTMethod
 from harness.models.vggt.layers import patch_positions
-from harness.models.vggt.model import build_vggt
 from harness.quant.quantizers import quantize_weight
 from harness.registry import create_method
 
@@ -45,12 +44,6 @@ FRAMES, HEIGHT, WIDTH = 4, 28, 42  # vggt-tiny: 14 px patches -> 2 x 3 patches +
 TOKENS_PER_FRAME = 5 + 2 * 3
 TINY_DIM, TINY_HIDDEN, TINY_DEPTH = 64, 256, 4
 NO_LEARNING = dict(qv_calib_epochs=0, qv_lwc=False, qv_lac=False)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return build_vggt("vggt-tiny")
 
 
 @pytest.fixture(scope="module")
