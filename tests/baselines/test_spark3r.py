@@ -195,6 +195,25 @@ def test_counters_on_a_hand_computed_case():
     assert rec.counters["attn_flops"] == 4 * H * M * L * D
     assert rec.counters["match_flops"] == 2 * 24 * 24 * D  # 24 sources against 24 targets
     assert rec.counters["attn_bytes"] == H * (2 * M + 2 * L) * D * 8
+    # merge reads N queries and writes M, unmerge the reverse; the k and v gathers read and write L
+    N = S * P
+    assert rec.counters["agg_bytes"] == H * (2 * (N + M) + 4 * L) * D * 8
+    assert rec.counters["match_bytes"] == N * D * 8  # the head-averaged queries, read once
+
+
+def test_counters_of_pruning_alone_and_of_merging_alone():
+    q, k, v = qkv()
+    prune = Recorder()
+    make_spark3r(params(sp_q_merge=0.0))(q, k, v, layout(rec=prune))
+    L = S * PS + 2 * PH * PW  # every special token and 2 of the 3 frames' patches
+    assert prune.counters["tokens_q"] == S * P * H and prune.counters["tokens_kv"] == L * H
+    assert prune.counters["agg_bytes"] == H * 4 * L * D * 8  # no query moves
+    assert "match_flops" not in prune.counters and "match_bytes" not in prune.counters
+    merge = Recorder()
+    make_spark3r(params(sp_kv_prune=0.0))(q, k, v, layout(rec=merge))
+    M, N = S * P - 24, S * P
+    assert merge.counters["tokens_kv"] == N * H
+    assert merge.counters["agg_bytes"] == H * 2 * (N + M) * D * 8  # every key kept: no gathers
 
 
 def test_bad_layouts_and_layers_are_refused():
