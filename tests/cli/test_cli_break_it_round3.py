@@ -131,12 +131,32 @@ def test_comparing_against_a_complete_run_of_another_suite_is_not_a_regression(t
 # --------------------------------------------------------------------------- start-up and list
 
 
+def wait_until_importing_torch(proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    """Block until ``proc`` has mapped libtorch, i.e. is inside the command line's heavy imports
+    (its signal handlers installed, seconds of imports still ahead). A fixed sleep raced on a
+    loaded machine: the signal arrived before the interpreter had installed its handlers."""
+    maps = Path(f"/proc/{proc.pid}/maps")
+    if not maps.exists():  # no procfs: fall back to a generous wait
+        time.sleep(1.0)
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if "libtorch" in maps.read_text():
+                return
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"the command line never imported torch within {timeout_s:.0f} s "
+                         f"(exit code {proc.poll()})")
+
+
 def test_ctrl_c_while_the_command_line_starts_exits_130_without_a_traceback():
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "harness.console", "list"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(1.0)  # inside the imports of torch and the reports (they take seconds)
+    wait_until_importing_torch(proc)  # inside the imports of torch and the reports (seconds)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == cli.EXIT_INTERRUPTED and "Traceback" not in err
@@ -390,7 +410,7 @@ def test_sigterm_while_the_command_line_starts_exits_143_without_a_traceback():
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "harness.console", "list"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(1.0)  # inside the imports
+    wait_until_importing_torch(proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == cli.EXIT_TERMINATED and "Traceback" not in err
