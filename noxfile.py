@@ -104,6 +104,20 @@ def bench_swin_gpu(session: nox.Session) -> None:
     _bench(session, ["swin"], ["--preset", "gpu"])
 
 
+@nox.session(name="bench-swin-det", venv_params=VENV_PARAMS)
+def bench_swin_det(session: nox.Session) -> None:
+    """MixA-Q vs uniform quantization vs pruning on a Swin Mask R-CNN (the detection proxy), COCO mAP."""
+    _bench(session, ["swin-det"], ["--preset", "cpu"])
+
+
+@nox.session(name="bench-swin-det-gpu", venv_params=VENV_PARAMS, tags=["gpu"], default=False)
+def bench_swin_det_gpu(session: nox.Session) -> None:
+    """The same on mmdetection's Swin-T Mask R-CNN and COCO val2017 (needs a CUDA GPU, a checkpoint and
+    a COCO folder; posargs replace the defaults: `-- --preset gpu --set checkpoint=/path/mask_rcnn_
+    swin-t-....pth --set data_path=/data/coco`)."""
+    _bench(session, ["swin-det"], ["--preset", "gpu"])
+
+
 @nox.session(name="train-proxies", venv_params=VENV_PARAMS)
 def train_proxies(session: nox.Session) -> None:
     """Re-create the committed proxy weights from their seeds into runs/train/<proxy>/.
@@ -112,7 +126,7 @@ def train_proxies(session: nox.Session) -> None:
     Posargs are forwarded to every `harness train` (e.g. `-- --resume`, `-- --device cuda`).
     """
     _install(session)
-    for proxy in ("swin-proxy", "vggt-proxy"):
+    for proxy in ("swin-proxy", "vggt-proxy", "swin-det-proxy"):
         session.run("harness", "train", proxy, "--out", f"{RUNS}/train/{proxy}", *session.posargs)
 
 

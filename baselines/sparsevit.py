@@ -21,8 +21,10 @@ from harness.methods.mixaq import (
     act_calib_param,
     all_high,
     apply,
+    check_ptq,
     embed_bits_param,
     make_transform,
+    ptq_param,
     softmax_quant_param,
 )
 from harness.metrics import work as W
@@ -56,9 +58,13 @@ class SparseViTParams:
     importance: str = param(
         "l2", "which windows are kept: l2 (most important), random, reversed", choices=IMPORTANCE_MODES
     )
+    ptq: str = ptq_param()
     act_calib: str = act_calib_param()
     softmax_quant: str = softmax_quant_param()
     embed_bits: int = embed_bits_param()
+
+    def __post_init__(self) -> None:
+        check_ptq(self.ptq, self.act_calib, self.softmax_quant)  # refused at suite load, with file and line
 
 
 def apply_sparsevit(
@@ -78,6 +84,7 @@ def apply_sparsevit(
         prune_ratio=params.prune_ratio,
         pair_prune_ratios=pair_prune,
         min_active_windows=params.min_active_windows,
+        ptq=params.ptq,
     )
     return apply(model, mix, calib_images, seed)
 
@@ -145,7 +152,7 @@ def prune_ratios_for_speedup(
     return min(cands, key=lambda c: (c[0], c[1]))[2]
 
 
-@register_method("sparsevit", params=SparseViTParams, workloads=("swin",),
+@register_method("sparsevit", params=SparseViTParams, workloads=("swin", "swin-det"),
                  doc="SparseViT-style window pruning on the uniform W{w_bits}A{a_bits} base")
 def make_sparsevit(params: SparseViTParams) -> Any:
     """MethodSpec.build for ``sparsevit``."""

@@ -63,6 +63,7 @@ BUILTIN_MODULES = (
     "harness.workloads.attention",
     "harness.workloads.vggt",
     "harness.workloads.swin",
+    "harness.workloads.swin_det",
     "harness.methods.plain",
     "harness.methods.httm",
     "harness.methods.mixaq",

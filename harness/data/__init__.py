@@ -6,6 +6,10 @@
   ``to_model_input`` (VGGT's crop/pad sizing applied to images, depth and intrinsics).
 - :mod:`harness.data.shapes`: ``make_shapes`` / ``shapes_images`` (labelled procedural object
   images for the Swin proxy; imported on demand, it needs timm through ``harness.models.swin``).
+- :mod:`harness.data.det_scenes`: ``make_det_scene`` / ``write_coco_folder`` (procedural detection
+  scenes with COCO ground truth, for the detection proxy; imported on demand).
+- :mod:`harness.data.coco`: ``read_coco`` / ``write_coco_gt`` (COCO-format folders, mmdetection's
+  resize; imported on demand, it needs pycocotools).
 """
 
 from harness.data.readers import Frames, read_7scenes, read_nrgbd, to_model_input

@@ -16,6 +16,14 @@ Algorithm (per stage, per image; see ``harness.quant.qswin`` for the mechanics):
    (fake-quantized) weights, per-branch activation quantizers calibrated ``routed`` (on the
    windows routed to the branch) or ``whole`` (on the whole tensor at that bit width).
 
+PTQ base (``ptq``): ``percentile`` is per-tensor activation quantization calibrated by
+``act_calib`` with the ``softmax_quant`` quantizer; ``repq`` is the base the paper used,
+RepQ-ViT (:mod:`harness.quant.repq`): post-LayerNorm activations calibrated per channel and
+folded into the LayerNorm and the next linear (per branch: each branch folds its own LayerNorm
+copy and gets its own folded qkv / fc1, since the fold depends on the branch's bit width and
+calibration data), log-sqrt2 softmax quantizer with a searched max, and RepQ-ViT's range search
+(percentiles 0.999 / 0.9999 / 0.99999, least squared error) for every uniform activation.
+
 ``sparsevit`` is the pruning-only baseline on the uniform ``a_bits`` base (window pruning as
 in SparseViT, not its latency-constrained search): compare it with MixA-Q at equal BOPs. With
 ``target_bops_speedup`` > 0 its per-pair prune ratios are solved from the analytic BOPs
@@ -45,7 +53,7 @@ from harness.quant.qswin import (
     pairs_per_stage,
     quantize_swin,
 )
-from harness.quant.quantizers import ACT_CALIB_METHODS, FLOAT_BITS
+from harness.quant.quantizers import FLOAT_BITS
 from harness.registry import register_method
 
 BITS_RANGE = (2, FLOAT_BITS)
@@ -53,16 +61,50 @@ BITS_RANGE = (2, FLOAT_BITS)
 BITS_HELP = f" ({FLOAT_BITS}: float, no quantization)"
 """Suffix of the help text of every bits knob."""
 
+PTQ_BASES = ("percentile", "repq")
+"""Post-training quantization bases: today's per-tensor quantizers, or RepQ-ViT's."""
+ACT_CALIB_CHOICES = ("minmax", "percentile")
+"""``act_calib`` values (RepQ-ViT's own search, the quantizers' ``repq``, comes with ``ptq: repq``)."""
+ACT_CALIB_DEFAULT, SOFTMAX_QUANT_DEFAULT = "percentile", "uniform"
+REPQ_ACT_CALIB, REPQ_SOFTMAX_QUANT = "repq", "log_sqrt2"
+"""The activation range search and softmax quantizer of ``ptq: repq``."""
+
 
 def act_calib_param() -> Any:
     """The ``act_calib`` knob of every Swin quantization method."""
-    return param("percentile", "activation range: minmax, or percentile (MSE-best clipping)",
-                 choices=ACT_CALIB_METHODS)
+    return param(ACT_CALIB_DEFAULT, "activation range: minmax, or percentile (MSE-best clipping)",
+                 choices=ACT_CALIB_CHOICES)
 
 
 def softmax_quant_param() -> Any:
     """The ``softmax_quant`` knob of every Swin quantization method."""
-    return param("uniform", "attention-probability quantizer: uniform or log2", choices=SOFTMAX_QUANT)
+    return param(SOFTMAX_QUANT_DEFAULT, "attention-probability quantizer: uniform or log2",
+                 choices=SOFTMAX_QUANT)
+
+
+def ptq_param() -> Any:
+    """The ``ptq`` knob of the Swin quantization methods (mixaq, uniform)."""
+    return param(
+        "percentile",
+        "PTQ base: percentile (per-tensor activations, act_calib and softmax_quant as set) or repq "
+        "(RepQ-ViT: post-LayerNorm activations per channel, folded into LayerNorm and the next linear "
+        "per branch; log-sqrt2 softmax; percentiles 0.999/0.9999/0.99999; act_calib, softmax_quant "
+        "at defaults)",
+        choices=PTQ_BASES,
+    )
+
+
+def check_ptq(ptq: str, act_calib: str, softmax_quant: str) -> None:
+    """Refuse ``act_calib`` / ``softmax_quant`` away from their defaults under ``ptq: repq`` (which
+    brings its own range search and softmax quantizer), so a row never claims a quantizer it did not
+    run."""
+    if ptq == "repq" and (act_calib, softmax_quant) != (ACT_CALIB_DEFAULT, SOFTMAX_QUANT_DEFAULT):
+        raise ValueError(
+            f"ptq='repq' uses RepQ-ViT's range search and log-sqrt2 softmax quantizer: act_calib and "
+            f"softmax_quant apply to ptq='percentile' only (got act_calib={act_calib!r}, "
+            f"softmax_quant={softmax_quant!r}; leave them at {ACT_CALIB_DEFAULT!r} and "
+            f"{SOFTMAX_QUANT_DEFAULT!r})"
+        )
 
 
 def embed_bits_param() -> Any:
@@ -109,6 +151,7 @@ class MixAQParams:
         1, "windows a block keeps whatever the prune ratio (1: a single-window stage is never pruned; "
         "0: plain floor(nW(1-p)))", range=(0, 1_000_000),
     )
+    ptq: str = ptq_param()
     act_calib: str = act_calib_param()
     softmax_quant: str = softmax_quant_param()
     embed_bits: int = embed_bits_param()
@@ -117,6 +160,23 @@ class MixAQParams:
         # cross-field: a suite setting this is refused at load, with file and line
         if self.a_bits_low > self.a_bits_high:
             raise ValueError(f"a_bits_low={self.a_bits_low} must not exceed a_bits_high={self.a_bits_high}")
+        check_ptq(self.ptq, self.act_calib, self.softmax_quant)
+
+
+def quant_spec(params: MixAQParams) -> QuantSpec:
+    """The QuantSpec of the knobs: ``ptq: repq`` maps to the post-LayerNorm reparameterization,
+    RepQ-ViT's range search and the log-sqrt2 softmax quantizer."""
+    repq = params.ptq == "repq"
+    return QuantSpec(
+        w_bits=params.w_bits,
+        a_bits_high=params.a_bits_high,
+        a_bits_low=params.a_bits_low,
+        embed_bits=params.embed_bits,
+        softmax_quant=REPQ_SOFTMAX_QUANT if repq else params.softmax_quant,
+        act_calib=REPQ_ACT_CALIB if repq else params.act_calib,
+        calib=params.calib,
+        reparam_ln=repq,
+    )
 
 
 def as_ratios(value: Any, name: str) -> tuple[float, ...]:
@@ -153,15 +213,7 @@ def apply(
     """A MixA-Q quantized copy of a timm Swin. calib_images: [N, 3, H, W] on the model's device.
     ref_a_bits: activation bits of the uniform model BOPs speedup is measured against (default
     ``a_bits_high``)."""
-    spec = QuantSpec(
-        w_bits=params.w_bits,
-        a_bits_high=params.a_bits_high,
-        a_bits_low=params.a_bits_low,
-        embed_bits=params.embed_bits,
-        softmax_quant=params.softmax_quant,
-        act_calib=params.act_calib,
-        calib=params.calib,
-    )
+    spec = quant_spec(params)
     routing = RoutingSpec(
         pair_ratios=per_pair(model, params.pair_ratios, params.ratio, "pair_ratios"),
         pair_prune=per_pair(model, params.pair_prune_ratios, params.prune_ratio, "pair_prune_ratios"),
@@ -176,7 +228,8 @@ def all_high(
     w_bits: int, a_bits: int, embed_bits: int, act_calib: str, softmax_quant: str, **pruning: Any
 ) -> MixAQParams:
     """Uniform W{w_bits}A{a_bits} as MixA-Q: every (kept) window in the high branch, both branches at
-    ``a_bits``, calibrated on the whole tensor. ``pruning``: further MixAQParams fields (sparsevit)."""
+    ``a_bits``, calibrated on the whole tensor. ``pruning``: further MixAQParams fields (pruning for
+    sparsevit, ``ptq`` for uniform)."""
     return MixAQParams(
         w_bits=w_bits,
         a_bits_high=a_bits,
@@ -196,7 +249,7 @@ def make_transform(fn: Any, params: Any) -> Any:
     return functools.partial(_transform, fn, params)
 
 
-@register_method("mixaq", params=MixAQParams, workloads=("swin",),
+@register_method("mixaq", params=MixAQParams, workloads=("swin", "swin-det"),
                  doc="MixA-Q: low-importance windows at a_bits_low in a two-branch block")
 def make_mixaq(params: MixAQParams) -> Any:
     """MethodSpec.build for ``mixaq``."""

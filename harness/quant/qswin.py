@@ -13,7 +13,11 @@ How a quantized model is built (:func:`quantize_swin`):
    (input activation and weight);
 4. replace each ``SwinTransformerStage`` by a :class:`QSwinStage` whose blocks are
    :class:`QSwinBlock` (two branches: 0 = high activation bits, 1 = low activation bits);
-5. calibrate the activation quantizers on a float pass over the calibration images.
+5. calibrate the activation quantizers on a float pass over the calibration images;
+6. with ``reparam_ln`` (the RepQ-ViT base, :mod:`harness.quant.repq`): the post-LayerNorm
+   quantizers (qkv and fc1 inputs of each branch, patch-merging reduction inputs) were calibrated
+   per channel in step 5; each is folded into its LayerNorm (copy) and a copy of the next linear
+   made from the float weights and re-quantized, and keeps the resulting per-tensor grid.
 
 Window routing (per stage, per image): the stage computes window importance once from its
 input (after downsample), one ordering for regular and one for shifted partitions, and
@@ -31,7 +35,13 @@ observing, so calibration never depends on other quantizers):
 
 Exactness: a branch that receives every window runs the same ops on the same tensors as a
 single-branch model, so ratio 0 reproduces uniform high-bit bitwise and "all windows low"
-reproduces uniform low-bit bitwise (both calibration modes).
+reproduces uniform low-bit bitwise (both calibration modes, with or without ``reparam_ln``).
+
+Two branches under ``reparam_ln``: the fold depends on the branch's per-channel grids, so each
+branch folds its own LayerNorm copies and gets its own folded qkv and fc1 (the high branch's
+become the timm block's own; proj, fc2 and the relative-position bias stay shared). Each branch's
+grids come from its calibration (``routed``: its windows; ``whole``: the whole tensor at its bit
+width), so "all windows low" still equals uniform low-bit, fold included.
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ from torch import nn
 
 from harness.models.seam import named_range
 from harness.quant.quantizers import ActQuantizer, is_float, quantize_weight
+from harness.quant.repq import reparameterize
 
 TIMM_RANGE = ((1, 0, 31), (1, 1, 0))  # checked on 1.0.31; 1.0.29 sizes odd-resolution stages differently
 """timm versions the hooks were checked against: >= 1.0.31, < 1.1 (pinned in pyproject). timm 1.0.29
@@ -65,9 +76,14 @@ BRANCHES = ("high", "low")
 ACT_POINTS = ("qkv_in", "q", "k", "v", "attn", "proj_in", "fc1_in", "fc2_in")
 """Activation quantizers of one branch: qkv input, q, k, v, softmax output, proj input, fc1 input,
 fc2 input (after GELU)."""
+POST_LN_POINTS = ("qkv_in", "fc1_in")
+"""The branch's post-LayerNorm activations (after norm1 / norm2): per channel, then folded, under
+``reparam_ln``."""
 CALIB_MODES = ("routed", "whole")
 IMPORTANCE_MODES = ("l2", "random", "reversed")
 SOFTMAX_QUANT = ("uniform", "log2")
+"""Softmax quantizers a method may choose directly; ``log_sqrt2`` (calibrated max) comes with the
+RepQ-ViT base."""
 
 _COUNT_EPS = 1e-9  # window counts: floor(nW * fraction + eps), so 10 * (1 - 0.9) gives 1, not 0
 
@@ -89,8 +105,11 @@ class QuantSpec:
 
     a_bits_high / a_bits_low: activation bits of the high / low branch (>= 32: float).
     embed_bits: weights and input activations of patch embedding, patch merging and the head.
-    softmax_quant: "uniform" (asymmetric, calibrated) or "log2" for the attention probabilities.
-    act_calib: activation range method ("minmax" | "percentile"); calib: "whole" | "routed".
+    softmax_quant: the attention-probability quantizer, an ``ActQuantizer`` kind: "uniform"
+    (asymmetric, calibrated), "log2" (max 1) or "log_sqrt2" (RepQ-ViT, calibrated max).
+    act_calib: activation range method ("minmax" | "percentile" | "repq"); calib: "whole" | "routed".
+    reparam_ln: RepQ-ViT's scale reparameterization of the post-LayerNorm activations (qkv, fc1
+    and patch-merging inputs: per-channel calibration folded into LayerNorm and the next linear).
     Choices and ranges are checked once, on the method's params (MixAQParams), not here.
     """
 
@@ -101,6 +120,7 @@ class QuantSpec:
     softmax_quant: str = "uniform"
     act_calib: str = "percentile"
     calib: str = "whole"
+    reparam_ln: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,18 +187,24 @@ def window_counts(n_windows: int, ratio: float, prune: float, min_active: int = 
     return n_high, n_act - n_high, n_windows - n_act
 
 
-def window_scores(tok: torch.Tensor, window: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
+def window_scores(
+    tok: torch.Tensor, window: tuple[int, int], shift: tuple[int, int], pad_first: bool = False
+) -> torch.Tensor:
     """L2 norm per window of a per-token score map.
 
     tok: [B, H, W] (per-token mean |x|); rolled by -shift when shifted, zero-padded to a multiple
-    of the window, partitioned like ``timm.window_partition`` (row-major) -> [B, nW].
+    of the window (timm's order; ``pad_first``: padded, then rolled, mmdet's order, see
+    :class:`QSwinBlock`), partitioned like ``timm.window_partition`` (row-major) -> [B, nW].
     """
     B, H, W = tok.shape
     wh, ww = window
+    pad_h, pad_w = (wh - H % wh) % wh, (ww - W % ww) % ww
+    if pad_first:
+        tok = F.pad(tok, (0, pad_w, 0, pad_h))
     if any(shift):
         tok = torch.roll(tok, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-    pad_h, pad_w = (wh - H % wh) % wh, (ww - W % ww) % ww
-    tok = F.pad(tok, (0, pad_w, 0, pad_h))
+    if not pad_first:
+        tok = F.pad(tok, (0, pad_w, 0, pad_h))
     Hp, Wp = tok.shape[1:]
     win = tok.reshape(B, Hp // wh, wh, Wp // ww, ww).permute(0, 1, 3, 2, 4).reshape(B, -1, wh * ww)
     return torch.linalg.vector_norm(win.float(), ord=2, dim=-1)
@@ -226,9 +252,11 @@ class BlockRoute:
 def _branch_quantizers(bits: int, spec: QuantSpec, share: nn.ModuleDict | None) -> nn.ModuleDict:
     qs = {}
     for name in ACT_POINTS:
-        kind = "log2" if (name == "attn" and spec.softmax_quant == "log2") else "uniform"
+        kind = spec.softmax_quant if name == "attn" else "uniform"
         observer = share[name].observer if share is not None else None
-        qs[name] = ActQuantizer(bits, kind=kind, calib=spec.act_calib, observer=observer)
+        per_channel = spec.reparam_ln and name in POST_LN_POINTS
+        qs[name] = ActQuantizer(bits, kind=kind, calib=spec.act_calib, observer=observer,
+                                per_channel=per_channel)
     return nn.ModuleDict(qs)
 
 
@@ -236,7 +264,8 @@ class QSwinBlock(nn.Module):
     """Two-branch Swin block around a timm ``SwinTransformerBlock`` (weights shared, not copied).
 
     Branch b has its own LayerNorm copies (``norm1[b]``, ``norm2[b]``) and activation quantizers
-    (``aq[b]``); qkv/proj/fc1/fc2 weights and the relative-position bias are the block's own.
+    (``aq[b]``); qkv/proj/fc1/fc2 weights and the relative-position bias are the block's own,
+    except after :meth:`reparameterize`, which gives each branch its folded ``qkv[b]`` / ``fc1[b]``.
     forward(x: [B, H, W, C], route) -> [B, H, W, C]. Attention runs on the windows gathered per
     branch (shifted windows gather their rows of the attention mask); the MLP runs per token on
     the tokens of each branch's windows; pruned windows skip the block (identity).
@@ -250,6 +279,15 @@ class QSwinBlock(nn.Module):
         high = _branch_quantizers(spec.a_bits_high, spec, share=None)
         low = _branch_quantizers(spec.a_bits_low, spec, share=high if spec.calib == "whole" else None)
         self.aq = nn.ModuleList([high, low])
+        self.qkv = nn.ModuleList([block.attn.qkv, block.attn.qkv])  # per branch: shared until folded
+        self.fc1 = nn.ModuleList([block.mlp.fc1, block.mlp.fc1])
+        self.folded = [False, False]  # norm1[b] folded (reparameterize): padded tokens take pad1[b]
+        # window geometry on maps that are not window multiples: timm's (shift, then pad) or, for a
+        # block that says so (harness.models.swin_det.PadFirstSwinBlock), mmdet's (pad, then shift)
+        self.pad_first = bool(getattr(block, "pad_before_shift", False))
+        norm_w = block.norm1.weight
+        self.register_buffer("pad1", torch.zeros(2, block.dim, device=norm_w.device, dtype=norm_w.dtype),
+                             persistent=False)
 
     @property
     def window_size(self) -> tuple[int, int]:
@@ -271,8 +309,10 @@ class QSwinBlock(nn.Module):
         h = self.norm1[br](w)
         if valid is not None:  # timm pads after norm1: padded tokens are exact zeros
             h = h * valid.unsqueeze(-1).to(h.dtype)
+            if self.folded[br]:  # ... which a folded norm1 writes as its image of 0
+                h = h + (~valid).unsqueeze(-1).to(h.dtype) * self.pad1[br].to(h.dtype)
         h = aq["qkv_in"](h)
-        qkv = attn.qkv(h).reshape(K, N, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv[br](h).reshape(K, N, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # [K, heads, N, d]
         q, k, v = aq["q"](q), aq["k"](k), aq["v"](v)
         s = (q * attn.scale) @ k.transpose(-2, -1)
@@ -289,17 +329,36 @@ class QSwinBlock(nn.Module):
         """Per-token MLP of one branch. t: [..., C] (pre-norm) -> [..., C]."""
         mlp, aq = self.block.mlp, self.aq[br]
         h = aq["fc1_in"](self.norm2[br](t))
-        h = mlp.norm(mlp.drop1(mlp.act(mlp.fc1(h))))
+        h = mlp.norm(mlp.drop1(mlp.act(self.fc1[br](h))))
         h = aq["fc2_in"](h)
         return mlp.drop2(mlp.fc2(h))
+
+    def reparameterize(self, float_block: SwinTransformerBlock, w_bits: int) -> None:
+        """RepQ-ViT's scale reparameterization of each calibrated branch (:mod:`harness.quant.repq`):
+        norm1[b] / norm2[b] folded in place, qkv[b] / fc1[b] folded from ``float_block``'s float
+        weights and quantized at ``w_bits``. The high branch's folded linears become the block's
+        own. A branch without per-channel grids (float bits, no calibration data) is left as is."""
+        for br in (HIGH, LOW):
+            aq = self.aq[br]
+            folded_qkv = reparameterize(aq["qkv_in"], self.norm1[br], float_block.attn.qkv, w_bits)
+            if folded_qkv is not None:
+                self.qkv[br], pad = folded_qkv
+                with torch.no_grad():
+                    self.pad1[br] = pad
+                self.folded[br] = True
+            folded_fc1 = reparameterize(aq["fc1_in"], self.norm2[br], float_block.mlp.fc1, w_bits)
+            if folded_fc1 is not None:
+                self.fc1[br] = folded_fc1[0]
+        self.block.attn.qkv, self.block.mlp.fc1 = self.qkv[HIGH], self.fc1[HIGH]
 
     def forward(self, x: torch.Tensor, route: BlockRoute | None = None) -> torch.Tensor:
         B, H, W, C = x.shape
         (wh, ww), shift = self.window_size, self.shift_size
         has_shift = any(shift)
-        xs = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2)) if has_shift else x
         pad_h, pad_w = (wh - H % wh) % wh, (ww - W % ww) % ww
-        xs = F.pad(xs, (0, 0, 0, pad_w, 0, pad_h))
+        xs = F.pad(x, (0, 0, 0, pad_w, 0, pad_h)) if self.pad_first else x
+        xs = torch.roll(xs, shifts=(-shift[0], -shift[1]), dims=(1, 2)) if has_shift else xs
+        xs = xs if self.pad_first else F.pad(xs, (0, 0, 0, pad_w, 0, pad_h))
         Hp, Wp = xs.shape[1:3]
         nW, N = (Hp // wh) * (Wp // ww), wh * ww
         win = window_partition(xs, (wh, ww)).reshape(B * nW, N, C)  # batch-major: b * nW + j
@@ -312,6 +371,8 @@ class QSwinBlock(nn.Module):
         if pad_h or pad_w:
             real = torch.zeros(1, Hp, Wp, 1, device=x.device, dtype=x.dtype)
             real[:, :H, :W] = 1
+            if self.pad_first and has_shift:  # the padding was rolled with the map
+                real = torch.roll(real, shifts=(-shift[0], -shift[1]), dims=(1, 2))
             valid = window_partition(real, (wh, ww)).reshape(nW, N) > 0
 
         route = route if route is not None else BlockRoute(None, (nW, 0, 0))
@@ -367,7 +428,11 @@ class QSwinBlock(nn.Module):
     def _unwindow(self, win: torch.Tensor, H: int, W: int, Hp: int, Wp: int) -> torch.Tensor:
         """[B*nW, wh, ww, C] windows (shifted, padded coordinates) -> [B, H, W, C] image coordinates."""
         shift = self.shift_size
-        x = window_reverse(win, self.window_size, Hp, Wp)[:, :H, :W, :].contiguous()
+        x = window_reverse(win, self.window_size, Hp, Wp)
+        if self.pad_first:  # shifted on the padded map: roll back there, then crop
+            x = torch.roll(x, shifts=shift, dims=(1, 2)) if any(shift) else x
+            return x[:, :H, :W, :].contiguous()
+        x = x[:, :H, :W, :].contiguous()
         if any(shift):
             x = torch.roll(x, shifts=shift, dims=(1, 2))
         return x
@@ -428,12 +493,12 @@ class QSwinStage(nn.Module):
             if counts[HIGH] == nW or (self.calibrating and self.calib_whole):
                 out.append(BlockRoute(None, (nW, 0, 0)))
                 continue
-            key = blk.shift_size
+            key = (blk.shift_size, blk.pad_first)
             if key not in orders:
                 if tok is None:
                     tok = x.detach().float().abs().mean(-1)
-                scores = window_scores(tok, blk.window_size, key)
-                orders[key] = window_order(scores, self.importance, self._generator(key))
+                scores = window_scores(tok, blk.window_size, blk.shift_size, blk.pad_first)
+                orders[key] = window_order(scores, self.importance, self._generator(blk.shift_size))
             order = orders[key]
             n_high, n_low, _ = counts
             assign = torch.full((B, nW), PRUNED, dtype=torch.int64, device=x.device)
@@ -457,14 +522,15 @@ class QSwinStage(nn.Module):
 
 
 class QuantIO(nn.Module):
-    """A Linear or Conv2d with fake-quantized input (per tensor) and weight (per channel) at ``bits``."""
+    """A Linear or Conv2d with fake-quantized input (per tensor; per channel until folded with
+    ``per_channel``) and weight (per output channel) at ``bits``."""
 
-    def __init__(self, inner: nn.Module, bits: int, act_calib: str) -> None:
+    def __init__(self, inner: nn.Module, bits: int, act_calib: str, per_channel: bool = False) -> None:
         super().__init__()
         with torch.no_grad():
             inner.weight.copy_(quantize_weight(inner.weight, bits))
         self.inner = inner
-        self.aq = ActQuantizer(bits, calib=act_calib)
+        self.aq = ActQuantizer(bits, calib=act_calib, per_channel=per_channel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(self.aq(x))
@@ -506,9 +572,9 @@ def quantize_swin(
     if not is_float(spec.embed_bits):
         q.patch_embed.proj = QuantIO(q.patch_embed.proj, spec.embed_bits, spec.act_calib)
         for stage in q.layers:
-            if not isinstance(stage.downsample, nn.Identity):
+            if not isinstance(stage.downsample, nn.Identity):  # the reduction's input is post-LayerNorm
                 stage.downsample.reduction = QuantIO(
-                    stage.downsample.reduction, spec.embed_bits, spec.act_calib
+                    stage.downsample.reduction, spec.embed_bits, spec.act_calib, per_channel=spec.reparam_ln
                 )
         if isinstance(q.head.fc, nn.Linear):
             q.head.fc = QuantIO(q.head.fc, spec.embed_bits, spec.act_calib)
@@ -521,7 +587,26 @@ def quantize_swin(
     )
     q.quant_info = QuantInfo(spec, routing, spec.a_bits_high if ref_a_bits is None else ref_a_bits)
     calibrate(q, calib_images, calib_batch)
+    if spec.reparam_ln:
+        reparameterize_swin(q, model, spec)
     return q
+
+
+def reparameterize_swin(q: nn.Module, model: nn.Module, spec: QuantSpec) -> None:
+    """Fold every per-channel post-LayerNorm quantizer of the calibrated quantized copy ``q``
+    (RepQ-ViT): each block's branches (:meth:`QSwinBlock.reparameterize`, at ``w_bits``) and each
+    patch merging (norm + reduction, at ``embed_bits``). ``model``: the float model ``q`` was copied
+    from (the folds start from its float weights)."""
+    with torch.no_grad():
+        for float_stage, stage in zip(model.layers, q.layers):
+            red = getattr(stage.downsample, "reduction", None)
+            if isinstance(red, QuantIO):
+                folded = reparameterize(red.aq, stage.downsample.norm, float_stage.downsample.reduction,
+                                        spec.embed_bits)
+                if folded is not None:
+                    red.inner = folded[0]
+            for float_blk, blk in zip(float_stage.blocks, stage.blocks):
+                blk.reparameterize(float_blk, spec.w_bits)
 
 
 def calibrate(model: nn.Module, images: torch.Tensor | None, batch: int = 4) -> None:

@@ -17,6 +17,7 @@ from harness.train.base import Proxy, TrainConfig
 PROXIES: dict[str, str] = {
     "vggt-proxy": "harness.train.vggt_proxy:VGGTProxy",
     "swin-proxy": "harness.train.swin_proxy:SwinProxy",
+    "swin-det-proxy": "harness.train.det_proxy:SwinDetProxy",
 }
 
 

@@ -244,26 +244,43 @@ def _window_energy(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
     return e.reshape(n, Hp // wh, wh, Wp // ww, ww).sum(dim=(2, 4)).reshape(n, -1)
 
 
+def split_energies(
+    ref_out: torch.Tensor, ref_tok: torch.Tensor, test_out: torch.Tensor, window: tuple[int, int]
+) -> tuple[float, float, float, float] | None:
+    """(signal, noise) energy of one stage's output over its high- and low-importance windows:
+    ``(signal_high, noise_high, signal_low, noise_low)``, summed over the images; None when the
+    stage has fewer than 2 windows.
+
+    ref_out, test_out: [n, H, W, C] stage outputs; ref_tok: [n, H, W] the *reference* stage input's
+    per-token mean |x|. Per image, windows (regular partition) are ranked by their L2 importance; the
+    top half (ceil(nW/2)) is "high", the rest "low"; noise = ref_out - test_out.
+    """
+    scores = window_scores(ref_tok, window, (0, 0))  # [n, nW]
+    nW = scores.shape[1]
+    if nW < 2:
+        return None
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    high = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order[:, : math.ceil(nW / 2)], True)
+    sig = _window_energy(ref_out, window)
+    noise = _window_energy(ref_out - test_out, window)
+    return (float(sig[high].sum()), float(noise[high].sum()), float(sig[~high].sum()),
+            float(noise[~high].sum()))
+
+
+def energy_db(signal: float, noise: float) -> float:
+    """10 log10(signal / noise), capped at SQNR_CAP_DB (identical tensors: no noise)."""
+    return SQNR_CAP_DB if noise == 0 else min(10 * math.log10(signal / noise), SQNR_CAP_DB)
+
+
 def split_sqnr(ref: Captured, test: Captured, windows: list[tuple[int, int]]) -> tuple[float, float] | None:
     """Mean over stages of the SQNR (dB) of each stage output restricted to its high- and
-    low-importance windows; None when no stage has 2 or more windows.
-
-    Per stage and image, windows (regular partition) are ranked by the L2 importance computed
-    from the *reference* stage input; the top half (ceil(nW/2)) is "high", the rest "low".
-    """
+    low-importance windows (:func:`split_energies`); None when no stage has 2 or more windows."""
     hi_db, lo_db = [], []
     for i, win in enumerate(windows):
-        scores = window_scores(ref.stage_tok[i], win, (0, 0))  # [n, nW]
-        nW = scores.shape[1]
-        if nW < 2:
-            continue
-        order = torch.argsort(scores, dim=1, descending=True, stable=True)
-        high = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order[:, : math.ceil(nW / 2)], True)
-        sig = _window_energy(ref.stage_out[i], win)
-        noise = _window_energy(ref.stage_out[i] - test.stage_out[i], win)
-        for mask, acc in ((high, hi_db), (~high, lo_db)):
-            s, e = float(sig[mask].sum()), float(noise[mask].sum())
-            acc.append(SQNR_CAP_DB if e == 0 else min(10 * math.log10(s / e), SQNR_CAP_DB))
+        e = split_energies(ref.stage_out[i], ref.stage_tok[i], test.stage_out[i], win)
+        if e is not None:
+            hi_db.append(energy_db(e[0], e[1]))
+            lo_db.append(energy_db(e[2], e[3]))
     if not hi_db:
         return None
     return sum(hi_db) / len(hi_db), sum(lo_db) / len(lo_db)
@@ -552,7 +569,8 @@ def _identity(model: nn.Module, calib_images: torch.Tensor | None = None, seed: 
     return model
 
 
-@register_method("fp32", params=FP32Params, workloads=("swin",), doc="float32 model, no quantization")
+@register_method("fp32", params=FP32Params, workloads=("swin", "swin-det"),
+                 doc="float32 model, no quantization")
 def make_fp32(params: FP32Params) -> Any:
     """The ``fp32`` method: the identity transform (the reference)."""
     return _identity

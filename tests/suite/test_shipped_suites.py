@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from harness import registry
-from harness.suite import load_suite
+from harness.suite import SuiteError, load_suite
 
 SUITES = sorted((Path(__file__).resolve().parents[2] / "suites").glob("*.yaml"))
 
@@ -22,11 +22,29 @@ def _cases() -> list[tuple[Path, str | None]]:
     return cases
 
 
+#: presets that run on the user's own checkpoint and dataset (their comments say which --set):
+#: loaded here with stand-ins the test creates, as a user would pass theirs
+USER_FILES = {("swin-det", "coco"), ("swin-det", "gpu")}
+
+
 @pytest.mark.parametrize(("path", "preset"), _cases(), ids=lambda v: getattr(v, "stem", v))
-def test_shipped_suite_loads_with_every_preset(path: Path, preset: str | None):
+def test_shipped_suite_loads_with_every_preset(path: Path, preset: str | None, tmp_path: Path):
     registry.load_builtins()
-    suite = load_suite(path, preset=preset)
+    overrides: list[str] = []
+    if (path.stem, preset) in USER_FILES:
+        (tmp_path / "coco").mkdir()
+        (tmp_path / "model.pth").write_bytes(b"stand-in")
+        overrides = [f"checkpoint={tmp_path / 'model.pth'}", f"data_path={tmp_path / 'coco'}"]
+    suite = load_suite(path, preset=preset, overrides=overrides)
     assert suite.points(), f"{path.name} ({preset or 'default preset'}) expands to no points"
+
+
+def test_the_presets_on_user_files_say_what_is_missing_without_them():
+    registry.load_builtins()
+    for stem, preset in USER_FILES:
+        with pytest.raises(SuiteError) as err:
+            load_suite(SUITES[0].parent / f"{stem}.yaml", preset=preset)
+        assert "needs a checkpoint" in str(err.value) and "needs data_path" in str(err.value)
 
 
 def test_the_cpu_defaults_of_the_main_suites_run_on_the_trained_proxies():
