@@ -63,15 +63,15 @@ def test_harness_suites_lists_the_shipped_suites_outside_the_checkout(installed,
 
 def test_a_bare_suite_name_runs_outside_the_checkout(installed, tmp_path):
     out = tmp_path / "run"
-    proc = outside(installed, "run", "vggt-layer", "--preset", "cpu", "--max-points", "2", "--out", str(out),
-                   "--no-report", "-q", "--set", "timing.max_samples=2", "--set", "timing.min_samples=1",
-                   cwd=tmp_path)
+    proc = outside(installed, "run", "attention-smoke", "--preset", "cpu", "--max-points", "1", "--out",
+                   str(out), "--no-report", "-q", "--set", "timing.max_samples=2", "--set",
+                   "timing.min_samples=1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     load_builtins()
-    total = len(load_suite(str(ROOT / "suites" / "vggt-layer.yaml"), preset="cpu").points())
-    assert f"2/{total} points run: 2 ok" in proc.stdout
+    total = len(load_suite(str(ROOT / "suites" / "attention-smoke.yaml"), preset="cpu").points())
+    assert f"1/{total} points run: 1 ok" in proc.stdout
     manifest = (out / "run.json").read_text()
-    assert str(installed / "suites" / "vggt-layer.yaml") in manifest
+    assert str(installed / "suites" / "attention-smoke.yaml") in manifest
 
 
 def test_the_shipped_proxy_loads_from_the_installed_package(installed, tmp_path):
