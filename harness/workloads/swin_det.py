@@ -59,7 +59,7 @@ from harness.models.swin_det import (
 )
 from harness.models.weights import Weights, check_weights, file_sha256, resolve_weights
 from harness.params import param
-from harness.quant.qswin import window_scores
+from harness.quant.sensitivity import score_cv
 from harness.registry import create_method, register_workload
 from harness.workloads.base import (
     Bench,
@@ -326,15 +326,12 @@ def stage_fidelity(ref: StageCapture, test: StageCapture, windows: list[tuple[in
 
 
 def score_spread(cap: StageCapture, windows: list[tuple[int, int]]) -> dict[str, float]:
-    """work_score_cv_stage{i}: std / mean of stage i's L2 window scores per image, mean over the
-    captured images (stages with >= 2 windows)."""
+    """work_score_cv_stage{i}: :func:`harness.quant.sensitivity.score_cv` (std / mean of stage i's L2
+    window scores per image, as the ``swin`` workload reports it), mean over the captured images
+    (stages with >= 2 windows)."""
     row = {}
     for i, win in enumerate(windows):
-        cvs = []
-        for chunk in cap.tok:
-            scores = window_scores(chunk[i], win, (0, 0)).double()  # [n, nW]
-            if scores.shape[1] >= 2:
-                cvs.append(scores.std(dim=1) / scores.mean(dim=1))
+        cvs = [cv for chunk in cap.tok if (cv := score_cv(chunk[i], win)) is not None]
         if cvs:
             row[f"work_score_cv_stage{i}"] = float(torch.cat(cvs).mean())
     return row

@@ -36,6 +36,7 @@ from harness.workloads.swin_det import (
     quantized_detector,
     scene_config,
     scene_inputs,
+    score_spread,
     stage_fidelity,
 )
 
@@ -263,3 +264,10 @@ def test_the_proxy_detector_is_the_architecture_the_proxy_trains():
     assert {k: v.shape for k, v in trained.items()} == {k: v.shape for k, v in named.items()}
     assert DET_MODELS["swin_det_proxy"].num_classes == det_scenes.NUM_CLASSES
     assert scene_config(SwinDetParams()) == DetProxySpec().scenes  # the scenes it was scored on
+
+
+def test_score_spread_is_the_population_std_over_the_mean_as_in_the_swin_workload():
+    tok = torch.cat([torch.ones(1, 7, 7), torch.full((1, 7, 7), 3.0)], dim=2)  # two windows
+    # window scores 7 and 21 (L2 over 49 equal tokens): std 7 (population), mean 14
+    cap = StageCapture(out=[[torch.zeros(1, 7, 14, 1)]], tok=[[tok]])
+    assert score_spread(cap, [(7, 7)]) == {"work_score_cv_stage0": pytest.approx(0.5)}
