@@ -130,6 +130,18 @@ def train_proxies(session: nox.Session) -> None:
         session.run("harness", "train", proxy, "--out", f"{RUNS}/train/{proxy}", *session.posargs)
 
 
+@nox.session(name="train-qat", venv_params=VENV_PARAMS)
+def train_qat(session: nox.Session) -> None:
+    """Re-run the shipped QAT and SAQA recipes (harness/train/recipes/) into runs/train/<recipe>/.
+
+    The SAQA recipes start from the committed uniform QAT weights (their `start: proxy:qat-...`).
+    About an hour on 2 CPU cores; posargs are forwarded to every `harness train`.
+    """
+    _install(session)
+    for recipe in ("qat-swin-w4a4", "saqa-swin-w4a4a2", "qat-swin-det-w4a4", "saqa-swin-det-w4a4a2"):
+        session.run("harness", "train", recipe, "--out", f"{RUNS}/train/{recipe}", *session.posargs)
+
+
 @nox.session(venv_params=VENV_PARAMS)
 def microbench(session: nox.Session) -> None:
     """pytest-benchmark micro-benchmarks; a CUDA-synchronizing timer is used on GPU."""

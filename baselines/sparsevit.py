@@ -22,9 +22,11 @@ from harness.methods.mixaq import (
     all_high,
     apply,
     check_ptq,
+    check_qat,
     embed_bits_param,
     make_transform,
     ptq_param,
+    qat_param,
     softmax_quant_param,
 )
 from harness.metrics import work as W
@@ -62,9 +64,11 @@ class SparseViTParams:
     act_calib: str = act_calib_param()
     softmax_quant: str = softmax_quant_param()
     embed_bits: int = embed_bits_param()
+    qat: str = qat_param()
 
     def __post_init__(self) -> None:
         check_ptq(self.ptq, self.act_calib, self.softmax_quant)  # refused at suite load, with file and line
+        check_qat(self.qat, self.ptq, self.softmax_quant)
 
 
 def apply_sparsevit(
@@ -85,6 +89,7 @@ def apply_sparsevit(
         pair_prune_ratios=pair_prune,
         min_active_windows=params.min_active_windows,
         ptq=params.ptq,
+        qat=params.qat,
     )
     return apply(model, mix, calib_images, seed)
 

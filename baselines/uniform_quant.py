@@ -31,8 +31,10 @@ from harness.methods.mixaq import (
     BITS_RANGE,
     act_calib_param,
     check_ptq,
+    check_qat,
     embed_bits_param,
     ptq_param,
+    qat_param,
     softmax_quant_param,
 )
 from harness.params import param
@@ -49,6 +51,7 @@ class UniformQuantParams:
     act_calib: str = act_calib_param()
     softmax_quant: str = softmax_quant_param()
     embed_bits: int = embed_bits_param()
+    qat: str = qat_param()
     ref_a_bits: int = param(
         0,
         "activation bits of the uniform model work_bops_speedup is measured "
@@ -58,6 +61,7 @@ class UniformQuantParams:
 
     def __post_init__(self) -> None:
         check_ptq(self.ptq, self.act_calib, self.softmax_quant)  # refused at suite load, with file and line
+        check_qat(self.qat, self.ptq, self.softmax_quant)
 
 
 def apply(model: nn.Module, params: UniformQuantParams, calib_images: torch.Tensor | None, seed: int = 0):
@@ -66,6 +70,7 @@ def apply(model: nn.Module, params: UniformQuantParams, calib_images: torch.Tens
         params.w_bits, params.a_bits, params.embed_bits, params.act_calib, params.softmax_quant,
         min_active_windows=0,  # nothing is pruned; 0 keeps quant_info.routing as it always was
         ptq=params.ptq,
+        qat=params.qat,
     )
     return mixaq.apply(model, mix, calib_images, seed, ref_a_bits=params.ref_a_bits or params.a_bits)
 

@@ -59,6 +59,7 @@ from harness.store import (
 )
 from harness.store import columns as C
 from reports import plots as P
+from reports import swin_claims as SC
 from reports import tables as T
 from reports import terminal as TV
 from reports.parts import ReportParts, env_summary, gather
@@ -343,6 +344,16 @@ def variants_table(data: PageData) -> str:
     return TV.legend(data.parts.legend, PAGE_WIDTH)
 
 
+def claims_table(data: PageData) -> str:
+    """MixA-Q's claims table (:mod:`reports.swin_claims`): one line per configuration, seeds pooled."""
+    return SC.markdown(SC.summarize(data.run.points))
+
+
+def importance_table(data: PageData) -> str:
+    """MixA-Q's window-score diagnostics (:func:`reports.swin_claims.diagnostics`)."""
+    return SC.diagnostics(data.run.points)
+
+
 def failed_table(data: PageData) -> str:
     """The points that did not finish ok, with their error."""
     parts = data.parts
@@ -391,7 +402,7 @@ def work_table(data: PageData) -> str:
 
 TABLES: dict[str, Callable[[PageData], str]] = {
     "summary": summary_table, "speedup": speedup_table, "variants": variants_table, "failed": failed_table,
-    "work": work_table,
+    "work": work_table, "claims": claims_table, "importance": importance_table,
 }
 
 

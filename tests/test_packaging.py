@@ -50,6 +50,8 @@ def test_the_wheel_ships_every_suite_and_the_proxies(wheel):
     for proxy in ("swin-proxy", "vggt-proxy"):
         for f in ("model.safetensors", "card.json", "card.md"):
             assert f"harness/proxies/{proxy}/{f}" in names, (proxy, f)
+    for recipe in sorted((ROOT / "harness" / "train" / "recipes").glob("*.yaml")):
+        assert f"harness/train/recipes/{recipe.name}" in names, recipe.name
     assert not any(n.startswith(("tests/", "docs/", "examples/")) for n in names)
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.cli.common import EXIT_OK, UsageError, interrupted_exit_code, non_negative_int, positive_int
+from harness.errors import HarnessError
 from harness.models.weights import PROXY_ROOT
-from harness.train import PROXIES, get_proxy
+from harness.train import get_proxy, trainable_names
 from harness.train.card import read_card
 from harness.train.loop import config_problem, train, training_device_problem, with_overrides
 
@@ -20,7 +21,8 @@ NAME = "train"
 def setup(sub: Any) -> None:
     """Add the ``train`` command."""
     tr = sub.add_parser(NAME, help="train a proxy model (small networks trained on procedural data)")
-    tr.add_argument("proxy", nargs="?", help="proxy name (omit, or --list, to list them)")
+    tr.add_argument("proxy", nargs="?", help="proxy or QAT recipe name, or a recipe file (.yaml); omit, or "
+                                             "--list, to list them")
     tr.add_argument("--out", help="output folder (default: runs/train/<proxy>); the committed weights "
                                   "live in harness/proxies/<proxy>/")
     tr.add_argument("--steps", type=positive_int, help="optimiser steps, >= 1 (default: the proxy's recipe)")
@@ -39,12 +41,15 @@ def setup(sub: Any) -> None:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Train the proxy (or list them), then compare its held-out metrics with the committed card."""
     if args.list or not args.proxy:
-        for name in PROXIES:
-            print(f"{name}: {get_proxy(name).description}")
+        for name in trainable_names():
+            try:
+                print(f"{name}: {get_proxy(name).description}")
+            except HarnessError as e:  # a recipe whose start is not trained yet still lists
+                print(f"{name}: not ready: {str(e).splitlines()[-1]}")
         return EXIT_OK
     try:
         proxy = get_proxy(args.proxy)
-    except KeyError as e:
+    except (KeyError, FileNotFoundError) as e:
         raise UsageError(e.args[0]) from None
     cfg = with_overrides(proxy.default_config(), steps=args.steps, seed=args.seed, threads=args.threads)
     problem = config_problem(proxy, cfg) or training_device_problem(args.device)

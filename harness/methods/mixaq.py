@@ -43,7 +43,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.models.weights import check_weights
 from harness.params import param
+from harness.quant.qat import quantize_from_qat
 from harness.quant.qswin import (
     CALIB_MODES,
     IMPORTANCE_MODES,
@@ -107,6 +109,32 @@ def check_ptq(ptq: str, act_calib: str, softmax_quant: str) -> None:
         )
 
 
+def qat_param() -> Any:
+    """The ``qat`` knob of the Swin quantization methods (mixaq, uniform, sparsevit)."""
+    return param(
+        "",
+        "quantization-aware-trained state to start from instead of post-training calibration alone: "
+        "proxy:NAME (harness train RECIPE writes one; the shipped ones are proxy:qat-*) or a local "
+        ".safetensors; its latent weights and LayerNorms are loaded, its learned activation steps "
+        "replace the calibrated ones where it trained that quantizer at the same bits; empty: PTQ",
+    )
+
+
+def check_qat(qat: str, ptq: str, softmax_quant: str) -> None:
+    """Refuse a QAT state on another PTQ base than the one QAT trains from, or a missing file (at
+    suite load, with file and line)."""
+    if not qat:
+        return
+    if ptq != "percentile" or softmax_quant != SOFTMAX_QUANT_DEFAULT:
+        raise ValueError(
+            f"qat={qat!r} trains from ptq='percentile' with softmax_quant='uniform' (learned uniform steps); "
+            f"got ptq={ptq!r}, softmax_quant={softmax_quant!r}"
+        )
+    problems = check_weights(qat)
+    if problems:
+        raise ValueError("qat: " + problems[0])
+
+
 def embed_bits_param() -> Any:
     """The ``embed_bits`` knob of every Swin quantization method."""
     return param(8, "bits of patch embedding, patch merging and head (W and A)" + BITS_HELP, range=BITS_RANGE)
@@ -155,12 +183,14 @@ class MixAQParams:
     act_calib: str = act_calib_param()
     softmax_quant: str = softmax_quant_param()
     embed_bits: int = embed_bits_param()
+    qat: str = qat_param()
 
     def __post_init__(self) -> None:
         # cross-field: a suite setting this is refused at load, with file and line
         if self.a_bits_low > self.a_bits_high:
             raise ValueError(f"a_bits_low={self.a_bits_low} must not exceed a_bits_high={self.a_bits_high}")
         check_ptq(self.ptq, self.act_calib, self.softmax_quant)
+        check_qat(self.qat, self.ptq, self.softmax_quant)
 
 
 def quant_spec(params: MixAQParams) -> QuantSpec:
@@ -221,6 +251,8 @@ def apply(
         seed=seed,
         min_active=params.min_active_windows,
     )
+    if params.qat:
+        return quantize_from_qat(model, spec, routing, calib_images, params.qat, ref_a_bits=ref_a_bits)
     return quantize_swin(model, spec, routing, calib_images, ref_a_bits=ref_a_bits)
 
 

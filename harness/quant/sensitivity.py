@@ -6,7 +6,8 @@
   activation width. For stage s and each of its windows j (regular partition), a copy of the
   image runs with window j routed LOW in every regular (non-shifted) block of stage s and every
   other window of every block HIGH; the sensitivity is the squared L2 distance of its logits
-  from the all-HIGH logits. One batched forward per image and stage (nW copies).
+  (classifier) or of the backbone's stage outputs (:func:`stage_outputs`, detection) from the
+  all-HIGH ones. Batched forwards per image and stage (nW copies, in chunks).
 - :func:`spearman`: rank correlation per row; with the two above it says whether the L2 score
   (stage input, regular partition, what MixA-Q routes on) ranks windows by sensitivity.
 
@@ -14,6 +15,8 @@ These run on a small sample outside the timed region (the workload's ``evaluate`
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -72,43 +75,69 @@ def stage_inputs(qmodel: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
     return toks
 
 
-def window_sensitivity(qmodel: nn.Module, image: torch.Tensor, stage_index: int) -> torch.Tensor:
-    """Logit error each window of ``stage_index`` adds when it alone runs LOW.
+Outputs = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+"""What a window's error is measured on: (quantized Swin, images [B, 3, H, W]) -> [B, ...]."""
+
+
+def logits(qmodel: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The classifier's output (the default of :func:`window_sensitivity`)."""
+    return qmodel(images)
+
+
+def stage_outputs(qmodel: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """A detection backbone's outputs: every stage's output map (what the FPN reads), each divided by
+    the square root of its size per image, concatenated -> [B, D]; a squared distance between two of
+    them is the sum over stages of each stage's mean squared error."""
+    x = qmodel.patch_embed(images)
+    parts = []
+    for stage in _stages(qmodel):
+        x = stage(x)
+        flat = x.reshape(x.shape[0], -1)
+        parts.append(flat / flat.shape[1] ** 0.5)
+    return torch.cat(parts, dim=1)
+
+
+def window_sensitivity(qmodel: nn.Module, image: torch.Tensor, stage_index: int, outputs: Outputs = logits,
+                       chunk: int = 0) -> torch.Tensor:
+    """Output error each window of ``stage_index`` adds when it alone runs LOW.
 
     qmodel: a quantized two-branch Swin whose LOW branch is calibrated (e.g. ``calib="whole"``)
-    and whose routing leaves every window HIGH; image: [3, S, S] -> [nW] float64 (regular
-    partition, timm's window order), ``||logits(window j low) - logits(all high)||^2``.
+    and whose routing leaves every window HIGH; image: [3, H, W] -> [nW] float64 (regular
+    partition, timm's window order), ``||outputs(window j low) - outputs(all high)||^2`` with
+    ``outputs`` the logits (classifier) or :func:`stage_outputs` (detection backbone). The nW copies
+    run in batches of ``chunk`` (0: all at once).
     """
-    stages = _stages(qmodel)
-    stage = stages[stage_index]
+    stage = _stages(qmodel)[stage_index]
     H, W = stage.blocks[0].block.input_resolution
     n_win = stage.blocks[0].num_windows(H, W)
-    batch = image.unsqueeze(0).expand(n_win, *image.shape)
-    assign = torch.full((n_win, n_win), HIGH, dtype=torch.int64, device=image.device)
-    assign.fill_diagonal_(LOW)
-    forced = []
-    for blk in stage.blocks:
-        if any(blk.shift_size):
-            forced.append(BlockRoute(None, (n_win, 0, 0)))
-        else:
-            forced.append(BlockRoute(assign, (n_win - 1, 1, 0)))
+    step = chunk or n_win
+    errors = []
     try:
         with torch.inference_mode():
-            ref = qmodel(image.unsqueeze(0)).double()
-            stage.forced_routes = forced
-            out = qmodel(batch).double()
+            ref = outputs(qmodel, image.unsqueeze(0)).reshape(1, -1).double()
+            for j in range(0, n_win, step):
+                rows = min(step, n_win - j)
+                assign = torch.full((rows, n_win), HIGH, dtype=torch.int64, device=image.device)
+                assign[torch.arange(rows), torch.arange(j, j + rows)] = LOW
+                stage.forced_routes = [BlockRoute(None, (n_win, 0, 0)) if any(blk.shift_size)
+                                       else BlockRoute(assign, (n_win - 1, 1, 0)) for blk in stage.blocks]
+                copies = image.unsqueeze(0).expand(rows, *image.shape)
+                out = outputs(qmodel, copies).reshape(rows, -1).double()
+                errors.append((out - ref).pow(2).sum(-1).cpu())
     finally:
         stage.forced_routes = None
-    return (out - ref).pow(2).sum(-1).cpu()
+    return torch.cat(errors)
 
 
 def importance_sensitivity(
-    qmodel: nn.Module, images: torch.Tensor, min_windows: int = 4, stages: list[int] | None = None
+    qmodel: nn.Module, images: torch.Tensor, min_windows: int = 4, stages: list[int] | None = None,
+    outputs: Outputs = logits, chunk: int = 0,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """(scores [B, nW], sensitivities [B, nW]) per stage with at least ``min_windows`` windows
     (of ``stages`` when given, else all).
 
-    images: [B, 3, S, S]; scores: the L2 window scores of the stage input (regular partition).
+    images: [B, 3, H, W]; scores: the L2 window scores of the stage input (regular partition);
+    outputs, chunk: as :func:`window_sensitivity`.
     """
     toks = stage_inputs(qmodel, images)
     out = {}
@@ -119,9 +148,26 @@ def importance_sensitivity(
         scores = window_scores(toks[si], window, (0, 0)).double()
         if scores.shape[1] < min_windows:
             continue
-        sens = torch.stack([window_sensitivity(qmodel, img, si) for img in images])
+        sens = torch.stack([window_sensitivity(qmodel, img, si, outputs, chunk) for img in images])
         out[si] = (scores, sens)
     return out
 
 
-__all__ = ["importance_sensitivity", "score_cv", "spearman", "stage_inputs", "window_sensitivity"]
+def spearman_columns(per_stage: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """``fid_imp_sens_spearman_stage{i}`` (mean over images of the rank correlation between window
+    scores and sensitivities) per stage of :func:`importance_sensitivity`'s result, and
+    ``fid_imp_sens_spearman``, their mean; a stage where every image's correlation is undefined is
+    left out."""
+    row: dict[str, float] = {}
+    for si, (scores, sens) in per_stage.items():
+        rho = spearman(scores, sens)
+        rho = rho[~torch.isnan(rho)]
+        if rho.numel():
+            row[f"fid_imp_sens_spearman_stage{si}"] = float(rho.mean())
+    if row:
+        row["fid_imp_sens_spearman"] = sum(row.values()) / len(row)
+    return row
+
+
+__all__ = ["importance_sensitivity", "logits", "score_cv", "spearman", "spearman_columns", "stage_inputs",
+           "stage_outputs", "window_sensitivity"]

@@ -11,6 +11,7 @@ import importlib
 
 from harness.params import did_you_mean
 from harness.train.base import Proxy, TrainConfig
+from harness.train.recipe import is_recipe, load_recipe, shipped_recipes
 
 #: name -> "module:Class"; a proxy's module (and its model and data code) is imported only when
 #: that proxy is asked for, since benchmarking never needs the trainers
@@ -21,13 +22,28 @@ PROXIES: dict[str, str] = {
 }
 
 
+#: the proxy class of a QAT / SAQA recipe (harness.train.recipe)
+RECIPE_PROXY = "harness.train.qat:QATProxy"
+
+
+def trainable_names() -> list[str]:
+    """What ``harness train`` takes by name: the proxies, then the shipped QAT recipes."""
+    return [*PROXIES, *shipped_recipes()]
+
+
 def get_proxy(name: str) -> Proxy:
-    """The proxy registered under ``name`` (unknown names raise with the known ones)."""
-    if name not in PROXIES:
-        raise KeyError(f"unknown proxy {name!r}{did_you_mean(name, list(PROXIES))}; "
-                       f"known proxies: {', '.join(PROXIES)}")
-    module, cls = PROXIES[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
+    """The proxy registered under ``name``, or the QAT proxy of a recipe (a shipped recipe's name or a
+    .yaml path; a malformed recipe raises SuiteError naming file, line and field). Unknown names
+    raise KeyError with the known ones."""
+    if name in PROXIES:
+        module, cls = PROXIES[name].split(":")
+        return getattr(importlib.import_module(module), cls)()
+    if is_recipe(name):
+        module, cls = RECIPE_PROXY.split(":")
+        return getattr(importlib.import_module(module), cls)(load_recipe(name))
+    names = trainable_names()
+    raise KeyError(f"unknown proxy or recipe {name!r}{did_you_mean(name, names)}; known: {', '.join(names)} "
+                   "(or a recipe file: path/to/recipe.yaml)")
 
 
-__all__ = ["PROXIES", "Proxy", "TrainConfig", "get_proxy"]
+__all__ = ["PROXIES", "Proxy", "TrainConfig", "get_proxy", "trainable_names"]

@@ -98,6 +98,10 @@ class Proxy(ABC):
         """What the training and held-out data are (generator, seeds, sizes) for the card."""
         return {}
 
+    def weights_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The tensors the shipped weight file holds (default: the whole model's state dict)."""
+        return model.state_dict()
+
     def to_device(self, batch: Any, device: torch.device) -> Any:
         """Move a batch to ``device`` (tensors, or tuples/dicts of them)."""
         if isinstance(batch, torch.Tensor):

@@ -165,7 +165,7 @@ def train(
     _round_trip(model, cfg.save_dtype)
     final = evaluate(proxy, model)
     model.eval()
-    weights = _save_weights(out / WEIGHTS_FILE, model, cfg.save_dtype, proxy.name)
+    weights = _save_weights(out / WEIGHTS_FILE, proxy.weights_state(model), cfg.save_dtype, proxy.name)
     with torch.no_grad():
         baselines = proxy.baselines()
     return write_card(out, proxy, cfg, model, final, baselines, at.trained_s, dev, weights)
@@ -300,10 +300,11 @@ def _train_steps(proxy: Proxy, cfg: TrainConfig, model: nn.Module, optim: torch.
         bar.close()
 
 
-def _save_weights(weights: Path, model: nn.Module, save_dtype: str, name: str) -> Path:
-    """The weights as safetensors in ``save_dtype`` (floating tensors), written atomically."""
+def _save_weights(weights: Path, state: dict[str, torch.Tensor], save_dtype: str, name: str) -> Path:
+    """The tensors of ``state`` as safetensors in ``save_dtype`` (floating tensors), written atomically.
+    A tensor held under several names (a module shared by two parents) is stored under each."""
     sd = {k: v.detach().to("cpu", getattr(torch, save_dtype) if v.is_floating_point() else v.dtype)
-          .contiguous() for k, v in model.state_dict().items()}
+          .contiguous().clone() for k, v in state.items()}
     tmp = weights.with_name(weights.name + ".tmp")
     save_file(sd, str(tmp), metadata={"proxy": name})
     os.replace(tmp, weights)

@@ -58,7 +58,7 @@ from harness.models.swin import (
 from harness.models.weights import Weights, check_weights, resolve_weights
 from harness.params import param
 from harness.quant.qswin import LOW, PRUNED, window_bits, window_scores
-from harness.quant.sensitivity import importance_sensitivity, score_cv, spearman
+from harness.quant.sensitivity import importance_sensitivity, score_cv, spearman_columns
 from harness.registry import create_method, register_method, register_workload
 from harness.workloads.base import (
     Bench,
@@ -450,16 +450,7 @@ class SwinWorkload(Workload[SwinParams, nn.Module]):
         def make() -> dict[str, float]:
             qm = make_mixaq(probe)(model, calib, seed=point.seed)
             per_stage = importance_sensitivity(qm, inputs.eval_images[: p.diag_images], DIAG_MIN_WINDOWS)
-            row, vals = {}, []
-            for si, (scores, sens) in per_stage.items():
-                rho = spearman(scores, sens)
-                rho = rho[~torch.isnan(rho)]
-                if rho.numel():
-                    row[f"fid_imp_sens_spearman_stage{si}"] = float(rho.mean())
-                    vals.append(row[f"fid_imp_sens_spearman_stage{si}"])
-            if vals:
-                row["fid_imp_sens_spearman"] = sum(vals) / len(vals)
-            return row
+            return spearman_columns(per_stage)
 
         return dict(ctx.derived(key, make))
 

@@ -45,6 +45,7 @@ from torchvision.models.detection import MaskRCNN
 from harness.data import det_scenes
 from harness.data.coco import ImageRecord, load_coco_gt, read_coco, write_coco_gt
 from harness.measure.devices import autocast
+from harness.methods.mixaq import MixAQParams, make_mixaq
 from harness.metrics import fidelity
 from harness.metrics import work as W
 from harness.metrics.coco_eval import IOU_TYPES, coco_results, score_results
@@ -59,7 +60,7 @@ from harness.models.swin_det import (
 )
 from harness.models.weights import Weights, check_weights, file_sha256, resolve_weights
 from harness.params import param
-from harness.quant.sensitivity import score_cv
+from harness.quant.sensitivity import importance_sensitivity, score_cv, spearman_columns, stage_outputs
 from harness.registry import create_method, register_workload
 from harness.workloads.base import (
     Bench,
@@ -71,6 +72,7 @@ from harness.workloads.base import (
     weights_info,
 )
 from harness.workloads.swin import (
+    DIAG_MIN_WINDOWS,
     SQNR_CAP_DB,
     energy_db,
     split_energies,
@@ -81,6 +83,8 @@ IMAGE_SOURCES = ("scenes", "coco")
 CALIB_SCENE_SEED = det_scenes.VAL_SEED - 1
 """Calibration scenes come from this set: neither the training set nor the held-out one."""
 N_STAGES = 4
+DIAG_CHUNK = 16
+"""Copies of an image per forward in the importance-vs-sensitivity diagnostic (one per window)."""
 HEAD_BITS = W.FLOAT_BITS
 """The FPN and the heads run float: their MACs count at 32 x 32 bits in ``work_bops_model``."""
 QUALITY = {  # column -> pycocotools stat
@@ -121,6 +125,9 @@ class SwinDetParams:
         1, "images calibrating activation ranges (RepQ-ViT on COCO: one)", range=(1, 100_000))
     compare_images: int = param(
         4, "evaluated images whose backbone stage outputs are compared with the reference", range=(0, 1000))
+    diag_images: int = param(
+        0, "mixaq: images for the importance-vs-sensitivity diagnostic (fid_imp_sens_*; 0: off): the first "
+        "evaluated images of the timed batch's input size", range=(0, 1000))
     act_act_convention: str = param(
         "linear",
         "BOPs of q.k^T and attn.v: linear (b_w*b_a, as the MixA-Q tables) or product (b_a*b_a)",
@@ -424,6 +431,8 @@ class SwinDetWorkload(Workload[SwinDetParams, MaskRCNN]):
             stats = score_results(inputs.gt, results, [r.image_id for r in inputs.records])
             row = {col: stats[name] for col, name in QUALITY.items()}
             row.update(score_spread(test, windows))
+            if p.diag_images and point.method == "mixaq":
+                row.update(self._sensitivity(model, body, point, ctx, inputs, calib))
             if ctx.reference_method is None or (ctx.is_reference(point) and dtype == "float32") or not n_fid:
                 return row
             ref = self._reference(model, body, point, ctx, inputs, calib, n_fid)
@@ -431,6 +440,37 @@ class SwinDetWorkload(Workload[SwinDetParams, MaskRCNN]):
             return row
 
         return Bench(fn=fn, evaluate=evaluate, counters=counters, info=weights_info(model))
+
+    def _sensitivity(
+        self, model: MaskRCNN, body: nn.Module, point: SwinDetPoint, ctx: RunContext, inputs: DetInputs,
+        calib: torch.Tensor,
+    ) -> dict[str, float]:
+        """fid_imp_sens_* of a mixaq point: Spearman correlation, per stage, between a window's L2
+        importance and the error it adds to the backbone's stage outputs (the FPN's inputs; the sum
+        over stages of each stage's mean squared error) when it alone runs at ``a_bits_low``, on the
+        first ``diag_images`` evaluated images whose backbone input has the timed batch's size (all
+        of them for scenes). Cached per bit configuration (and QAT weights), not per ratio."""
+        p = point.workload_params
+        mp: MixAQParams = point.method_params
+        probe = dataclasses.replace(mp, ratio=0.0, pair_ratios=(), prune_ratio=0.0, pair_prune_ratios=(),
+                                    importance="l2", calib="whole")
+        hw = tuple(body.patch_embed.img_size)
+        key = ("swin-det.sensitivity", self.model_key(point), hw, probe, p.diag_images)
+
+        def make() -> dict[str, float]:
+            qm = make_mixaq(probe)(body, calib, seed=point.seed)
+            images = []
+            for im in inputs.images:
+                x = backbone_input(model, [im], point.device)
+                if tuple(x.shape[-2:]) == hw:
+                    images.append(x)
+                if len(images) == p.diag_images:
+                    break
+            per_stage = importance_sensitivity(qm, torch.cat(images), DIAG_MIN_WINDOWS, outputs=stage_outputs,
+                                               chunk=DIAG_CHUNK)
+            return spearman_columns(per_stage)
+
+        return dict(ctx.derived(key, make))
 
     def _reference(
         self, model: MaskRCNN, body: nn.Module, point: SwinDetPoint, ctx: RunContext, inputs: DetInputs,
@@ -495,4 +535,11 @@ class SwinDetWorkload(Workload[SwinDetParams, MaskRCNN]):
             out[f"work_score_cv_stage{i}"] = work(
                 f"spread of backbone stage {i}'s L2 window importance: std / mean over an image's windows, "
                 "mean over the captured images; >= 2 windows", None)
+            out[f"fid_imp_sens_spearman_stage{i}"] = fid(
+                f"mixaq, diag_images > 0: Spearman correlation between backbone stage {i}'s L2 window "
+                "importance and the stage-output error a window adds when it alone runs at a_bits_low, "
+                f"mean over images (stages with >= {DIAG_MIN_WINDOWS} windows)", 0.05)
+        out["fid_imp_sens_spearman"] = fid(
+            "mean over stages of fid_imp_sens_spearman_stage{i}: does the importance rank windows by how "
+            "much their low-bit error costs (1: perfectly, 0: no relation)", 0.05)
         return out

@@ -13,7 +13,13 @@ from harness.methods.mixaq import MixAQParams, apply
 from harness.metrics import work as W
 from harness.models.swin import build_swin, synthetic_images
 from harness.quant.qswin import PRUNED, window_counts
-from harness.quant.sensitivity import importance_sensitivity, score_cv, spearman
+from harness.quant.sensitivity import (
+    importance_sensitivity,
+    score_cv,
+    spearman,
+    stage_outputs,
+    window_sensitivity,
+)
 from harness.workloads.swin import work_counters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -149,3 +155,26 @@ def test_sensitivity_follows_the_score_when_the_low_branch_error_is_made_to():
     q_same = apply(model, MixAQParams(a_bits_high=32, a_bits_low=32, calib="whole", **FLOAT), None)
     _, same = importance_sensitivity(q_same, images[:1], min_windows=4, stages=[1])[1]
     assert float(same.max()) < 0.01 * float(sens.min())
+
+
+def test_sensitivity_in_chunks_equals_one_batch_and_stage_outputs_sum_each_stage_mse():
+    model = build_swin("swin_micro", 112, seed=0)
+    q = apply(model, MixAQParams(a_bits_high=8, a_bits_low=2, calib="whole"), _contrast_images(1, 112))
+    image = _contrast_images(1, 112)[0]
+    whole = window_sensitivity(q, image, 0)
+    chunked = window_sensitivity(q, image, 0, chunk=3)  # 16 windows: chunks of 3, 3, 3, 3, 3, 1
+    assert torch.allclose(chunked, whole, rtol=1e-4, atol=0)
+    assert int(whole.argmax()) != int(whole.argmin())
+    # stage_outputs: the squared distance of two images' outputs is the sum over stages of each stage's MSE
+    a, b = _contrast_images(2, 112).unbind(0)
+    feats = {}
+    hooks = [st.register_forward_hook(lambda m, _i, y, k=k: feats.setdefault(k, []).append(y))
+             for k, st in enumerate(q.layers)]
+    with torch.no_grad():
+        out = stage_outputs(q, torch.stack([a, b]))
+    for h in hooks:
+        h.remove()
+    by_hand = sum(float((f[0][0] - f[0][1]).pow(2).mean()) for f in feats.values())
+    assert float((out[0] - out[1]).pow(2).sum()) == pytest.approx(by_hand, rel=1e-4)
+    errors = window_sensitivity(q, image, 1, outputs=stage_outputs)
+    assert errors.shape == (4,) and (errors > 0).all()

@@ -128,7 +128,7 @@ def test_cli_lists_the_proxies_and_refuses_an_unknown_one(capsys):
     assert "vggt-proxy:" in out and "swin-proxy:" in out
     assert main(["train", "vggt-proxi"]) == 2
     err = capsys.readouterr().err
-    assert "unknown proxy 'vggt-proxi'" in err and "vggt-proxy" in err and "Traceback" not in err
+    assert "unknown proxy or recipe 'vggt-proxi'" in err and "vggt-proxy" in err and "Traceback" not in err
 
 
 def test_cli_refuses_a_resume_without_state_in_one_paragraph(tmp_path, capsys):

@@ -48,7 +48,8 @@ SUITE = """
 name: swin-det-test
 workload: swin-det
 reference: fp32
-fixed: {model: swin_det_micro, batch: 1, eval_images: 1, calib_images: 1, compare_images: 1, w_bits: 4}
+fixed: {model: swin_det_micro, batch: 1, eval_images: 1, calib_images: 1, compare_images: 1, w_bits: 4,
+        diag_images: 1}
 methods:
   fp32: {}
   uniform: {a_bits: 8}
@@ -91,6 +92,21 @@ def test_every_method_runs_and_reports_map_beside_backbone_bops(rows):
     # the heads are float and counted at 32 x 32 bits on top of the backbone
     for r in rows.values():
         assert r["work_bops_model"] == pytest.approx(r["work_bops"] + r["work_macs_heads"] * 32 * 32)
+
+
+def test_the_importance_diagnostic_runs_for_mixaq_on_the_stages_with_enough_windows(rows):
+    mix = rows["mixaq"]
+    body = body_at(backbone_of(MICRO.build(seed=0)), (128, 128))  # 112 px scenes, padded to a multiple of 32
+    first = [st.blocks[0] for st in body.layers]
+    windows = [math.ceil(b.input_resolution[0] / b.window_size[0])
+               * math.ceil(b.input_resolution[1] / b.window_size[1]) for b in first]
+    stages = [i for i, n in enumerate(windows) if n >= 4]  # the diagnostic needs >= 4 windows
+    assert stages and len(stages) < 4
+    cols = [f"fid_imp_sens_spearman_stage{i}" for i in range(4)]
+    for i, col in enumerate(cols):
+        assert (-1.0 <= mix[col] <= 1.0) if i in stages else math.isnan(mix.get(col, math.nan))
+    assert mix["fid_imp_sens_spearman"] == pytest.approx(sum(mix[cols[i]] for i in stages) / len(stages))
+    assert all(math.isnan(rows[m].get("fid_imp_sens_spearman", math.nan)) for m in ("fp32", "uniform"))
 
 
 def test_the_reference_has_no_fidelity_columns_and_the_others_do(rows):

@@ -1,0 +1,238 @@
+"""Quantization-aware training: LSQ and straight-through gradients by hand, the trainable copy equal to
+the PTQ model it starts from, SAQA's ratio draws, and a trained state loaded back as a point."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from timm.models.swin_transformer import SwinTransformer
+
+from harness.methods.mixaq import MixAQParams
+from harness.methods.mixaq import apply as mixaq_apply
+from harness.models.swin import set_fused_attn
+from harness.quant.qat import (
+    LSQQuantizer,
+    WeightFakeQuant,
+    freeze,
+    load_qat_state,
+    lsq_fake_quant,
+    lsq_modules,
+    n_pairs,
+    qat_state,
+    round_ste,
+    saqa_ratios,
+    set_pair_ratios,
+    trainable_copy,
+)
+from harness.quant.qswin import LOW, QuantSpec, RoutingSpec, quantize_swin
+from harness.quant.quantizers import ActQuantizer, fake_quant_uniform, quantize_weight
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+W4A4 = QuantSpec(w_bits=4, a_bits_high=4, a_bits_low=4, embed_bits=8, calib="whole")
+W4A4A2 = QuantSpec(w_bits=4, a_bits_high=4, a_bits_low=2, embed_bits=8, calib="whole")
+
+
+def tiny_swin(seed: int = 0) -> SwinTransformer:
+    """embed_dim 16, depths 2-2-2-2 at 112 px (16 / 4 / 1 / 1 windows per stage); eval mode."""
+    torch.manual_seed(seed)
+    m = SwinTransformer(img_size=112, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
+                        num_classes=10)
+    set_fused_attn(m, False)
+    return m.eval()
+
+
+def routing(model, ratio: float = 0.0) -> RoutingSpec:
+    n = n_pairs(model)
+    return RoutingSpec((ratio,) * n, (0.0,) * n, "l2")
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(4, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+
+
+# ------------------------------------------------------------------------------- the gradients
+
+
+def test_round_ste_rounds_forward_and_passes_the_gradient():
+    x = torch.tensor([-1.6, -0.4, 0.49, 2.5, 3.51], requires_grad=True)
+    y = round_ste(x)
+    assert torch.equal(y, torch.round(x.detach()))
+    (y * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
+
+
+def test_lsq_values_equal_the_ptq_fake_quantizer_on_its_grid():
+    x = torch.randn(3, 50, 16, generator=torch.Generator().manual_seed(0)) * 3
+    for bits, step, zp in ((2, 0.9, 1.0), (4, 0.37, 7.0), (8, 0.031, 120.0)):
+        got = lsq_fake_quant(x, torch.tensor(step), torch.tensor(zp), bits)
+        want = fake_quant_uniform(x, torch.tensor(step), zp, bits)
+        assert torch.equal(got, want), bits
+
+
+def test_lsq_gradients_by_hand():
+    # step 0.5, zero point 2, 2 bits: x/s is clipped to [-2, 1]; x/s = -3.2, -0.7, 0.46, 0.8, 2.6
+    x = torch.tensor([-1.6, -0.35, 0.23, 0.4, 1.3], requires_grad=True)
+    step = torch.tensor(0.5, requires_grad=True)
+    out = lsq_fake_quant(x, step, torch.tensor(2.0), 2)
+    assert torch.allclose(out.detach(), torch.tensor([-1.0, -0.5, 0.0, 0.5, 0.5]))  # round(clip(x/s)) * s
+    out.sum().backward()
+    # x: straight-through inside the clipping range (0.8 rounds to the top code and is still inside)
+    assert torch.equal(x.grad, torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0]))
+    # s: round(x/s) - x/s inside, the clipping bound (-2, +1) outside; times 1 / sqrt(numel * qmax)
+    by_hand = (-2.0) + (-1.0 + 0.7) + (0.0 - 0.46) + (1.0 - 0.8) + (1.0)
+    assert step.grad.item() == pytest.approx(by_hand / math.sqrt(5 * 3), rel=1e-5)
+
+
+def test_weight_fake_quant_is_straight_through():
+    w = torch.randn(6, 5, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    out = WeightFakeQuant(4)(w)
+    assert torch.equal(out, quantize_weight(w.detach(), 4))
+    c = torch.randn(6, 5)
+    (out * c).sum().backward()
+    assert torch.equal(w.grad, c)
+
+
+# --------------------------------------------------------------------------- the trainable copy
+
+
+def test_trainable_copy_computes_the_ptq_model_and_keeps_float_latent_weights(images):
+    model = tiny_swin()
+    r = routing(model, 0.5)
+    ptq = quantize_swin(model, W4A4A2, r, images[:2])
+    q = trainable_copy(model, W4A4A2, r, images[:2])
+    with torch.no_grad():
+        assert torch.equal(q(images), ptq(images))
+    latent = q.layers[1].blocks[0].block.attn.qkv.parametrizations.weight.original
+    assert torch.equal(latent, model.layers[1].blocks[0].attn.qkv.weight)  # float, not the quantized values
+    assert not torch.equal(latent, quantize_weight(latent, 4))
+    assert not any(isinstance(m, ActQuantizer) and m.bits < 32 for m in q.modules())
+    steps = {n: float(m.step.detach()) for n, m in lsq_modules(q).items()}
+    assert steps["layers.0.blocks.0.aq.1.fc1_in"] == pytest.approx(
+        ptq.layers[0].blocks[0].aq[1]["fc1_in"].scale)  # A2 branch: its own calibrated step
+
+
+def test_training_reaches_the_steps_and_weights_of_the_branches_that_ran(images):
+    model = tiny_swin()
+    q = trainable_copy(model, W4A4A2, routing(model, 0.0), images[:2]).train()
+    q(images).square().mean().backward()
+    quant = lsq_modules(q)
+    assert quant["layers.0.blocks.0.aq.0.qkv_in"].step.grad.abs() > 0
+    assert quant["layers.0.blocks.0.aq.1.qkv_in"].step.grad is None  # ratio 0: the low branch never ran
+    assert int(quant["layers.0.blocks.0.aq.0.qkv_in"].trained_steps) == 1
+    assert int(quant["layers.0.blocks.0.aq.1.qkv_in"].trained_steps) == 0
+    latent = q.layers[0].blocks[0].block.mlp.fc2.parametrizations.weight.original
+    assert latent.grad is not None and latent.grad.abs().sum() > 0
+    set_pair_ratios(q, (0.8,) * n_pairs(q))
+    q(images).square().mean().backward()
+    assert int(quant["layers.0.blocks.0.aq.1.qkv_in"].trained_steps) == 1
+
+
+def test_qat_refuses_log_and_repq_quantizers(images):
+    model = tiny_swin()
+    with pytest.raises(ValueError, match="softmax_quant: uniform"):
+        trainable_copy(model, QuantSpec(w_bits=4, a_bits_high=4, a_bits_low=4, softmax_quant="log2",
+                                        calib="whole"), routing(model), images[:1])
+    with pytest.raises(ValueError, match="percentile"):
+        trainable_copy(model, QuantSpec(w_bits=4, a_bits_high=4, a_bits_low=4, reparam_ln=True,
+                                        act_calib="repq", calib="whole"), routing(model), images[:1])
+
+
+# ----------------------------------------------------------------------------------- SAQA ratios
+
+
+def test_saqa_ratios_are_deterministic_capped_on_the_grid_and_spread():
+    draws = [saqa_ratios(torch.Generator().manual_seed(s), 6) for s in range(1500)]
+    assert draws[:5] == [saqa_ratios(torch.Generator().manual_seed(s), 6) for s in range(5)]
+    flat = torch.tensor(draws, dtype=torch.float64)
+    assert flat.max() <= 0.8 + 1e-9 and flat.min() >= 0
+    assert torch.allclose(flat * 10, torch.round(flat * 10), atol=1e-6)
+    totals = flat.sum(1)
+    # six independent uniform ratios on [0, 0.8] have a total std of 0.8 * sqrt(6 / 12) = 0.566;
+    # uniform-sum sampling spreads them wider (uniform before the rejection of ratios above 0.8, which
+    # thins the large totals: std 0.73, a quarter below 0.5, a tenth above 2)
+    assert totals.std() > 0.68
+    assert (totals < 0.5).float().mean() > 0.2 and (totals > 2.0).float().mean() > 0.08
+    # no pair systematically favoured (Dirichlet(1, ..., 1) is exchangeable)
+    per_pair = flat.mean(0)
+    assert (per_pair.max() - per_pair.min()) < 0.05
+
+
+def test_set_pair_ratios_sorts_within_a_stage_and_keeps_prune_ratios(images):
+    model = SwinTransformer(img_size=112, embed_dim=16, depths=(2, 2, 4, 2), num_heads=(1, 2, 2, 4))
+    n = n_pairs(model)
+    q = quantize_swin(model, W4A4A2, RoutingSpec((0.0,) * n, (0.1,) * n), images[:1])
+    set_pair_ratios(q, (0.3, 0.2, 0.6, 0.1, 0.4))
+    assert [r for r, _ in q.layers[2].block_ratios] == [0.1, 0.1, 0.6, 0.6]
+    assert [p for _, p in q.layers[2].block_ratios] == [0.1] * 4
+    assert [r for r, _ in q.layers[0].block_ratios] == [0.3, 0.3]
+
+
+# ------------------------------------------------------------------------ a trained state as a point
+
+
+def perturbed_trained(model, images, spec=W4A4, ratio=0.0, seed=3):
+    """A trainable copy after one step of training and a random change of every parameter."""
+    q = trainable_copy(model, spec, routing(model, ratio), images[:2]).train()
+    q(images).square().mean().backward()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in q.parameters():
+            p.mul_(1 + 0.2 * torch.rand(p.shape, generator=g))
+    return q.eval()
+
+
+def test_a_saved_state_loads_back_as_the_same_quantized_model(tmp_path, images):
+    model = tiny_swin()
+    trained = perturbed_trained(model, images, W4A4A2, ratio=0.5)
+    save_file({k: v.contiguous() for k, v in qat_state(trained).items()}, str(tmp_path / "q.safetensors"))
+    params = MixAQParams(w_bits=4, a_bits_high=4, a_bits_low=2, ratio=0.5, calib="whole",
+                         qat=str(tmp_path / "q.safetensors"))
+    point = mixaq_apply(model, params, images[:2])
+    with torch.no_grad():
+        want = freeze(trained)(images)
+        assert torch.equal(point(images), want)
+        ptq = quantize_swin(model, W4A4A2, routing(model, 0.5), images[:2])
+        assert not torch.allclose(ptq(images), want)
+    assert point.qat_counts["calibrated"] == sum(  # stages 2 and 3 have one window: never low at 0.5
+        1 for n in lsq_modules(trained) if ".aq.1." in n and n.startswith(("layers.2", "layers.3")))
+    assert not any(p.requires_grad for p in point.parameters())
+
+
+def test_quantizers_the_state_never_trained_keep_their_calibration(tmp_path, images):
+    model = tiny_swin()
+    trained = perturbed_trained(model, images, W4A4, ratio=0.0)  # uniform QAT: the low branch never ran
+    state = qat_state(trained)
+    fresh = trainable_copy(model, W4A4A2, routing(model, 0.5), images[:2])
+    counts = load_qat_state(fresh, state, "test")
+    quant = lsq_modules(fresh)
+    ptq = quantize_swin(model, W4A4A2, routing(model, 0.5), images[:2])
+    hi, lo = quant["layers.0.blocks.1.aq.0.v"], quant["layers.0.blocks.1.aq.1.v"]
+    assert float(hi.step.detach()) == float(state["layers.0.blocks.1.aq.0.v.step"])  # learned at A4
+    # A2: calibrated
+    assert float(lo.step.detach()) == pytest.approx(ptq.layers[0].blocks[1].aq[1]["v"].scale)
+    blk = fresh.layers[0].blocks[1]
+    assert torch.equal(blk.norm1[LOW].weight, blk.norm1[0].weight)  # the untrained low branch: trained norms
+    assert torch.equal(blk.norm1[0].weight, state["layers.0.blocks.1.block.norm1.weight"])
+    assert counts["learned"] == sum(1 for n in quant if ".aq.0." in n or ".aq." not in n)
+    assert counts["calibrated"] == sum(1 for n in quant if ".aq.1." in n)
+
+
+def test_a_state_of_another_architecture_is_refused_with_its_keys(images):
+    state = qat_state(trainable_copy(tiny_swin(), W4A4, routing(tiny_swin()), images[:1]))
+    other = SwinTransformer(img_size=112, embed_dim=16, depths=(2, 2, 4, 2), num_heads=(1, 2, 2, 4)).eval()
+    fresh = trainable_copy(other, W4A4, routing(other), images[:1])
+    with pytest.raises(ValueError, match=r"checkpoint ckpt\.safetensors does not fit.*missing.*layers\.2"):
+        load_qat_state(fresh, state, "ckpt.safetensors")
+
+
+def test_the_qat_knob_is_checked_when_the_suite_loads(tmp_path):
+    with pytest.raises(ValueError, match="qat: checkpoint .*does not exist"):
+        MixAQParams(qat=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ValueError, match="ptq='percentile'"):
+        MixAQParams(qat="proxy:swin-proxy", ptq="repq")
+    assert isinstance(LSQQuantizer(4, 0.1, 3.0)(torch.zeros(2)), torch.Tensor)
