@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from harness import registry
+from harness.cli.app import main
 from harness.params import param
 from harness.registry import MethodSpec
 from harness.workloads.base import Bench, MetricInfo, Point, RunContext, Workload
@@ -132,3 +137,46 @@ def one_thread() -> Iterator[None]:
 
 
 FAST_TIMING = "timing: {warmup_n: 0, min_samples: 2, max_samples: 3, budget_s: 0.01}\n"
+
+
+HAVE_VALGRIND = shutil.which("valgrind") is not None and shutil.which("callgrind_control") is not None
+COUNTED_SUITE = """name: counted
+workload: attention
+fixed: {batch: 1, head_dim: 64, seq_len: 128, device: cpu, threads: 1}
+sweep: {heads: [20, 21]}
+methods: {sdpa: {}}
+timing: {mode: instructions, warmup_n: 1, min_samples: 6, max_samples: 6}
+"""
+
+
+@dataclass
+class CountedRun:
+    """What :func:`real_counted_run` left: the run folder, the temporary folder the dumps went to,
+    and ``harness run``'s exit code and error output."""
+
+    out: Path
+    dumps_dir: Path
+    exit_code: int
+    stderr: str
+
+
+@pytest.fixture(scope="session")
+def real_counted_run(tmp_path_factory: pytest.TempPathFactory) -> CountedRun:
+    """One ``harness run`` in instructions mode, really under valgrind (importing torch there takes a
+    minute or two, so the tests of counted runs share it; skipped without valgrind): SDPA with 20 and
+    21 heads (5 % more work), 6 counted calls each."""
+    if not HAVE_VALGRIND:
+        pytest.skip("valgrind (with callgrind_control) is not installed")
+    root = tmp_path_factory.mktemp("counted")
+    dumps = root / "tmp"
+    dumps.mkdir()
+    suite = root / "counted.yaml"
+    suite.write_text(COUNTED_SUITE)
+    before, tempfile.tempdir = tempfile.tempdir, str(dumps)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            code = main(["run", str(suite), "--out", str(root / "run"), "-q"])
+    finally:
+        tempfile.tempdir = before
+    return CountedRun(root / "run", dumps, code, err.getvalue())
