@@ -53,6 +53,8 @@ from harness.quant.qswin import (
 )
 from harness.quant.quantizers import ActQuantizer, is_float, quantize_weight
 
+QUANTIZER_STATE = ("step", "zero_point", "bits", "trained_steps")
+"""The state-dict entries of an :class:`LSQQuantizer`."""
 STEP_MIN = 1e-8
 """Learned steps are clamped at this floor in the forward pass (a step must stay positive)."""
 
@@ -165,15 +167,12 @@ def _quantized_layers(
         yield float_model.head.fc, q.head.fc.inner, spec.embed_bits
 
 
-def _replace_quantizers(q: nn.Module) -> int:
-    """Every quantizing ActQuantizer of ``q`` -> its LSQQuantizer (in place); returns how many."""
-    n = 0
+def _replace_quantizers(q: nn.Module) -> None:
+    """Every quantizing ActQuantizer of ``q`` -> its LSQQuantizer (in place)."""
     for parent in list(q.modules()):
         for name, child in list(parent._modules.items()):
             if isinstance(child, ActQuantizer) and not is_float(child.bits):
                 parent._modules[name] = LSQQuantizer.from_ptq(child)
-                n += 1
-    return n
 
 
 def trainable_copy(
@@ -268,15 +267,15 @@ def load_qat_state(q: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     checkpoint in errors.
     """
     quantizers = lsq_modules(q)
-    q_keys = {f"{n}.{k}" for n in quantizers for k in ("step", "zero_point", "bits", "trained_steps")}
+    q_keys = {f"{n}.{k}" for n in quantizers for k in QUANTIZER_STATE}
     own = {k: v for k, v in q.state_dict().items() if k not in q_keys}
     state = dict(state)
     for key, first in _aliases(own).items():  # a shared tensor is stored once (qat_state)
         if key not in state and first in state:
             state[key] = state[first]
     missing = sorted(k for k in own if k not in state)
-    unexpected = sorted(k for k in state if k not in own and k not in q_keys
-                        and not k.endswith((".step", ".zero_point", ".bits", ".trained_steps")))
+    # a quantizer's state is matched by name below, and ignored when the point has no such quantizer
+    unexpected = sorted(k for k in state if k not in own and k.rsplit(".", 1)[-1] not in QUANTIZER_STATE)
     shape = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
     if missing or unexpected or shape:
         found = (("missing", missing), ("unexpected", unexpected), ("other shapes", shape))

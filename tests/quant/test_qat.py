@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from timm.models.swin_transformer import SwinTransformer
+from torch.nn.utils import parametrize
 
 from harness.methods.mixaq import MixAQParams
 from harness.methods.mixaq import apply as mixaq_apply
@@ -201,6 +202,10 @@ def test_a_saved_state_loads_back_as_the_same_quantized_model(tmp_path, images):
     assert point.qat_counts["calibrated"] == sum(  # stages 2 and 3 have one window: never low at 0.5
         1 for n in lsq_modules(trained) if ".aq.1." in n and n.startswith(("layers.2", "layers.3")))
     assert not any(p.requires_grad for p in point.parameters())
+    assert not any(parametrize.is_parametrized(m) for m in point.modules())  # weights baked by freeze
+    w = point.layers[1].blocks[0].block.attn.qkv.weight
+    assert torch.equal(w, quantize_weight(w, 4))  # ... to their quantized values, not the latent ones
+    assert not torch.equal(w, model.layers[1].blocks[0].attn.qkv.weight)
 
 
 def test_quantizers_the_state_never_trained_keep_their_calibration(tmp_path, images):
@@ -228,6 +233,13 @@ def test_a_state_of_another_architecture_is_refused_with_its_keys(images):
     fresh = trainable_copy(other, W4A4, routing(other), images[:1])
     with pytest.raises(ValueError, match=r"checkpoint ckpt\.safetensors does not fit.*missing.*layers\.2"):
         load_qat_state(fresh, state, "ckpt.safetensors")
+    same = trainable_copy(tiny_swin(), W4A4, routing(tiny_swin()), images[:1])
+    extra = {**state, "extra.weight": torch.zeros(1), "layers.0.blocks.9.aq.0.q.step": torch.tensor(1.0)}
+    with pytest.raises(ValueError, match=r"does not fit this point's model: unexpected \[extra\.weight\]\. "):
+        load_qat_state(same, extra, "ckpt")
+    wrong = {**state, "head.fc.inner.bias": torch.zeros(3)}
+    with pytest.raises(ValueError, match=r"other shapes \[head\.fc\.inner\.bias\]"):
+        load_qat_state(same, wrong, "ckpt")
 
 
 def test_the_qat_knob_is_checked_when_the_suite_loads(tmp_path):
