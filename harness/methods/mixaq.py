@@ -36,6 +36,7 @@ would otherwise prune, turning the whole last stage into the identity.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -273,6 +274,14 @@ def all_high(
         embed_bits=embed_bits,
         **pruning,
     )
+
+
+def sensitivity_probe(params: MixAQParams) -> MixAQParams:
+    """The configuration the importance-vs-sensitivity diagnostic quantizes with: ``params``' bits
+    (and QAT weights) with every window high, l2 order, whole-tensor calibration (both branches
+    calibrated), nothing pruned; it depends on the bits, not on the ratios."""
+    return dataclasses.replace(params, ratio=0.0, pair_ratios=(), prune_ratio=0.0, pair_prune_ratios=(),
+                               importance="l2", calib="whole")
 
 
 def make_transform(fn: Any, params: Any) -> Any:

@@ -32,7 +32,6 @@ the stage outputs split into high- and low-importance windows (see ``metrics()``
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from torch import nn
 
 from harness.data.shapes import CALIB_SEED, HELDOUT_SEED, shapes_images
 from harness.measure.devices import autocast
-from harness.methods.mixaq import MixAQParams, make_mixaq
+from harness.methods.mixaq import MixAQParams, make_mixaq, sensitivity_probe
 from harness.metrics import fidelity
 from harness.metrics import work as W
 from harness.models.seam import name_modules
@@ -441,10 +440,7 @@ class SwinWorkload(Workload[SwinParams, nn.Module]):
         on the bit widths, not on the ratio or the importance mode: cached per bit configuration."""
         p = point.workload_params
         mp: MixAQParams = point.method_params
-        probe = dataclasses.replace(
-            mp, ratio=0.0, pair_ratios=(), prune_ratio=0.0, pair_prune_ratios=(), importance="l2",
-            calib="whole",
-        )
+        probe = sensitivity_probe(mp)
         key = ("sensitivity", self.model_key(point), probe, p.diag_images)
 
         def make() -> dict[str, float]:

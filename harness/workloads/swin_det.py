@@ -45,7 +45,7 @@ from torchvision.models.detection import MaskRCNN
 from harness.data import det_scenes
 from harness.data.coco import ImageRecord, load_coco_gt, read_coco, write_coco_gt
 from harness.measure.devices import autocast
-from harness.methods.mixaq import MixAQParams, make_mixaq
+from harness.methods.mixaq import MixAQParams, make_mixaq, sensitivity_probe
 from harness.metrics import fidelity
 from harness.metrics import work as W
 from harness.metrics.coco_eval import IOU_TYPES, coco_results, score_results
@@ -452,8 +452,7 @@ class SwinDetWorkload(Workload[SwinDetParams, MaskRCNN]):
         of them for scenes). Cached per bit configuration (and QAT weights), not per ratio."""
         p = point.workload_params
         mp: MixAQParams = point.method_params
-        probe = dataclasses.replace(mp, ratio=0.0, pair_ratios=(), prune_ratio=0.0, pair_prune_ratios=(),
-                                    importance="l2", calib="whole")
+        probe = sensitivity_probe(mp)
         hw = tuple(body.patch_embed.img_size)
         key = ("swin-det.sensitivity", self.model_key(point), hw, probe, p.diag_images)
 
