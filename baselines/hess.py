@@ -35,11 +35,12 @@ import torch
 # the block-sparse machinery is blocksparse's own (one concept, one place), with a per-head budget
 from baselines.blocksparse import BACKENDS, GATHER_CHUNK_ELEMS, BlockSpec, sparse_block_attention
 from harness.metrics.memory_model import INT64, SeamShape, block_sparse_bytes, plain_bytes
-from harness.models.seam import AttentionLayout, Probe, VGGTMethod, sdpa_attention
+from harness.models.seam import AttentionLayout, GradProbe, Probe, VGGTMethod, sdpa_attention
 from harness.params import param
 from harness.registry import register_method
 
 ALLOCATIONS = ("sensitivity", "uniform", "inverted")
+SCORES = ("fisher", "output_error")
 MIN_BLOCKS = 1  # every head's query block keeps at least one key block
 ROUND_TOL = 1e-9  # float slack when budgets that are whole numbers are rounded down
 
@@ -54,6 +55,17 @@ class HeSSParams:
         "sensitivity", "per-head budgets: 'sensitivity' (HeSS), 'uniform' (every head the same: the "
         "blocksparse baseline) or 'inverted' (the HeSS budgets handed out in reverse order of sensitivity)",
         choices=ALLOCATIONS)
+    hess_score: str = param(
+        "fisher", "head sensitivity: 'fisher' (the paper's: trace of the Fisher information of the "
+        "ground-truth camera and point-cloud errors w.r.t. each head's W_Q, on calibration scenes, with "
+        "gradients) or 'output_error' (forward only: each head's output error under uniform sparsification)",
+        choices=SCORES)
+    hess_lambda: float = param(0.5, "fisher: weight of the camera-error score; 1 - it weights the "
+                               "point-cloud error's (the paper's lambda)", range=(0.0, 1.0))
+    hess_calib_frames: int = param(20, "fisher: frames of each calibration scene (the paper calibrates on "
+                                   "20 views); 0: the point's frames", range=(0, None))
+    hess_calib_scenes: int = param(1, "fisher: calibration scenes whose Fisher traces are summed",
+                                   range=(1, None))
     hess_q_block: int = param(128, "query block size (tokens) of the block attention map", range=(1, 1 << 16))
     hess_k_block: int = param(64, "key block size (tokens) of the block attention map", range=(1, 1 << 16))
     hess_cdf: float = param(0.0, "keep only the top blocks holding this estimated attention mass, within "
@@ -102,6 +114,34 @@ def head_scores(errors: torch.Tensor) -> torch.Tensor:
     e = errors.double().clamp_min(0)
     total = float(e.sum())
     return e / total if total > 0 else torch.full_like(e, 1.0 / e.numel())
+
+
+def query_fisher_traces(loss: torch.Tensor, qkv: dict[int, torch.Tensor],
+                        heads: int) -> dict[int, torch.Tensor]:
+    """One sample's Fisher trace per head of each layer: ``tr F^h = ||d loss / d W_Q^h||_F^2``.
+
+    loss: a scalar with a graph; qkv: layer -> fused qkv weight [3C, C] (requires grad), whose rows
+    ``h*d .. (h+1)*d - 1`` (d = C / heads) are head h's query projection W_Q^h -> layer -> [heads]
+    float64 on the CPU (zeros where the loss does not reach the layer). The graph is kept, for the
+    next loss of the same forward."""
+    layers = sorted(qkv)
+    grads = torch.autograd.grad(loss, [qkv[i] for i in layers], retain_graph=True, allow_unused=True)
+    traces: dict[int, torch.Tensor] = {}
+    for i, g in zip(layers, grads, strict=True):
+        C = qkv[i].shape[1]
+        if g is None:
+            traces[i] = torch.zeros(heads, dtype=torch.float64)
+            continue
+        w_q = g[:C].double().reshape(heads, C // heads, C)  # [H, d, C]: head h's rows of W_Q
+        traces[i] = w_q.pow(2).sum(dim=(1, 2)).cpu()
+    return traces
+
+
+def mix_scores(camera: torch.Tensor, points: torch.Tensor, lam: float) -> torch.Tensor:
+    """The paper's ``HeSS(h) = lam * HeSS_cam(h) + (1 - lam) * HeSS_pc(h)``, each term the Fisher
+    traces [H] of one error sum-normalized over the layer's heads (:func:`head_scores`) -> [H] float64
+    summing to 1."""
+    return lam * head_scores(camera) + (1.0 - lam) * head_scores(points)
 
 
 def capped_shares(weights: torch.Tensor, total: float, lo: float, hi: float) -> torch.Tensor:
@@ -208,10 +248,32 @@ class HeSSAttention:
     def __init__(self, p: HeSSParams) -> None:
         self.p = p
         self.scores: dict[int, torch.Tensor] = {}
-        self._on_device: dict[tuple[int, int, str], tuple[torch.Tensor, int]] = {}
+        self.stats: dict[str, float] = {}
+        self._on_device: dict[tuple[int, int, str, int], tuple[torch.Tensor, int]] = {}
+
+    def calibrate_fisher(self, probe: GradProbe) -> None:
+        """The paper's calibration: per calibration scene, one forward with gradients of dense VGGT;
+        each global layer's per-head Fisher traces of the camera and the point-cloud error w.r.t. W_Q^h
+        (summed over the scenes), each normalized over the layer's heads, mixed with ``hess_lambda``."""
+        p = self.p
+        traces: dict[str, dict[int, torch.Tensor]] = {"camera": {}, "points": {}}
+        inliers = []
+        for scene in range(p.hess_calib_scenes):
+            calib = probe(sdpa_attention, frames=p.hess_calib_frames or None, scene=scene)
+            qkv = {i: w for i, w in calib.qkv.items() if i >= p.start_layer}
+            for name, per_layer in traces.items():
+                for i, tr in query_fisher_traces(calib.losses[name], qkv, calib.heads).items():
+                    per_layer[i] = per_layer[i] + tr if i in per_layer else tr
+            inliers.append(calib.stats["inlier_frac"])
+            del calib
+        self.scores = {i: mix_scores(traces["camera"][i], traces["points"][i], p.hess_lambda)
+                       for i in sorted(traces["camera"])}
+        self.stats = {"hess_inlier_frac": sum(inliers) / len(inliers)}
+        self._on_device = {}
 
     def calibrate(self, probe: Probe) -> None:
-        """One calibration forward: each layer's per-head sparsification error -> its HeSS."""
+        """``hess_score: output_error``: one calibration forward; each layer's per-head sparsification
+        error -> its HeSS."""
         errors: dict[int, torch.Tensor] = {}
 
         def record(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -226,9 +288,13 @@ class HeSSAttention:
         self.scores = {layer: head_scores(e) for layer, e in sorted(errors.items())}
         self._on_device = {}
 
-    def head_budgets(self, layer: int, layout: AttentionLayout) -> torch.Tensor:
+    def head_budgets(self, layer: int, layout: AttentionLayout, heads: int | None = None) -> torch.Tensor:
         """Kept key blocks per head [H] long (CPU) at global ``layer`` for sequences of ``layout``'s
-        shape; raises ValueError for a layer the calibration did not see."""
+        shape; raises ValueError for a layer the calibration did not see. ``uniform`` with ``heads``
+        given needs no calibration (every head gets the uniform budget)."""
+        if self.p.hess_allocation == "uniform" and heads is not None:
+            even = uniform_budget(key_blocks(layout, self.p), self.p.hess_sparsity)
+            return torch.full((heads,), even, dtype=torch.long)
         if layer not in self.scores:
             seen = sorted(self.scores) or "none"
             raise ValueError(f"hess: global layer {layer} has no calibration (calibrated layers: {seen}); "
@@ -237,11 +303,11 @@ class HeSSAttention:
         return allocate(self.scores[layer], key_blocks(layout, self.p), self.p.hess_sparsity,
                         self.p.hess_allocation)
 
-    def _budgets(self, layout: AttentionLayout, device: torch.device) -> tuple[torch.Tensor, int]:
+    def _budgets(self, layout: AttentionLayout, device: torch.device, heads: int) -> tuple[torch.Tensor, int]:
         """(budgets [H] on ``device``, their largest value) of ``layout.layer``, cached."""
-        key = (layout.layer, key_blocks(layout, self.p), str(device))
+        key = (layout.layer, key_blocks(layout, self.p), str(device), heads)
         if key not in self._on_device:
-            budgets = self.head_budgets(layout.layer, layout)
+            budgets = self.head_budgets(layout.layer, layout, heads)
             self._on_device[key] = budgets.to(device), int(budgets.max())
         return self._on_device[key]
 
@@ -250,7 +316,7 @@ class HeSSAttention:
         """HeSS attention: q, k, v [B, H, N, d] -> [B, H, N, d]."""
         if layout.layer < self.p.start_layer:
             return sdpa_attention(q, k, v, layout)
-        budgets, largest = self._budgets(layout, q.device)
+        budgets, largest = self._budgets(layout, q.device, q.shape[1])
         if budgets.numel() != q.shape[1]:
             raise ValueError(f"hess: layer {layout.layer} was calibrated with {budgets.numel()} heads, "
                              f"q has {q.shape[1]}")
@@ -263,4 +329,9 @@ class HeSSAttention:
 def make_hess(p: HeSSParams) -> VGGTMethod:
     """Build HeSS: its ``attention_fn`` and the ``calibrate(probe)`` that must run first."""
     attention = HeSSAttention(p)
-    return VGGTMethod(attention_fn=attention, calibrate=attention.calibrate)
+    if p.hess_allocation == "uniform":  # every head the same budget: the scores would go unused
+        return VGGTMethod(attention_fn=attention)
+    if p.hess_score == "output_error":
+        return VGGTMethod(attention_fn=attention, calibrate=attention.calibrate)
+    return VGGTMethod(attention_fn=attention, calibrate_grad=attention.calibrate_fisher,
+                      work_counters=lambda _model, _frames, _tpf: dict(attention.stats))

@@ -142,8 +142,8 @@ class QuantVGGTParams:
         keeps for the reference: every weight again in its float dtype (fake quantization stores
         ``Q_w(W R s)`` as float, so W4 saves nothing here), and each quantized linear's buffers: the
         Hadamard signs and smoothing factors (float32 ``[C_in]``) and the LAC logits (2 floats; the
-        per-channel weight scales and LWC logits are folded away), and the gradients the block
-        reconstruction's last step leaves on the learned smoothing factors and LAC logits. Moments:
+        per-channel weight scales and LWC logits are folded away; the block reconstruction frees its
+        gradients and optimizer state). Moments:
         the last global block's MLP while ``fc1`` and ``fc2`` run fake-quantized
         (:func:`fake_quant_linear_bytes`; fc2, with the 4C-wide input, is the largest linear). The
         copy's parameters do not require grad, so autocast keeps no bf16 weight cache (each call
@@ -162,11 +162,6 @@ class QuantVGGTParams:
         clip_logits = float(layers * len(QUANT_LINEARS)) * 2 * FLOAT32
         if self.learns_clipping:
             held[f"{copy}activation clipping logits"] = clip_logits
-        if self.qv_calib_epochs > 0 and self.quantizes and self.qv_lr > 0:  # the last step's .grad stays
-            grads = (float(inputs) * FLOAT32 if self.qv_smooth else 0.0) + (
-                clip_logits if self.learns_clipping and self.qv_a_bits < OFF_BITS else 0.0)
-            if grads:
-                held[f"{copy}gradients the reconstruction leaves on the smoothing and LAC"] = grads
         around = fw.kept(cfg.depth - 1) + fw.mlp_around()
         gelu = fw.tokens * hidden * fw.e
         fc1, fc2 = Ledger(), Ledger()
@@ -604,6 +599,7 @@ def reconstruct_block(block: nn.Module, io: list, mask: torch.Tensor, shape: tup
         loss.backward()
         opt.step()
         sched.step()
+    opt.zero_grad(set_to_none=True)  # the last step's gradients are not part of the quantized model
     for prm in smooth + clips:
         prm.requires_grad_(False)
 

@@ -32,6 +32,8 @@ _PUBLIC: dict[str, str] = {
     "HarnessError": "harness.errors",
     "AttentionFn": "harness.models.seam",
     "AttentionLayout": "harness.models.seam",
+    "GradCalibration": "harness.models.seam",
+    "GradProbe": "harness.models.seam",
     "VGGTMethod": "harness.models.seam",
     "param": "harness.params",
     "MethodSpec": "harness.registry",
@@ -58,10 +60,11 @@ _PUBLIC: dict[str, str] = {
 }
 
 __all__ = [
-    "AttentionFn", "AttentionLayout", "Bench", "CommonParams", "HarnessError", "MethodSpec", "MetricInfo",
-    "Point", "RayOptions", "RunContext", "RunData", "RunOptions", "RunSummary", "Suite", "VGGTMethod",
-    "Workload", "__version__", "create_method", "load", "load_builtins", "load_suite", "param", "parse_suite",
-    "profile_run", "register_method", "register_workload", "run_suite",
+    "AttentionFn", "AttentionLayout", "Bench", "CommonParams", "GradCalibration", "GradProbe",
+    "HarnessError", "MethodSpec", "MetricInfo", "Point", "RayOptions", "RunContext", "RunData",
+    "RunOptions", "RunSummary", "Suite", "VGGTMethod", "Workload", "__version__", "create_method", "load",
+    "load_builtins", "load_suite", "param", "parse_suite", "profile_run", "register_method",
+    "register_workload", "run_suite",
 ]
 
 
@@ -80,7 +83,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and the API reference see
     from harness.errors import HarnessError
-    from harness.models.seam import AttentionFn, AttentionLayout, VGGTMethod
+    from harness.models.seam import AttentionFn, AttentionLayout, GradCalibration, GradProbe, VGGTMethod
     from harness.params import param
     from harness.registry import MethodSpec, create_method, load_builtins, register_method, register_workload
     from harness.run.options import RayOptions, RunOptions

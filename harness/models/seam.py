@@ -179,6 +179,35 @@ CalibrationRun = Callable[[torch.nn.Module], None]
 
 
 @dataclass(frozen=True)
+class GradCalibration:
+    """One forward with gradients on a calibration scene (what a :class:`GradProbe` returns).
+
+    losses: name -> scalar tensor attached to the graph: ``"camera"`` (the camera-position error
+        ``e_cam``) and ``"points"`` (the inlier point-cloud error ``e_pc``), both against the scene's
+        ground truth after a stop-gradient Sim(3) alignment (:mod:`harness.metrics.aligned_errors`);
+    qkv: global layer -> that layer's fused qkv weight ``[3C, C]``, the only parameters that require
+        grad during the probe (rows: the queries of heads 0..H-1, ``d = C / H`` rows each, then the
+        keys, then the values), for ``torch.autograd.grad``;
+    heads: H; stats: scalars about the calibration (``inlier_frac``).
+    """
+
+    losses: dict[str, torch.Tensor]
+    qkv: dict[int, torch.Tensor]
+    heads: int
+    stats: dict[str, float]
+
+
+class GradProbe(Protocol):
+    """``probe(fn, frames=None, scene=0)``: one forward of the model, with gradients, on calibration
+    scene ``scene`` (``frames`` frames; None: the point's), with ``fn`` at every global seam, and the
+    ground-truth errors of its camera and depth predictions."""
+
+    def __call__(self, fn: AttentionFn, frames: int | None = None,
+                 scene: int = 0) -> GradCalibration:  # pragma: no cover - protocol
+        ...
+
+
+@dataclass(frozen=True)
 class VGGTMethod:
     """What a ``vggt`` method's build function returns when it needs more than an ``attention_fn``
     (a bare ``attention_fn`` stays the common case).
@@ -196,6 +225,11 @@ class VGGTMethod:
         what the point times and evaluates; the reference is the unchanged model. Scope
         ``model`` only: the attention scope times the attention core, which no linear layer
         touches.
+    calibrate_grad(probe): optional, like ``calibrate`` but each ``probe(fn, frames, scene)`` runs
+        the forward with gradients and returns a :class:`GradCalibration` (losses against the
+        calibration scene's ground truth and the qkv weights to differentiate them by), for
+        gradient-based sensitivities such as HeSS's Fisher trace. Also untimed, also counted in the
+        calibration columns.
     work_counters(model, frames, tokens_per_frame): optional; extra work counters of one forward
         of the (transformed) model, e.g. ``{"bops": ..., "bops_fp": ...}``; each becomes a
         ``work_<name>`` column of the point.
@@ -203,6 +237,7 @@ class VGGTMethod:
 
     attention_fn: AttentionFn | None = None
     calibrate: Callable[[Probe], None] | None = None
+    calibrate_grad: Callable[[GradProbe], None] | None = None
     model_transform: Callable[[torch.nn.Module, CalibrationRun], torch.nn.Module] | None = None
     work_counters: Callable[[torch.nn.Module, int, int], dict[str, float]] | None = None
 

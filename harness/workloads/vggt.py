@@ -37,7 +37,15 @@ from harness.data.readers import Frames, read_7scenes, read_nrgbd, read_scannet,
 from harness.data.scenes import SceneConfig, render_scene
 from harness.measure.devices import autocast, torch_dtype
 from harness.metrics import fidelity, geometry
-from harness.models.seam import AttentionFn, AttentionLayout, Recorder, VGGTMethod, sdpa_attention
+from harness.models.seam import (
+    AttentionFn,
+    AttentionLayout,
+    GradCalibration,
+    GradProbe,
+    Recorder,
+    VGGTMethod,
+    sdpa_attention,
+)
 from harness.models.vggt import PRESETS, build_vggt, load_checkpoint, pose_encoding_to_extri_intri
 from harness.models.weights import check_weights, resolve_weights
 from harness.params import param
@@ -51,6 +59,7 @@ from harness.workloads.base import (
     attach_weights,
     weights_info,
 )
+from harness.workloads.vggt_grad import grad_calibration, qkv_grads_only
 
 log = logging.getLogger(__name__)
 
@@ -345,15 +354,34 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
         ``work_*`` counters)."""
         p = point.workload_params
         setup: dict[str, float] = {}
-        if method.model_transform is None and method.calibrate is None and method.work_counters is None:
+        if (method.model_transform is None and method.calibrate is None and method.calibrate_grad is None
+                and method.work_counters is None):
             return model, setup
         if method.model_transform is not None and p.scope == "attention":
             raise ValueError(_ATTENTION_SCOPE_TRANSFORM.format(method=point.method))
         cp = dataclasses.replace(p, data="synthetic", eval_scenes=1)
         seed = scene_seed(p, point.seed) + CALIB_SCENE_OFFSET
-        calib: Inputs = ctx.derived(("calibration scene", seed),
+        calib: Inputs = ctx.derived(("calibration scene", seed, p.frames),
                                     lambda: load_inputs(cp, seed, point.device))
         forwards = 0
+
+        def grad_probe(qkv: dict[int, torch.Tensor]) -> GradProbe:
+            def probe(fn: AttentionFn, frames: int | None = None, scene: int = 0) -> GradCalibration:
+                nonlocal forwards
+                n = p.frames if frames is None else int(frames)
+                if n < 1 or scene < 0:
+                    raise ValueError(f"{point.method}: a gradient probe needs frames >= 1 and scene >= 0, "
+                                     f"got frames={n}, scene={scene}")
+                s = seed + scene
+                scene_inputs: Inputs = ctx.derived(
+                    ("calibration scene", s, n),
+                    lambda: load_inputs(dataclasses.replace(cp, frames=n), s, point.device))
+                forwards += 1
+                return grad_calibration(model, scene_inputs.images, fn, device=point.device,
+                                        dtype=point.dtype, gt_points=scene_inputs.gt_points,
+                                        gt_extrinsics=scene_inputs.frames.extrinsics,
+                                        valid=scene_inputs.frames.valid, qkv=qkv, seed=s)
+            return probe
 
         def run(m: torch.nn.Module, fn: AttentionFn = sdpa_attention) -> None:
             nonlocal forwards
@@ -366,6 +394,9 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
             model = method.model_transform(model, run)
         if method.calibrate is not None:
             method.calibrate(lambda fn: run(model, fn))
+        if method.calibrate_grad is not None:
+            with qkv_grads_only(model) as qkv:
+                method.calibrate_grad(grad_probe(qkv))
         if forwards:
             setup["work_calib_s"] = time.perf_counter() - t0
             setup["work_calib_forwards"] = float(forwards)
@@ -603,7 +634,11 @@ class VGGTWorkload(Workload[VGGTParams, torch.nn.Module]):
             "work_bops_fp": work("the same layers' bit operations in fp32 (32 x 32 bits per MAC)", "BOP"),
             "work_calib_s": work("wall time of the method's calibration and model transform, once per "
                                  "point, outside the timed call", "s"),
-            "work_calib_forwards": work("forwards on the calibration scene the method ran"),
+            "work_calib_forwards": work("forwards on the calibration scene the method ran (with gradients "
+                                        "too, for a gradient-based calibration)"),
+            "work_hess_inlier_frac": work("HeSS fisher: share of the calibration's predicted points within "
+                                          "hess's inlier radius of the ground truth (the point-cloud error's "
+                                          "inlier set; 0 leaves that error's share of the score uniform)"),
             "work_flops": work("FLOPs of the timed call (scope=attention: attention + matching)", "FLOP"),
             "work_bytes": work("bytes model of the timed call (scope=attention: attention + merge + "
                                "matching)", "B"),

@@ -28,6 +28,8 @@ def layout(layer=0, rec=None):
 
 
 def params(sparsity, **kw):
+    """The output-error calibration (forward only; the Fisher one is tested in test_hess_fisher.py)."""
+    kw.setdefault("hess_score", "output_error")
     return HeSSParams(hess_sparsity=sparsity, hess_q_block=Q_BLOCK, hess_k_block=K_BLOCK, **kw)
 
 
@@ -230,10 +232,12 @@ def test_calibrating_twice_gives_the_same_budgets():
     assert [method.attention_fn.head_budgets(i, layout(i)).tolist() for i in (0, 1)] == first
 
 
-def test_uniform_allocation_is_the_blocksparse_baseline():
+@pytest.mark.parametrize("score", ["fisher", "output_error"])
+def test_uniform_allocation_is_the_blocksparse_baseline_and_needs_no_calibration(score):
     qkv = random_qkv(9)
-    method = calibrated(params(0.75, hess_allocation="uniform"), known_heads())
-    assert method.attention_fn.head_budgets(0, layout(0)).tolist() == [3] * HEADS
+    method = make_hess(params(0.75, hess_allocation="uniform", hess_score=score))
+    assert method.calibrate is None and method.calibrate_grad is None  # its scores would go unused
+    assert method.attention_fn.head_budgets(0, layout(0), HEADS).tolist() == [3] * HEADS
     baseline = make_blocksparse(BlockSparseParams(bs_q_block=Q_BLOCK, bs_k_block=K_BLOCK, bs_sparsity=0.75))
     torch.testing.assert_close(method.attention_fn(*qkv, layout(0)), baseline(*qkv, layout(0)))
 
@@ -275,7 +279,7 @@ def test_the_compiled_flex_kernel_on_cuda_matches_the_gather_path_with_per_head_
     q, k, v = (torch.randn(1, 4, frames * tokens, 64, generator=g).cuda() for _ in range(3))
     outs = {}
     for backend in ("gather", "flex"):
-        method = make_hess(HeSSParams(hess_sparsity=0.75, hess_backend=backend))
+        method = make_hess(HeSSParams(hess_sparsity=0.75, hess_backend=backend, hess_score="output_error"))
         method.calibrate(lambda fn, method=method: fn(*calib, lay))
         assert len(set(method.attention_fn.head_budgets(0, lay).tolist())) > 1
         outs[backend] = method.attention_fn(q, k, v, lay)

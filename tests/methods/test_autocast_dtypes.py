@@ -27,10 +27,14 @@ HEADS, HEAD_DIM, DEPTH = 16, 8, 4  # 16 heads: VGGT-1B's, which HTTM's default h
 LAYERS = (0, DEPTH - 1)
 """The first global layer and the last: layer-dependent methods (AVGGT's frame layers, Spark3R's
 tiers, LiteVGGT's recompute / reuse) take another path at each."""
+FORWARD_CALIBRATION = {"hess": {"hess_score": "output_error"}}
+"""Methods whose default calibration needs a model with gradients (HeSS's Fisher score: tested with one
+in tests/baselines/test_hess_fisher.py) are calibrated here by their forward-only score, which feeds the
+same attention path."""
 VARIANTS = {"blocksparse, flex backend": ("blocksparse", {"bs_backend": "flex"}),
-            "hess, flex backend": ("hess", {"hess_backend": "flex"})}
+            "hess, flex backend": ("hess", {"hess_backend": "flex", "hess_score": "output_error"})}
 """Registered methods with a second attention path their defaults do not take on CPU."""
-CASES = {name: (name, {}) for name in registry.method_names("vggt")} | VARIANTS
+CASES = {name: (name, FORWARD_CALIBRATION.get(name, {})) for name in registry.method_names("vggt")} | VARIANTS
 
 
 def _layout(layer: int, x_norm: torch.Tensor) -> AttentionLayout:

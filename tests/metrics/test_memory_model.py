@@ -497,8 +497,8 @@ def _calibration_run(images):
 
 @pytest.fixture(scope="module")
 def quantized():
-    """vggt-tiny, its QuantVGGT copy (one reconstruction epoch, so the learned factors keep gradients)
-    and the tracker of the transform."""
+    """vggt-tiny, its QuantVGGT copy (one reconstruction epoch: the learned factors had gradients) and
+    the tracker of the transform."""
     torch.manual_seed(0)
     model = build_vggt("vggt-tiny")
     images = torch.rand(1, TINY_FRAMES, 3, TINY_H, TINY_W, generator=torch.Generator().manual_seed(1))
@@ -511,15 +511,14 @@ def quantized():
 
 
 def test_quantvggts_held_terms_are_the_tensors_of_its_transformed_copy(quantized):
-    """The copy beside the original: its parameters (every weight again, float), buffers (signs) and
-    the gradients the reconstruction leaves; the transform keeps nothing else but the copy's
+    """The copy beside the original: its parameters (every weight again, float) and buffers (signs);
+    the reconstruction frees its gradients, and the transform keeps nothing else but the copy's
     deep-copied RoPE tables and normalization constants (under a KB here)."""
     model, copy, params, live = quantized
     fw = MM.Forward(model.config, TINY_FRAMES, TINY_H, TINY_W, autocast=False, elem=4, device="cpu")
     held = MM.seam_total(params.model_extra_bytes(fw).held)
-    grads = [t.grad for t in copy.parameters() if t.grad is not None]
-    tensors = [*copy.parameters(), *copy.buffers(), *grads]
-    assert held == sum(t.nbytes for t in tensors)
+    assert all(t.grad is None for t in copy.parameters())
+    assert held == sum(t.nbytes for t in [*copy.parameters(), *copy.buffers()])
     assert 0 <= live.current - held < 1024
     assert held > fw.persistent()["weights"]  # every weight again: fake quantization stores floats
 

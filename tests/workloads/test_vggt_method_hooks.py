@@ -38,6 +38,7 @@ fixed: {preset: vggt-tiny, frames: 2, height: 28, width: 42, scope: model}
 methods:
   t_transform: {t_gain: 0.5}
   t_calib: {t_passes: 2}
+  t_grad: {t_frames: 3}
   vggt: {}
 timing: {warmup_n: 0, min_samples: 1, max_samples: 1, budget_s: 0.0}
 metrics: {evaluate: true}
@@ -78,6 +79,31 @@ def make_calib(p: CalibParams) -> VGGTMethod:
     return VGGTMethod(attention_fn=attention_fn, calibrate=calibrate)
 
 
+@dataclass(frozen=True)
+class GradParams:
+    t_frames: int = param(3, "frames of the gradient probe's scenes", range=(1, None))
+
+
+def make_grad(p: GradParams) -> VGGTMethod:
+    """Plain attention calibrated by two gradient probes (scenes 0 and 1); records what they saw."""
+
+    def probe_fn(q, k, v, layout):
+        SEEN["grad"].append((layout.layer, layout.frames, float(q.detach().double().sum())))
+        return sdpa_attention(q, k, v, layout)
+
+    def calibrate_grad(probe) -> None:
+        for scene in (0, 1):
+            calib = probe(probe_fn, frames=p.t_frames, scene=scene)
+            grads = torch.autograd.grad(calib.losses["camera"], list(calib.qkv.values()))
+            SEEN["grad_norms"].append([float(g.norm()) for g in grads])
+
+    def attention_fn(q, k, v, layout):
+        SEEN["grad_timed"].append((layout.layer, float(q.double().sum())))
+        return sdpa_attention(q, k, v, layout)
+
+    return VGGTMethod(attention_fn=attention_fn, calibrate_grad=calibrate_grad)
+
+
 def make_transform(p: TransformParams) -> VGGTMethod:
     """A copy whose last global block's output projection is scaled; one calibration forward."""
 
@@ -102,8 +128,9 @@ def rows(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     saved = dict(registry._METHODS)
     register_method("t_calib", params=CalibParams, workloads=("vggt",))(make_calib)
     register_method("t_transform", params=TransformParams, workloads=("vggt",))(make_transform)
+    register_method("t_grad", params=GradParams, workloads=("vggt",))(make_grad)
     SEEN.clear()
-    SEEN.update(calib=[], timed=[])
+    SEEN.update(calib=[], timed=[], grad=[], grad_norms=[], grad_timed=[])
     try:
         out = tmp_path_factory.mktemp("hooks") / "run"
         run_suite(parse_suite(SUITE, source="hooks.yaml"), out, RunOptions(progress=False, argv=["t"]))
@@ -124,6 +151,20 @@ def test_calibration_runs_before_timing_on_every_global_layer_of_another_scene(r
     timed_q0 = {s for layer, s in SEEN["timed"] if layer == 0}
     assert len(calib_q0) == 1 and timed_q0 and calib_q0.isdisjoint(timed_q0)
     assert row["fid_token_cos"] == pytest.approx(1.0, abs=1e-6)  # plain attention after calibrating
+
+
+def test_gradient_probes_run_their_own_scenes_with_gradients_before_timing(rows):
+    row = rows.loc["t_grad"]
+    assert row[C.STATUS] == C.OK, row[C.ERROR]
+    assert row["work_calib_forwards"] == 2
+    assert [(layer, frames) for layer, frames, _ in SEEN["grad"]] == [(i, 3) for i in range(TINY_DEPTH)] * 2
+    # scene 0 and scene 1 are different scenes, and neither is the evaluated one (2 frames)
+    scene_q0 = [s for layer, _, s in SEEN["grad"] if layer == 0]
+    timed_q0 = {s for layer, s in SEEN["grad_timed"] if layer == 0}
+    assert len(set(scene_q0)) == 2 and timed_q0.isdisjoint(scene_q0)
+    # every global layer's qkv weight got a gradient of the camera error
+    assert len(SEEN["grad_norms"]) == 2 and all(n > 0 for norms in SEEN["grad_norms"] for n in norms)
+    assert row["fid_token_cos"] == pytest.approx(1.0, abs=1e-6)  # the probes left the model as it was
 
 
 def test_a_transformed_model_is_compared_with_the_unchanged_reference(rows):
