@@ -259,11 +259,20 @@ class HeSSAttention:
         traces: dict[str, dict[int, torch.Tensor]] = {"camera": {}, "points": {}}
         inliers = []
         for scene in range(p.hess_calib_scenes):
-            calib = probe(sdpa_attention, frames=p.hess_calib_frames or None, scene=scene)
-            qkv = {i: w for i, w in calib.qkv.items() if i >= p.start_layer}
-            for name, per_layer in traces.items():
-                for i, tr in query_fisher_traces(calib.losses[name], qkv, calib.heads).items():
-                    per_layer[i] = per_layer[i] + tr if i in per_layer else tr
+            try:
+                calib = probe(sdpa_attention, frames=p.hess_calib_frames or None, scene=scene)
+                qkv = {i: w for i, w in calib.qkv.items() if i >= p.start_layer}
+                for name, per_layer in traces.items():
+                    for i, tr in query_fisher_traces(calib.losses[name], qkv, calib.heads).items():
+                        per_layer[i] = per_layer[i] + tr if i in per_layer else tr
+            except torch.OutOfMemoryError as e:
+                said = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ValueError(
+                    f"hess: the Fisher calibration (a forward and backward of the whole model on "
+                    f"hess_calib_frames={p.hess_calib_frames} frames) ran out of device memory; lower "
+                    "hess_calib_frames (e.g. --set hess_calib_frames=8) or use hess_score: output_error "
+                    f"(forward only). The device said: {said}"
+                ) from None
             inliers.append(calib.stats["inlier_frac"])
             del calib
         self.scores = {i: mix_scores(traces["camera"][i], traces["points"][i], p.hess_lambda)

@@ -116,6 +116,16 @@ def test_the_calibration_sums_scenes_skips_early_layers_and_mixes_with_lambda():
     assert method.work_counters(None, 8, 10) == {"hess_inlier_frac": pytest.approx(0.375)}
 
 
+def test_a_calibration_out_of_device_memory_says_which_knob_to_lower():
+    def probe(fn, frames=None, scene=0):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    method = make_hess(HeSSParams(hess_calib_frames=20))
+    with pytest.raises(ValueError, match=r"hess_calib_frames=20 frames\) ran out of device memory; lower "
+                                         r"hess_calib_frames .*output_error.*Tried to allocate 20.00 GiB"):
+        method.calibrate_grad(probe)
+
+
 def test_zero_calibration_frames_ask_for_the_points_own():
     calls: list = []
     method = make_hess(HeSSParams(hess_calib_frames=0))
