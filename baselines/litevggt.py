@@ -36,6 +36,7 @@ Shapes: q, k, v ``[B, H, N, d]`` with N = S * P (frames times tokens per frame) 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import warnings
 from collections.abc import Iterator
@@ -61,8 +62,11 @@ from harness.metrics.memory_model import (
     BOOL,
     FLOAT32,
     INT64,
+    Forward,
     Ledger,
     MatchSetShape,
+    ModelExtra,
+    Moment,
     SeamShape,
     SlotMapBytes,
     assign_bytes,
@@ -160,6 +164,63 @@ class LiteVGGTParams:
         led = Ledger()
         sm = matching_bytes(led, shape, self)
         return led.terms(shared_merge_bytes(led, shape, sm), output_bytes(shape))
+
+    def model_extra_bytes(self, fw: Forward) -> ModelExtra:
+        """What ``lv_fp8``'s model copy adds to the forward ``fw`` (the memory wall's model terms, bytes;
+        without ``lv_fp8`` nothing: the merging runs on the harness's model).
+
+        held: :func:`fp8_copy`'s **copy** of the model, beside the original the workload keeps for the
+        reference: every parameter again in its float dtype and the model's buffers, plus each
+        :class:`FP8Linear`'s e4m3 weight ``[N, K]`` (1 byte per element) and its float32 scale (4
+        bytes), for qkv, fc1 and fc2 of every frame and global block. Moments: the last global
+        block's MLP while its FP8 ``fc1`` and ``fc2`` run (:func:`fp8_linear_bytes`; fc2, whose
+        input is the MLP's width, is the largest of the three FP8 linears). The copy's parameters
+        do not require grad, so autocast keeps no bf16 weight cache."""
+        if not self.lv_fp8:
+            return ModelExtra()
+        fw = dataclasses.replace(fw, weight_cache=False)
+        cfg = fw.cfg
+        C, hidden = cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
+        layers = 2 * cfg.depth  # frame and global blocks
+        held_by = "FP8 copy: "
+        held = {f"{held_by}weights (float) and buffers": float(fw.lin.params) * fw.w + fw.lin.buffers,
+                f"{held_by}e4m3 weights (1 byte each)": float(layers) * (3 * C * C + 2 * C * hidden)
+                * FP8_DTYPE.itemsize,
+                f"{held_by}weight scales (float32)": float(layers * len(FP8_LINEARS)) * FLOAT32}
+        around = fw.kept(cfg.depth - 1) + fw.mlp_around()
+        fc1, fc2 = Ledger(), Ledger()
+        *_, fc1_size, fc2_size = fw.lin.block  # weights + biases
+        fp8_linear_bytes(fc1, fw, C, hidden, fc1_size - C * hidden, fw.r, "fc1 ")
+        fc2.alloc("GELU output (fc2's input)", fw.tokens * hidden * fw.e)
+        fp8_linear_bytes(fc2, fw, hidden, C, fc2_size - hidden * C, fw.e, "fc2 ")
+        moments = {f"MLP fc1, FP8, layer {cfg.depth - 1}": Moment(around, fc1.terms()),
+                   f"MLP fc2, FP8, layer {cfg.depth - 1}": Moment(around, fc2.terms())}
+        return ModelExtra(held=held, moments=moments, weight_cache=False)
+
+
+def fp8_linear_bytes(led: Ledger, fw: Forward, n_in: int, n_out: int, bias: int, x_elem: int,
+                     what: str = "") -> int:
+    """An :class:`FP8Linear` (:func:`fp8_linear`, ``bias`` bias elements) on all ``fw.tokens`` tokens,
+    x ``[T, n_in]`` of ``x_elem`` bytes, replayed on ``led`` (bytes): x's scale (float32, 0-dim; the
+    amax's other 0-dim temporaries die before anything below exists and are left out), x in float32
+    (always a copy; scaled and clamped in place) and its e4m3 cast (1 byte per element), the two
+    inverse scales ``_scaled_mm`` takes (float32, 0-dim), its output ``[T, n_out]`` in the linear's
+    dtype (autocast's under autocast, else x's), the bias cast to that dtype (a copy when the float
+    weights' dtype differs) and the sum. Returns the output's handle (everything else freed)."""
+    T, out_elem = float(fw.tokens), fw.e if fw.autocast else x_elem
+    scale = led.alloc(f"{what}input scale (float32)", FLOAT32)
+    x32 = led.alloc(f"{what}x in float32 (scaled, clamped)", T * n_in * FLOAT32)
+    xq = led.alloc(f"{what}x in e4m3", T * n_in * FP8_DTYPE.itemsize)
+    led.free(x32)
+    inverse = led.alloc(f"{what}inverse scales (float32)", 2 * FLOAT32)
+    y = led.alloc(f"{what}_scaled_mm output", T * n_out * out_elem)
+    led.free(inverse)
+    cast = None
+    if bias and fw.w != out_elem:  # bias.to(the output dtype)
+        cast = led.alloc(f"{what}bias in the output dtype", bias * out_elem)
+    out = led.alloc(f"{what}output", T * n_out * out_elem)
+    led.free(y, cast, xq, scale)
+    return out
 
 
 # -- the memory wall's replay (harness/metrics/memory_model.py) ---------------------------------
@@ -648,6 +709,13 @@ def fp8_transform(model: nn.Module, run: CalibrationRun) -> nn.Module:
         if lin.in_features % FP8_ALIGN or lin.out_features % FP8_ALIGN:
             raise ValueError(f"litevggt lv_fp8: {where} maps {lin.in_features} -> {lin.out_features} "
                              f"features; torch._scaled_mm needs both divisible by {FP8_ALIGN}")
+    return fp8_copy(model)
+
+
+def fp8_copy(model: nn.Module) -> nn.Module:
+    """What :func:`fp8_transform` returns once its checks passed (any device; the memory model's
+    tests build it on the CPU): a deep copy of ``model`` whose parameters do not require grad and whose
+    aggregator blocks' qkv, fc1 and fc2 are :class:`FP8Linear`. ``model`` is not modified."""
     fp8 = copy.deepcopy(model)
     for prm in fp8.parameters():
         prm.requires_grad_(False)

@@ -49,6 +49,7 @@ MIB = 2**20
 GB = 1e9
 EXIT_OK, EXIT_DRIFT, EXIT_USER = 0, 1, 2
 DPI = 150
+FP8_ROW = "litevggt (lv_fp8)"  # the label in harness.metrics.memory_model.KNOB_VARIANTS
 
 
 class WallError(Exception):
@@ -175,6 +176,17 @@ def quant_text(model: dict[str, Any]) -> str:
             f"{gb(rec['largest_gb'])} GB).")
 
 
+def fp8_text(model: dict[str, Any]) -> str:
+    """What the page says of LiteVGGT's FP8 row at the most frames (or that it is not in the wall)."""
+    last = frames_of(model)[-1]
+    rec = rows_by_method(model).get(FP8_ROW, {}).get(last)
+    if rec is None or rec["fits"] is None:
+        return "It is not in this wall."
+    return (f"At {last} frames its copy holds {gb(rec['model_extra_gb'])} GB and its peak, "
+            f"{gb(rec['peak_gb'])} GB, comes at {rec['peak_at']} ({rec['largest']}: "
+            f"{gb(rec['largest_gb'])} GB).")
+
+
 def measured_part(measured: dict[str, Any] | None) -> str:
     if not measured:
         return ("No GPU run is merged yet: `python -m reports.memory_wall build --measured RUN_DIR` with a "
@@ -249,6 +261,12 @@ model's own activations, weights and kept layer outputs.
   fc2 (4C wide). **Fake quantization holds float weights: the deployed W4A4's memory saving (the
   paper's claim) is not what runs here**; the harness's QuantVGGT measures accuracy and bit
   operations, and costs memory. {quant_text}
+- `litevggt (lv_fp8)` is `litevggt` with `lv_fp8: true` (the paper's FP8 linear layers), a run
+  configuration the gpu preset does not sweep. Its model transform also runs a **copy** of VGGT:
+  every weight again in float32, plus an e4m3 copy (1 byte per weight) and a float32 scale of each
+  frame and global block's qkv, fc1 and fc2. Its parameters do not require grad, so autocast keeps
+  no bf16 weight cache. Each FP8 linear casts its input to float32 and then to e4m3 (5 bytes per
+  input element beside the input), largest at the MLP's fc2 (4C wide). {fp8_text}
 - `hess`: each query block's top-k is as wide as the largest per-head budget, which the
   calibration decides; the wall takes its cap, every key block (an upper bound; with equal budgets
   HeSS is `blocksparse` at the same sparsity, the `blocksparse` row here). `litevggt` keeps its
@@ -275,7 +293,8 @@ def render(model: dict[str, Any], measured: dict[str, Any] | None) -> str:
         width=model["width"], height=model["height"], P=P, budget=model["budget_gb"],
         mode="lean VGGT*" if model.get("lean", True) else "official VGGT, every layer kept",
         peak_table=peak_table(model, measured), measured_text=measured_part(measured), slug=SLUG,
-        last=frames[-1], parts_table=parts_table(model), dense_text=dense_text, quant_text=quant_text(model))
+        last=frames[-1], parts_table=parts_table(model), dense_text=dense_text, quant_text=quant_text(model),
+        fp8_text=fp8_text(model))
 
 
 # ---------------------------------------------------------------------------- the figure

@@ -58,7 +58,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -1218,11 +1218,18 @@ class DenseSimilarity:
         return self.base.seam_peak_bytes(shape, dense_similarity=True)
 
 
+KNOB_VARIANTS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
+    "litevggt": (("litevggt (lv_fp8)", {"lv_fp8": True}),),
+}
+"""Variant rows of the wall: method -> (label, knobs changed from its row's settings): a run
+configuration the gpu preset does not sweep whose memory differs (LiteVGGT's FP8 model copy)."""
+
+
 def gpu_methods(names: Sequence[str] | None = None, suite: str = SUITE,
                 preset: str = SUITE_PRESET) -> dict[str, Any]:
     """Row label -> method params: each method of ``suite``'s ``preset`` with its settings there,
-    then every other registered ``vggt`` method (or just ``names``) with its defaults, and the
-    ``fastvggt (dense similarity)`` variant after FastVGGT."""
+    then every other registered ``vggt`` method (or just ``names``) with its defaults, and after
+    them their variants: ``fastvggt (dense similarity)`` after FastVGGT, :data:`KNOB_VARIANTS`."""
     registry.load_builtins()
     from_suite: dict[str, Any] = {}
     for point in load_suite(suite, preset=preset).points():
@@ -1237,6 +1244,9 @@ def gpu_methods(names: Sequence[str] | None = None, suite: str = SUITE,
         out[name] = params
         if name == "fastvggt":
             out["fastvggt (dense similarity)"] = DenseSimilarity(params)
+        for label, knobs in KNOB_VARIANTS.get(name, ()):
+            if any(getattr(params, k) != v for k, v in knobs.items()):
+                out[label] = replace(params, **knobs)
     return out
 
 

@@ -523,6 +523,21 @@ def test_quantvggts_held_terms_are_the_tensors_of_its_transformed_copy(quantized
     assert held > fw.persistent()["weights"]  # every weight again: fake quantization stores floats
 
 
+def _mlp_linear_peaks(mlp, fw, width: int, autocast: bool) -> tuple[int, int, torch.Tensor]:
+    """fc1 on a float32 input [1, tokens, width], then fc2 on its GELU output, under bf16 autocast or
+    not: (fc1's LiveBytes peak, fc2's peak plus its input, which the fc2 moment counts, fc2's output)."""
+    x = torch.randn(1, fw.tokens, width)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        mlp.fc1(x)
+        with LiveBytes() as fc1:
+            hidden = mlp.fc1(x)
+        gelu = mlp.act(hidden)
+        del hidden
+        with LiveBytes() as fc2:
+            out = mlp.fc2(gelu)
+    return fc1.peak, fc2.peak + gelu.nbytes, out
+
+
 @pytest.mark.parametrize("autocast", [False, True])
 def test_quantvggts_fake_quantized_mlp_linears_equal_their_allocations(quantized, autocast):
     """fc1 on norm2's float32 output, fc2 on the GELU output (bf16 under autocast): the Hadamard
@@ -531,19 +546,32 @@ def test_quantvggts_fake_quantized_mlp_linears_equal_their_allocations(quantized
     fw = MM.Forward(model.config, TINY_FRAMES, TINY_H, TINY_W, autocast=autocast, elem=2 if autocast else 4,
                     device="cpu")
     fc1_moment, fc2_moment = params.model_extra_bytes(fw).moments.values()
-    mlp = copy.aggregator.global_blocks[-1].mlp
-    x = torch.randn(1, fw.tokens, model.config.embed_dim)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        mlp.fc1(x)
-        with LiveBytes() as fc1:
-            hidden = mlp.fc1(x)
-        gelu = mlp.act(hidden)
-        del hidden
-        with LiveBytes() as fc2:
-            mlp.fc2(gelu)
-    assert fc1.peak == MM.seam_total(fc1_moment.terms)
-    assert fc2.peak + gelu.nbytes == MM.seam_total(fc2_moment.terms)
+    fc1, fc2, _ = _mlp_linear_peaks(copy.aggregator.global_blocks[-1].mlp, fw, model.config.embed_dim,
+                                    autocast)
+    assert fc1 == MM.seam_total(fc1_moment.terms)
+    assert fc2 == MM.seam_total(fc2_moment.terms)
     assert MM.largest(fc2_moment.terms).startswith("fc2 ")  # its temporaries, not the GELU output
+
+
+def _modelled_aggregator_peaks(cfg, S: int, height: int, width: int,
+                               params) -> tuple[dict[str, float], float]:
+    """A lean float32 CPU aggregator forward of a changed model whose copy's weights are not cached:
+    (the model's moments of ``params``' model_extra_bytes, the largest other modelled moment: stages
+    and global calls), each less what is alive before the aggregator runs (weights, input frames and
+    the held outputs), so that they compare with a LiveBytes peak taken around the aggregator."""
+    fw = MM.Forward(cfg, S, height, width, lean=True, autocast=False, elem=4, device="cpu",
+                    weight_cache=False)
+    held = fw.persistent()
+    before = held["weights"] + held["input frames (float32)"] + held[
+        "outputs held by the harness (2 x depth + confidence)"]
+    moments = {name: sum(held.values()) + m.forward + MM.seam_total(m.terms) - before
+               for name, m in params.model_extra_bytes(fw).moments.items()}
+    stages = MM.stage_peaks(cfg, S, height, width, lean=True, autocast=False, elem=4, device="cpu",
+                            weight_cache=False)
+    del stages["heads"]
+    calls = [sum(held.values()) + sum(fw.at_call(i).values())
+             + MM.seam_total(MM.plain_bytes(fw.seam_shape(i))) for i in range(cfg.depth)]
+    return moments, max(*stages.values(), *calls) - before
 
 
 def test_the_quantized_aggregator_peaks_at_the_modelled_fc2_moment():
@@ -560,20 +588,77 @@ def test_the_quantized_aggregator_peaks_at_the_modelled_fc2_moment():
         gc.collect()
         with LiveBytes() as live:
             copy.aggregator(images, attention_fn=sdpa_attention, keep_layers=keep)
-    fw = MM.Forward(cfg, S, height, width, lean=True, autocast=False, elem=4, device="cpu",
-                    weight_cache=False)
-    held = fw.persistent()
-    before = held["weights"] + held["input frames (float32)"] + held[
-        "outputs held by the harness (2 x depth + confidence)"]
-    moments = {name: sum(held.values()) + m.forward + MM.seam_total(m.terms)
-               for name, m in params.model_extra_bytes(fw).moments.items()}
-    stages = MM.stage_peaks(cfg, S, height, width, lean=True, autocast=False, elem=4, device="cpu",
-                            weight_cache=False)
-    del stages["heads"]
-    calls = [sum(held.values()) + sum(fw.at_call(i).values())
-             + MM.seam_total(MM.plain_bytes(fw.seam_shape(i))) for i in range(cfg.depth)]
-    assert live.peak == moments[f"MLP fc2, fake-quantized, layer {cfg.depth - 1}"] - before
-    assert live.peak > max(*stages.values(), *calls) - before
+    moments, others = _modelled_aggregator_peaks(cfg, S, height, width, params)
+    assert live.peak == moments[f"MLP fc2, fake-quantized, layer {cfg.depth - 1}"]
+    assert live.peak > others
+
+
+@pytest.fixture(scope="module")
+def fp8_copied():
+    """vggt-tiny (widths 64, 192, 256: multiples of 16, as ``_scaled_mm`` needs), LiteVGGT's FP8 copy
+    of it (:func:`fp8_copy`, what ``fp8_transform`` returns after its CUDA check) and the tracker of
+    the copying."""
+    torch.manual_seed(0)
+    model = build_vggt("vggt-tiny")
+    gc.collect()
+    with LiveBytes() as live:
+        copy = litevggt.fp8_copy(model)
+        gc.collect()
+    return model, copy, live
+
+
+def test_litevggts_fp8_held_terms_are_the_tensors_of_its_copy(fp8_copied):
+    """The FP8 copy beside the original: every parameter again (float) with the model's buffers, and
+    each FP8Linear's e4m3 weight and float32 scale; nothing else but the copy's deep-copied RoPE
+    tables and normalization constants (under a KB here). Without lv_fp8 nothing is added."""
+    model, copy, live = fp8_copied
+    fw = MM.Forward(model.config, TINY_FRAMES, TINY_H, TINY_W, autocast=False, elem=4, device="cpu")
+    extra = LiteVGGTParams(lv_fp8=True).model_extra_bytes(fw)
+    held = MM.seam_total(extra.held)
+    fp8 = [m for m in copy.modules() if isinstance(m, litevggt.FP8Linear)]
+    assert len(fp8) == 3 * 2 * model.config.depth
+    assert not any(t.requires_grad for t in copy.parameters()) and not extra.weight_cache
+    assert held == sum(t.nbytes for t in [*copy.parameters(), *copy.buffers()])
+    assert extra.held["FP8 copy: e4m3 weights (1 byte each)"] == sum(m.weight_fp8.nbytes for m in fp8)
+    assert 0 <= live.current - held < 1024
+    assert LiteVGGTParams().model_extra_bytes(fw) == MM.ModelExtra()  # weight_cache True
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_litevggts_fp8_mlp_linears_equal_their_allocations(fp8_copied, autocast):
+    """fc1 on norm2's float32 output, fc2 on the GELU output (bf16 under autocast), each an FP8Linear
+    (torch._scaled_mm runs on the CPU): x's float32 copy and e4m3 cast, the GEMM's output, the bias
+    cast and the sum, each a moment of the model."""
+    model, copy, _ = fp8_copied
+    fw = MM.Forward(model.config, TINY_FRAMES, TINY_H, TINY_W, autocast=autocast, elem=2 if autocast else 4,
+                    device="cpu")
+    fc1_moment, fc2_moment = LiteVGGTParams(lv_fp8=True).model_extra_bytes(fw).moments.values()
+    mlp = copy.aggregator.global_blocks[-1].mlp
+    assert isinstance(mlp.fc1, litevggt.FP8Linear) and isinstance(mlp.fc2, litevggt.FP8Linear)
+    fc1, fc2, out = _mlp_linear_peaks(mlp, fw, model.config.embed_dim, autocast)
+    assert out.dtype == (torch.bfloat16 if autocast else torch.float32)
+    assert fc1 == MM.seam_total(fc1_moment.terms)
+    assert fc2 == MM.seam_total(fc2_moment.terms)
+    assert MM.largest(fc2_moment.terms) == "fc2 x in float32 (scaled, clamped)"
+
+
+def test_the_fp8_aggregator_peaks_at_the_modelled_fc2_moment():
+    """float32 on CPU, as the forward's own test: LiteVGGT's FP8 copy's aggregator (plain attention at
+    the seam: the copy is the model term) holds at most what the model's largest moment says, and
+    fc2's FP8 cast of its 4C-wide input is that moment."""
+    cfg, model = _small_model(True)
+    S, height, width = 2, 8, 12  # 22 tokens: the CPU's _scaled_mm is slow (about 10 M MAC/s)
+    images = torch.rand(1, S, 3, height, width)
+    keep = model.layers_needed(("camera", "depth"))
+    with torch.no_grad():
+        model.aggregator(images, attention_fn=sdpa_attention, keep_layers=keep)  # RoPE tables cached
+        copy = litevggt.fp8_copy(model)  # with them: no warm-up forward of the (slow on CPU) FP8 copy
+        gc.collect()
+        with LiveBytes() as live:
+            copy.aggregator(images, attention_fn=sdpa_attention, keep_layers=keep)
+    moments, others = _modelled_aggregator_peaks(cfg, S, height, width, LiteVGGTParams(lv_fp8=True))
+    assert live.peak == moments[f"MLP fc2, FP8, layer {cfg.depth - 1}"]
+    assert live.peak > others
 
 
 def test_quantvggt_httm_counts_httms_seam_and_quantvggts_model():
@@ -609,6 +694,26 @@ def test_quantvggts_rows_hold_a_second_copy_of_the_weights_and_peak_at_fc2(wall,
         assert last.loc[method, "peak_gb"] > last.loc["vggt", "peak_gb"] + weights
     assert (wall[wall["method"] == "vggt"]["model_extra_gb"] == 0).all()
     assert "Fake quantization holds float weights" in W.render(model_data, None)
+
+
+def test_litevggts_fp8_row_holds_the_weights_again_and_their_e4m3_copy(wall, model_data):
+    """``litevggt (lv_fp8)``: the suite's LiteVGGT with lv_fp8; its copy is every weight again (float32)
+    plus 1 byte per weight and a 4-byte scale of the 48 blocks' qkv, fc1, fc2; it peaks at fc2's
+    float32 copy of its 4C-wide input."""
+    assert MM.gpu_methods(["litevggt"]) == {"litevggt": LiteVGGTParams(lv_ratio=1.0),
+                                            "litevggt (lv_fp8)": LiteVGGTParams(lv_ratio=1.0, lv_fp8=True)}
+    last = wall[wall["frames"] == 1000].set_index("method")
+    row = last.loc["litevggt (lv_fp8)"]
+    weights = MM.model_peak_bytes(VGGT_1B, 1000, MM.HEIGHT, MM.WIDTH)["weights"]
+    C, depth = VGGT_1B.embed_dim, VGGT_1B.depth
+    e4m3 = 2 * depth * (3 * C * C + 2 * C * 4 * C)
+    assert row["model_extra_gb"] * MM.GB == pytest.approx(weights + e4m3 + 2 * depth * 3 * 4)
+    assert 0.55e9 < e4m3 < 0.56e9
+    assert row["peak_at"] == "MLP fc2, FP8, layer 23"
+    assert row["largest"] == "fc2 x in float32 (scaled, clamped)"
+    assert row["peak_gb"] > last.loc["litevggt", "peak_gb"] + weights / MM.GB
+    assert (f"its copy holds {row['model_extra_gb']:.1f} GB and its peak, {row['peak_gb']:.1f} GB, comes at "
+            "MLP fc2, FP8") in W.render(model_data, None)
 
 
 def test_the_wall_grows_with_frames_for_every_modelled_method(wall):
