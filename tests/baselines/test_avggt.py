@@ -109,3 +109,64 @@ def test_a_layout_that_does_not_match_q_is_refused_by_both_new_methods():
         make_avggt(AVGGTParams())(q, k, v, layout())
     with pytest.raises(ValueError, match="block-sparse: layout has"):
         make_blocksparse(BlockSparseParams())(q, k, v, layout())
+
+
+def test_every_counter_and_phase_of_both_layer_kinds_by_hand():
+    q, k, v = qkv()
+    N = S * P
+    sub = Recorder(timed=True)
+    make_avggt(AVGGTParams(frame_layers=0, kv_stride=2))(q, k, v, layout(rec=sub))
+    assert set(sub.phases_ms) == {"aggregate", "attention"}
+    # each query frame reads its own key set: 3 frames x 29 keys and values, N queries and outputs
+    assert sub.counters["attn_bytes"] == H * (2 * N + 2 * S * 29) * D * 8
+    frame = Recorder(timed=True)
+    make_avggt(AVGGTParams(frame_layers=1))(q, k, v, layout(layer=0, rec=frame))
+    assert set(frame.phases_ms) == {"attention"}
+    assert frame.counters["tokens_q"] == N * H
+    assert frame.counters["attn_bytes"] == H * (2 * N + 2 * N) * D * 8
+
+
+@pytest.mark.parametrize("frames_per_chunk", [1, 2, 3])
+def test_chunks_of_any_size_even_a_short_last_one_give_the_reference(monkeypatch, frames_per_chunk):
+    import baselines.avggt as avggt
+
+    q, k, v = qkv(4, frames=5)
+    p = AVGGTParams(frame_layers=0, kv_stride=2)
+    # L = own 17 + 5 frames x (1 special + 2 x 2 grid + 1 mean) = 47 keys per query frame
+    monkeypatch.setattr(avggt, "KEY_CHUNK_ELEMS", frames_per_chunk * 1 * H * 47 * D)
+    torch.testing.assert_close(make_avggt(p)(q, k, v, layout(frames=5)), reference(q, k, v, p, frames=5))
+
+
+@pytest.mark.parametrize("frames_per_chunk", [1, 2])
+def test_two_batch_rows_are_two_independent_sequences(monkeypatch, frames_per_chunk):
+    import baselines.avggt as avggt
+
+    rows = [qkv(5), qkv(6)]
+    q, k, v = (torch.cat([r[i] for r in rows]) for i in range(3))
+    p = AVGGTParams(frame_layers=0, kv_stride=2)
+    monkeypatch.setattr(avggt, "KEY_CHUNK_ELEMS", frames_per_chunk * 2 * H * 29 * D)
+    out = make_avggt(p)(q, k, v, layout())
+    for b, row in enumerate(rows):
+        torch.testing.assert_close(out[b:b + 1], reference(*row, p))
+
+
+def test_a_single_dropped_token_still_gets_its_mean_key():
+    """One row of 2 patches at stride 2: patch 1 is the only dropped token; its 'mean' is itself."""
+    frames, grid_w = 2, 2
+    tokens = PS + grid_w
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, H, frames * tokens, D, generator=g, dtype=torch.float64) for _ in range(3))
+    lay = AttentionLayout(frames=frames, tokens_per_frame=tokens, patch_h=1, patch_w=grid_w, patch_start=PS,
+                          layer=0)
+    p = AVGGTParams(frame_layers=0, kv_stride=2, keep_diagonal=False, mean_fill=True)
+    # with the mean token every frame keeps all of its keys: plain attention
+    torch.testing.assert_close(make_avggt(p)(q, k, v, lay), sdpa_attention(q, k, v))
+    without = AVGGTParams(frame_layers=0, kv_stride=2, keep_diagonal=False, mean_fill=False)
+    assert not torch.allclose(make_avggt(without)(q, k, v, lay), sdpa_attention(q, k, v))
+
+
+def test_under_autocast_the_output_takes_the_attentions_dtype_not_qs():
+    q, k, v = (t.float() for t in qkv(8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = make_avggt(AVGGTParams(frame_layers=0, kv_stride=2))(q, k, v, layout())
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from timm.models.swin_transformer import SwinTransformer
@@ -112,10 +114,11 @@ def test_all_windows_low_equals_uniform_low_bits_exactly(calib):
 UNIFORM_CASES = [
     dict(w_bits=4, a_bits=3),
     dict(w_bits=6, a_bits=5, embed_bits=32, act_calib="minmax", softmax_quant="log2"),
+    dict(w_bits=4, a_bits=4, ptq="repq"),
 ]
 
 
-@pytest.mark.parametrize("knobs", UNIFORM_CASES, ids=["w4a3", "w6a5-minmax-log2-float-embed"])
+@pytest.mark.parametrize("knobs", UNIFORM_CASES, ids=["w4a3", "w6a5-minmax-log2-float-embed", "w4a4-repq"])
 def test_uniform_is_mixaq_with_every_window_high(knobs):
     """uniform at a_bits=b is MixA-Q at a_bits_high = a_bits_low = b, ratio 0, calib whole, bit for bit
     (outputs, quantizer grids, BOPs); and not MixA-Q at another width (the mapping is not ignored)."""
@@ -139,7 +142,26 @@ def test_uniform_is_mixaq_with_every_window_high(knobs):
     assert grids(uni) == grids(mix)
     assert work_counters(uni, "linear") == work_counters(mix, "linear")
     assert uni.quant_info.spec == mix.quant_info.spec and uni.quant_info.ref_a_bits == b
+    # the seed and the ratios as MixA-Q's; uniform prunes nothing, so it keeps no active-window minimum
+    assert uni.quant_info.routing == dataclasses.replace(mix.quant_info.routing, min_active=0)
     assert not torch.equal(y_uni, y_wrong) and grids(uni) != grids(wrong)
+
+
+def test_uniform_measures_its_bops_speedup_against_the_reference_bits_it_is_given():
+    model, cal = tiny_swin(), synthetic_images(2, 112, seed=2)
+    assert uniform_apply(model, UniformQuantParams(a_bits=4), cal).quant_info.ref_a_bits == 4
+    assert uniform_apply(model, UniformQuantParams(a_bits=4, ref_a_bits=8), cal).quant_info.ref_a_bits == 8
+    assert uniform_apply(model, UniformQuantParams(a_bits=4), cal, seed=5).quant_info.routing.seed == 5
+    assert uniform_apply(model, UniformQuantParams(a_bits=4), cal).quant_info.routing.seed == 0
+
+
+def test_uniform_refuses_percentile_knobs_under_repq():
+    assert UniformQuantParams(ptq="repq").ptq == "repq"  # its defaults are accepted
+    with pytest.raises(ValueError, match=r"act_calib and softmax_quant apply to ptq='percentile' only "
+                                         r"\(got act_calib='minmax', softmax_quant='uniform'"):
+        UniformQuantParams(ptq="repq", act_calib="minmax")
+    with pytest.raises(ValueError, match=r"got act_calib='percentile', softmax_quant='log2'"):
+        UniformQuantParams(ptq="repq", softmax_quant="log2")
 
 
 def test_quantized_copy_leaves_the_float_model_untouched():

@@ -208,6 +208,25 @@ def test_a_saved_state_loads_back_as_the_same_quantized_model(tmp_path, images):
     assert not torch.equal(w, model.layers[1].blocks[0].attn.qkv.weight)
 
 
+def test_uniform_on_a_qat_state_is_mixaq_on_it_with_every_window_high(tmp_path, images):
+    from baselines.uniform_quant import UniformQuantParams
+    from baselines.uniform_quant import apply as uniform_apply
+
+    model = tiny_swin()
+    trained = perturbed_trained(model, images, W4A4, ratio=0.0)
+    path = str(tmp_path / "u.safetensors")
+    save_file({k: v.contiguous() for k, v in qat_state(trained).items()}, path)
+    uni = uniform_apply(model, UniformQuantParams(w_bits=4, a_bits=4, qat=path), images[:2])
+    mix = mixaq_apply(model, MixAQParams(w_bits=4, a_bits_high=4, a_bits_low=4, ratio=0.0, calib="whole",
+                                         qat=path), images[:2])
+    ptq = uniform_apply(model, UniformQuantParams(w_bits=4, a_bits=4), images[:2])
+    with torch.no_grad():
+        assert torch.equal(uni(images), mix(images))
+        assert not torch.allclose(uni(images), ptq(images))  # the state was used
+    with pytest.raises(ValueError, match="trains from ptq='percentile'"):
+        UniformQuantParams(qat=path, ptq="repq")
+
+
 def test_quantizers_the_state_never_trained_keep_their_calibration(tmp_path, images):
     model = tiny_swin()
     trained = perturbed_trained(model, images, W4A4, ratio=0.0)  # uniform QAT: the low branch never ran

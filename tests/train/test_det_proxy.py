@@ -247,3 +247,24 @@ def test_the_whole_image_baseline_equals_a_hand_computed_coco_map_on_one_scene()
     assert got["bbox_mAP_50"] == pytest.approx(1.0)
     assert got["segm_mAP_50"] == pytest.approx(float(mask_iou >= 0.5))
     assert got["segm_mAP"] == pytest.approx(want_mask)
+
+
+# ------------------------------------------------------------------------------- the committed proxy
+
+
+def test_the_committed_cards_heldout_metrics_are_recomputed_from_the_committed_weights():
+    """The committed swin-det-proxy as every benchmark loads it (``DET_MODELS['swin_det_proxy']`` +
+    ``load_detector_weights`` of ``proxy:swin-det-proxy``) through ``SwinDetProxy().evaluate`` (100
+    held-out scenes) gives its card's four figures: a change of the model, the loader, the scenes or
+    the COCO metric that moves one of them fails here. About 25 s on one idle core."""
+    from harness.models.swin_det import DET_MODELS, load_detector_weights
+    from harness.models.weights import resolve_weights
+
+    weights = resolve_weights("proxy:swin-det-proxy")
+    card = read_card(weights.path.parent)["heldout"]
+    model = DET_MODELS["swin_det_proxy"].build(seed=0)
+    load_detector_weights(model, weights.path)
+    got = SwinDetProxy().evaluate(model.eval())
+    assert set(got) == set(card) == set(HELDOUT_METRICS)
+    for key, value in card.items():
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-12), key
