@@ -271,9 +271,21 @@ def run_mutmut(folder: Path, timeout_s: float, jobs: int) -> tuple[bool, float]:
             timed_out = True
             _stop(proc)
     if not timed_out and proc.returncode != 0:
-        tail = (folder / "mutmut.log").read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"mutmut failed (exit {proc.returncode}) in {folder}; its log ends:\n{tail}")
+        log_text = (folder / "mutmut.log").read_text(errors="replace")
+        if not reached_nothing(log_text):
+            raise RuntimeError(f"mutmut failed (exit {proc.returncode}) in {folder}; its log ends:\n"
+                               f"{log_text[-3000:]}")
     return timed_out, time.monotonic() - start
+
+
+NOTHING_REACHED = "could not find any test case for any mutant"
+
+
+def reached_nothing(log_text: str) -> bool:
+    """Whether mutmut stopped because no selected test reaches a mutated function (or the module has
+    no function to mutate: mutmut 3 leaves module constants alone): not a failure of the run, a
+    finding its report states (every mutant "no tests", or no mutant at all)."""
+    return NOTHING_REACHED in log_text
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -494,8 +506,12 @@ def run_module(module: Module, work: Path, out: Path, jobs: int) -> Score:
     s.seconds, s.timed_out = seconds, timed_out
     s.date = dt.date.today().isoformat()
     write_reports(out, module, s, mutants)
-    print(f"   {s.detected}/{s.mutants} killed ({s.percent:.1f} %), {s.survived} survived, "
-          f"{s.explained} explained; {out / (module.name + '.txt')}", flush=True)
+    if not s.mutants:
+        print("   no mutants: mutmut 3 mutates functions only, and this module has none (constants only)",
+              flush=True)
+    else:
+        print(f"   {s.detected}/{s.mutants} killed ({s.percent:.1f} %), {s.survived} survived, "
+              f"{s.explained} explained; {out / (module.name + '.txt')}", flush=True)
     return s
 
 

@@ -165,7 +165,7 @@ def fastvggt_attention(
             if warn_fallback is not None and not warn_fallback[0]:
                 warnings.warn(
                     "FastVGGT: layout.x_norm is None; matching on the keys averaged over heads instead",
-                    stacklevel=3,
+                    stacklevel=4,  # fastvggt_attention <- make_fastvggt's lambda <- from_layer <- caller
                 )
                 warn_fallback[0] = True
             metric = k.mean(dim=1)

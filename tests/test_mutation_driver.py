@@ -167,6 +167,13 @@ def test_a_module_mutmut_cannot_run_is_named_the_others_still_run_and_the_exit_i
 # ---------------------------------------------------------------- one module's mutmut folder
 
 
+def test_a_run_that_reaches_no_mutant_is_a_finding_not_a_failure():
+    log = ("done in 414ms (1 files mutated, 160 ignored, 0 unmodified)\nStopping early, because we could "
+           "not find any test case for any mutant. It seems that the selected tests do not cover any code")
+    assert M.reached_nothing(log)
+    assert not M.reached_nothing("Traceback (most recent call last):\nImportError: no module named x")
+
+
 def test_the_mutmut_table_mutates_only_the_module_and_selects_only_its_tests():
     module = M.Module("pkg/a.py", ("tests/test_a.py",), also_copy=("docs",), mutmut={"debug": True})
     config = M.mutmut_config(module)
