@@ -13,7 +13,7 @@ mkdir -p "$out"
 "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU here'; print(torch.cuda.get_device_name())" \
     | tee "$out/device.txt" || exit 2
 "$py" -m pytest -q -p no:cacheprovider -rs tests/methods/test_triton_kernels.py tests/baselines/test_blocksparse.py \
-    tests/baselines/test_hess.py \
+    tests/baselines/test_hess.py tests/baselines/test_litevggt.py \
     2>&1 | tail -25 | tee "$out/tests.txt"
 "$py" -m pytest tests/benchmarks/test_bench_merge_kernels.py -q -p no:cacheprovider --override-ini=addopts= \
     --benchmark-timer=harness.measure.benchtimer.synchronized_perf_counter --benchmark-json="$out/microbench.json" \
@@ -23,7 +23,8 @@ for kern in triton torch; do
         --dtype bfloat16 --frames 100 300 --repeats 5 --skip httm_q0.4_kv0.3 2>&1 | tee "$out/layer-$kern.txt"
 done
 # every VGGT method end to end at 100 frames of VGGT-1B (bf16, VGGT*): the CUDA paths of the 2026
-# methods (HeSS's FlexAttention, QuantVGGT's fake quantization, autocast dtypes) and measured peaks
+# methods (HeSS's FlexAttention and its Fisher calibration, a forward and backward of VGGT-1B on 20
+# frames; QuantVGGT's fake quantization, autocast dtypes) and measured peaks
 # for the memory wall's model (the page goes to $out, not to docs/)
 timeout 420 "$py" -m harness.cli run vggt-methods --preset gpu --set frames=100 --out "$out/vggt-methods-100" \
     --no-report -q 2>&1 | tail -5 | tee "$out/vggt-methods.txt"
