@@ -344,6 +344,34 @@ def variants_table(data: PageData) -> str:
     return TV.legend(data.parts.legend, PAGE_WIDTH)
 
 
+def accuracy_table(data: PageData) -> str:
+    """One row per ok point: variant, the parameters that tell its method's variants apart, the
+    workload setting, and every quality (``q_*``) and fidelity (``fid_*``) column the run recorded;
+    no latency (for a page whose claims are about accuracy, or whose timings a loaded machine made)."""
+    parts = data.parts
+    table = parts.summary
+    if table.empty:
+        return "_No point finished ok._"
+    cols = [c for c in table.columns if c.startswith((C.QUALITY_PREFIX, C.FIDELITY_PREFIX))
+            and table[c].notna().any()]
+    if not cols:
+        return "_No quality or fidelity column was recorded._"
+    params = {}
+    for legend in parts.legend.values():
+        for _, row in legend.iterrows():
+            params[row[T.VARIANT]] = row.drop(T.VARIANT).to_dict()
+    names = list(dict.fromkeys(k for p in params.values() for k in p))
+    frame = pd.DataFrame({T.VARIANT: table[T.VARIANT].map(T.fmt_value)})
+    for name in names:
+        frame[name] = [params.get(v, {}).get(name, "") for v in table[T.VARIANT]]
+    for axis in parts.axes:
+        if axis != C.METHOD and axis in table.columns and axis not in frame.columns:
+            frame[axis] = table[axis].map(T.fmt_value)
+    for c in cols:
+        frame[c] = table[c].map(T.fmt_num)
+    return T.to_markdown(frame)
+
+
 def claims_table(data: PageData) -> str:
     """MixA-Q's claims table (:mod:`reports.swin_claims`): one line per configuration, seeds pooled."""
     return SC.markdown(SC.summarize(data.run.points))
@@ -402,7 +430,7 @@ def work_table(data: PageData) -> str:
 
 TABLES: dict[str, Callable[[PageData], str]] = {
     "summary": summary_table, "speedup": speedup_table, "variants": variants_table, "failed": failed_table,
-    "work": work_table, "claims": claims_table, "importance": importance_table,
+    "work": work_table, "claims": claims_table, "importance": importance_table, "accuracy": accuracy_table,
 }
 
 

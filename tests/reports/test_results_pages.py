@@ -327,6 +327,28 @@ def test_the_work_table_gives_each_variants_flops_against_the_reference_and_its_
         assert sorted(bops.values()) == ["0.0156", "0.0156", "0.0312"]
 
 
+def test_the_accuracy_table_gives_each_variants_parameters_and_quality_without_latency():
+    # recomputed from points.parquet: a row of another point, a parameter of another variant or a
+    # latency column would not match the committed hess-claims table
+    results = REPO / "docs" / "results"
+    pts = pd.read_parquet(results / "hess-claims" / "points.parquet")
+    pts = pts[pts["status"] == "ok"].copy()
+    pts[T.VARIANT] = T.variants(pts, yaml_suite(results / "hess-claims"))[0]
+    rows = table_rows(block((results / "hess-claims.md").read_text(), "<!-- generated:table accuracy -->"))
+    assert sorted(r["variant"] for r in rows) == sorted(pts[T.VARIANT]) and len(rows) == 16
+    assert not any(k.startswith("latency") or k == "speedup" for k in rows[0])
+    by_variant = pts.set_index(T.VARIANT)
+    for r in rows:
+        p = by_variant.loc[r["variant"]]
+        assert r["fid_depth_rel_err"] == T.fmt_num(p["fid_depth_rel_err"]), r["variant"]
+        assert r["q_depth_abs_rel"] == T.fmt_num(p["q_depth_abs_rel"])
+        if r["variant"] == "vggt":
+            assert r["hess_sparsity"] == r["hess_allocation"] == ""
+        else:
+            assert (r["hess_sparsity"], r["hess_allocation"], r["hess_score"]) == (
+                T.fmt_value(p["hess_sparsity"]), p["hess_allocation"], p["hess_score"])
+
+
 def yaml_suite(data_dir: Path) -> dict:
     """The resolved suite a page's run was made from."""
     return yaml.safe_load((data_dir / "suite.resolved.yaml").read_text())
