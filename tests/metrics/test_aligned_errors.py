@@ -103,6 +103,25 @@ def test_the_alignment_is_held_fixed_so_depth_moves_no_camera():
 
 def test_a_scene_without_ground_truth_is_refused():
     scene, depth, pose_enc = scene_and_similar_prediction()
-    with pytest.raises(ValueError, match="no valid ground-truth pixel"):
+    with pytest.raises(ValueError, match=r"^aligned_errors: the scene has no valid ground-truth pixel$"):
         aligned_errors(depth, pose_enc, (28, 42), scene.world_points, scene.extrinsics,
                        torch.zeros_like(scene.valid))
+
+
+def test_a_point_exactly_at_the_inlier_radius_is_not_an_inlier():
+    aligned = torch.tensor([[0.0, 0, 0], [2, 0, 0]], dtype=torch.float64)
+    cloud = torch.tensor([[0.0, 0, 0.5], [2, 0, 0.25]], dtype=torch.float64)
+    e, frac = inlier_point_error(aligned, cloud, eps=0.5)
+    assert frac == 0.5 and float(e) == pytest.approx(0.5 * 0.25**2)
+
+
+def test_the_fit_samples_max_points_valid_pixels_with_the_seed_zero_by_default():
+    scene, depth, pose_enc = scene_and_similar_prediction()
+    moved = pose_enc.clone()
+    moved[1, :3] += torch.tensor([0.0, 0.0, 0.8])  # not exactly similar: the sample changes the fit
+    args = (depth, moved, (28, 42), scene.world_points, scene.extrinsics, scene.valid)
+    default = aligned_errors(*args, max_points=64)
+    seed0 = aligned_errors(*args, max_points=64, seed=0)
+    seed1 = aligned_errors(*args, max_points=64, seed=1)
+    assert float(default.camera) == float(seed0.camera) and float(default.points) == float(seed0.points)
+    assert float(seed1.camera) != float(seed0.camera)

@@ -4,6 +4,7 @@ the PTQ model it starts from, SAQA's ratio draws, and a trained state loaded bac
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from harness.quant.qat import (
     lsq_modules,
     n_pairs,
     qat_state,
+    quantize_from_qat,
     round_ste,
     saqa_ratios,
     set_pair_ratios,
@@ -267,3 +269,172 @@ def test_the_qat_knob_is_checked_when_the_suite_loads(tmp_path):
     with pytest.raises(ValueError, match="ptq='percentile'"):
         MixAQParams(qat="proxy:swin-proxy", ptq="repq")
     assert isinstance(LSQQuantizer(4, 0.1, 3.0)(torch.zeros(2)), torch.Tensor)
+
+
+# ------------------------------------------------------------------- pinned edges (issue 28)
+
+
+def whole(message: str) -> str:
+    """A pattern matching exactly ``message`` (pytest.raises searches)."""
+    return "^" + re.escape(message) + "$"
+
+
+def test_lsq_gradient_scale_of_a_one_element_tensor_is_one_over_sqrt_qmax():
+    # step 0.5, zero point 2, 2 bits: x/s = 0.6 is inside [-2, 1] and rounds to 1
+    x = torch.tensor([0.3])
+    step = torch.tensor(0.5, requires_grad=True)
+    lsq_fake_quant(x, step, torch.tensor(2.0), 2).sum().backward()
+    assert step.grad.item() == pytest.approx((1.0 - 0.6) / math.sqrt(1 * 3), rel=1e-5)
+
+
+def test_lsq_quantizer_counts_only_training_forwards_with_gradients():
+    m = LSQQuantizer(4, 0.1, 3.0)
+    x = torch.linspace(-0.5, 1.0, 7)
+    m.eval()(x)  # eval, gradients enabled: not training
+    assert int(m.trained_steps) == 0
+    with torch.no_grad():
+        m.train()(x)  # training mode without gradients (a validation pass): not counted either
+    assert int(m.trained_steps) == 0
+    m.train()(x)
+    assert int(m.trained_steps) == 1
+    assert m.trained_steps.dtype == torch.int64
+
+
+def test_lsq_quantizer_returns_the_input_dtype():
+    m = LSQQuantizer(4, 0.25, 3.0)
+    x = torch.tensor([-1.0, 0.1, 0.3, 5.0], dtype=torch.bfloat16)
+    y = m(x)
+    assert y.dtype == torch.bfloat16
+    # round(clamp(x / 0.25, -3, 12)) * 0.25 (x as bf16 holds it): -0.75, 0.0, 0.25, 3.0
+    assert torch.equal(y.float(), torch.tensor([-0.75, 0.0, 0.25, 3.0]))
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+def test_lsq_quantizer_repr_shows_bits_step_and_zero_point():
+    assert LSQQuantizer(4, 0.1, 3.0).extra_repr() == "bits=4, step=0.1, zero_point=3"
+
+
+def test_from_ptq_names_the_quantizer_it_refuses():
+    tail = ": train from ptq: percentile with softmax_quant: uniform"
+    with pytest.raises(ValueError, match=whole(
+            "QAT learns uniform per-tensor activation steps, not a log2 quantizer" + tail)):
+        LSQQuantizer.from_ptq(ActQuantizer(4, kind="log2"))
+    with pytest.raises(ValueError, match=whole(
+            "QAT learns uniform per-tensor activation steps, not a per-channel (RepQ-ViT) quantizer" + tail)):
+        LSQQuantizer.from_ptq(ActQuantizer(4, per_channel=True))
+    with pytest.raises(ValueError, match=whole(
+            "QAT starts from a calibrated quantizer: this one saw no calibration data")):
+        LSQQuantizer.from_ptq(ActQuantizer(4))
+
+
+def test_trainable_copy_refuses_repq_with_its_whole_message():
+    model = tiny_swin()
+    with pytest.raises(ValueError, match=whole(
+            "QAT starts from ptq: percentile (RepQ-ViT's folds are post-training only)")):
+        trainable_copy(model, QuantSpec(w_bits=4, a_bits_high=4, a_bits_low=4, reparam_ln=True,
+                                        act_calib="repq", calib="whole"), routing(model), None)
+
+
+def test_freeze_bakes_weight_parametrizations_only():
+    lin = torch.nn.Linear(5, 6)
+    parametrize.register_parametrization(lin, "weight", WeightFakeQuant(4))
+    other = torch.nn.Linear(5, 6)
+    parametrize.register_parametrization(other, "bias", WeightFakeQuant(4))  # not a weight: left alone
+    latent = lin.parametrizations.weight.original.detach().clone()
+    freeze(torch.nn.Sequential(lin, other))
+    assert not parametrize.is_parametrized(lin)
+    assert torch.equal(lin.weight, quantize_weight(latent, 4))
+    assert parametrize.is_parametrized(other, "bias") and not parametrize.is_parametrized(other, "weight")
+
+
+def test_saqa_one_pair_is_allowed_and_takes_the_whole_uniform_total():
+    for seed in range(5):
+        u = float(torch.rand((), generator=torch.Generator().manual_seed(seed)))
+        got = saqa_ratios(torch.Generator().manual_seed(seed), 1, max_ratio=0.8, grid=0)
+        assert got == (round(u * 0.8, 6),)  # the total is uniform on [0, max_ratio * n_pairs]
+    assert len(saqa_ratios(torch.Generator().manual_seed(0), 1)) == 1
+    with pytest.raises(ValueError, match=whole("n_pairs must be >= 1, got 0")):
+        saqa_ratios(torch.Generator().manual_seed(0), 0)
+
+
+def test_saqa_splits_the_total_by_float64_exponentials():
+    g = torch.Generator().manual_seed(7)
+    total = float(torch.rand((), generator=g)) * 0.8 * 2
+    u = torch.rand(2, generator=g, dtype=torch.float64)
+    e = [-math.log(float(v)) for v in u]
+    want = tuple(round(total * x / (e[0] + e[1]), 6) for x in e)
+    assert max(want) <= 0.8  # this draw is accepted at once
+    got = saqa_ratios(torch.Generator().manual_seed(7), 2, max_ratio=0.8, grid=0)
+    assert got == pytest.approx(want, abs=2e-6)
+
+
+def test_saqa_max_ratio_zero_gives_zeros_and_an_impossible_cap_is_refused():
+    assert saqa_ratios(torch.Generator().manual_seed(0), 3, max_ratio=0.0) == (0.0, 0.0, 0.0)
+    # a negative cap: the two ratios sum to at least -2 and cannot both be <= -1
+    with pytest.raises(RuntimeError, match=whole("no SAQA draw within 10000 tries")):
+        saqa_ratios(torch.Generator().manual_seed(0), 2, max_ratio=-1.0)
+
+
+@pytest.fixture(scope="module")
+def w4a4_state(images) -> dict[str, torch.Tensor]:
+    """The saved state of a W4A4 copy trained one step at ratio 0 (the low branch never ran)."""
+    return qat_state(perturbed_trained(tiny_swin(), images, W4A4, ratio=0.0))
+
+
+def test_a_state_without_trained_steps_is_calibrated_not_learned(w4a4_state, images):
+    model = tiny_swin()
+    state = {k: v for k, v in w4a4_state.items() if not k.endswith(".trained_steps")}
+    fresh = trainable_copy(model, W4A4, routing(model), images[:2])
+    before = {n: float(m.step.detach()) for n, m in lsq_modules(fresh).items()}
+    counts = load_qat_state(fresh, state, "test")
+    assert counts == {"learned": 0, "calibrated": len(before)}
+    assert {n: float(m.step.detach()) for n, m in lsq_modules(fresh).items()} == before
+
+
+def test_a_quantizer_whose_bits_the_state_lacks_keeps_its_calibration(w4a4_state, images):
+    model = tiny_swin()
+    name = "layers.0.blocks.0.aq.0.qkv_in"
+    assert int(w4a4_state[f"{name}.trained_steps"]) > 0
+    state = {k: v for k, v in w4a4_state.items() if k != f"{name}.bits"}
+    fresh = trainable_copy(model, W4A4, routing(model), images[:2])
+    quant = lsq_modules(fresh)
+    calibrated = float(quant[name].step.detach())
+    counts = load_qat_state(fresh, state, "test")
+    assert float(quant[name].step.detach()) == calibrated != float(w4a4_state[f"{name}.step"])
+    assert counts["learned"] == sum(1 for n in quant if ".aq.1." not in n) - 1
+
+
+def test_an_untrained_low_branch_takes_both_high_branch_norms(w4a4_state, images):
+    model = tiny_swin()
+    fresh = trainable_copy(model, W4A4A2, routing(model, 0.5), images[:2])
+    load_qat_state(fresh, w4a4_state, "test")
+    blk = fresh.layers[0].blocks[1]
+    assert not torch.equal(w4a4_state["layers.0.blocks.1.norm2.1.weight"],
+                           w4a4_state["layers.0.blocks.1.block.norm2.weight"])  # the saved low norm differs
+    for norm in (blk.norm1, blk.norm2):
+        assert torch.equal(norm[LOW].weight, norm[0].weight) and torch.equal(norm[LOW].bias, norm[0].bias)
+    assert torch.equal(blk.norm2[0].weight, w4a4_state["layers.0.blocks.1.block.norm2.weight"])
+
+
+def test_a_misfit_state_is_refused_with_the_whole_message(w4a4_state, images):
+    model = tiny_swin()
+    same = trainable_copy(model, W4A4, routing(model), images[:1])
+    state = {k: v for k, v in w4a4_state.items() if k != "head.fc.inner.bias"}
+    state["extra"] = torch.zeros(1)  # a key without a dot is not a quantizer's
+    with pytest.raises(ValueError, match=whole(
+            "QAT checkpoint ckpt does not fit this point's model: missing [head.fc.inner.bias]; "
+            "unexpected [extra]. It was trained for another architecture (model, embed_bits or a layer "
+            "quantized at float bits)")):
+        load_qat_state(same, state, "ckpt")
+
+
+def test_quantize_from_qat_keeps_ref_a_bits_and_names_the_file_in_errors(tmp_path, w4a4_state, images):
+    path = tmp_path / "q.safetensors"
+    save_file({k: v.contiguous() for k, v in w4a4_state.items()}, str(path))
+    model = tiny_swin()
+    assert trainable_copy(model, W4A4, routing(model), images[:1], ref_a_bits=8).quant_info.ref_a_bits == 8
+    q = quantize_from_qat(model, W4A4, routing(model), images[:1], str(path), ref_a_bits=8)
+    assert q.quant_info.ref_a_bits == 8
+    other = SwinTransformer(img_size=112, embed_dim=16, depths=(2, 2, 4, 2), num_heads=(1, 2, 2, 4)).eval()
+    with pytest.raises(ValueError, match=r"^QAT checkpoint q\.safetensors does not fit this point's model: "):
+        quantize_from_qat(other, W4A4, routing(other), images[:1], str(path))
