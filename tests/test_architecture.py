@@ -226,3 +226,15 @@ def test_functions_are_short_or_say_why():
                 long.append(f"{m.name}.{node.name} ({lines} lines)")
     assert long == [], (f"functions over {MAX_FUNCTION_LINES} lines without a '{LENGTH_REASON}' line in "
                         f"their docstring: {', '.join(long)}")
+
+
+def test_every_test_file_has_a_basename_of_its_own():
+    """The test folders are not packages: pytest imports each test file by its basename, so two
+    files of one name in two folders stop the whole collection ("import file mismatch")."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(ROOT)} and {path.relative_to(ROOT)}")
+        seen.setdefault(path.name, path)
+    assert clashes == []
